@@ -1,0 +1,216 @@
+"""The ``Construction`` object returned by every factory.
+
+Shapes: X ``[B, n, d]``, y ``[B, n]``, Xq ``[B, m, d]`` -> predictions ``[B, m]``;
+unbatched ``[n, d]``, ``[n]``, ``[m, d]`` -> ``[m]``.  ``trace`` returns
+``[S, B, m]`` (``[S, m]`` unbatched), S = number of algorithm steps: the
+prediction read through the layout's readout after each step's layer.
+
+A prompt becomes the residual stream ``[B, n + m, D]`` by the layout's slot
+fills (see :mod:`constructions.layout`): the n context tokens first, then the
+m query tokens.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .errors import ConstructionError
+from .layout import ResidualLayout
+from .transformer import BlockSpec, Transformer
+
+
+@dataclass
+class Prepared:
+    """Validated prompt tensors, batched, in the model's dtype/device."""
+
+    X: torch.Tensor
+    y: torch.Tensor
+    Xq: torch.Tensor
+    batched: bool
+    as_numpy: bool
+
+
+def _to_tensor(a, name: str) -> tuple[torch.Tensor, bool]:
+    if isinstance(a, torch.Tensor):
+        t, is_np = a, False
+    else:
+        try:
+            arr = np.asarray(a)
+        except Exception as e:  # ragged lists etc.
+            raise ConstructionError(f"{name} could not be read as an array: {e}") from None
+        if arr.dtype == object:
+            raise ConstructionError(f"{name} must be a numeric array, got an object array (ragged input?)")
+        t, is_np = torch.from_numpy(np.ascontiguousarray(arr)), True
+    if t.dtype == torch.bool or t.is_complex() or not (t.is_floating_point() or t.dtype in _INT_DTYPES):
+        raise ConstructionError(f"{name} must hold real numbers, got dtype {t.dtype}")
+    return t, is_np
+
+
+_INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+
+
+@dataclass
+class Construction:
+    """A hand-set transformer together with its layout, resources and readout.
+
+    Attributes: ``name``, ``params`` (the factory's arguments), ``model``
+    (:class:`~constructions.transformer.Transformer`), ``layout``
+    (:class:`~constructions.layout.ResidualLayout`), ``d`` (input dimension),
+    ``step_layers`` (the layer after which each algorithm step is complete),
+    ``blocks`` (the plain-data weights the model was built from).
+    """
+
+    name: str
+    params: dict
+    blocks: list[BlockSpec]
+    layout: ResidualLayout
+    d: int
+    step_layers: list[int] | None = None
+    domain: Callable | None = field(default=None, repr=False)
+    model: Transformer = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self.model = Transformer(self.blocks)
+        if self.model.width != self.layout.width:
+            raise ConstructionError(f"layout width {self.layout.width} != model width {self.model.width}")
+        if self.step_layers is None:
+            self.step_layers = list(range(self.model.n_layers))
+
+    # -- dtype / device ----------------------------------------------------
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to(self, dtype: torch.dtype | str | None = None, device=None) -> "Construction":
+        """A copy of this construction with its model in ``dtype`` / on ``device``."""
+        if isinstance(dtype, str):
+            dtype = {"float64": torch.float64, "float32": torch.float32}.get(dtype)
+            if dtype is None:
+                raise ConstructionError("dtype must be 'float64' or 'float32'")
+        if dtype is not None and dtype not in (torch.float64, torch.float32):
+            raise ConstructionError(f"dtype must be torch.float64 or torch.float32, got {dtype}")
+        new = copy.copy(self)
+        new.model = copy.deepcopy(self.model).to(dtype=dtype, device=device)
+        return new
+
+    # -- resources ---------------------------------------------------------
+    @property
+    def resources(self) -> dict:
+        heads = [b.attn.heads for b in self.blocks if b.attn is not None]
+        mlp = [b.mlp.W_in.shape[1] for b in self.blocks if b.mlp is not None]
+        return dict(
+            layers=self.model.n_layers,
+            heads=max(heads, default=0),
+            width=self.layout.width,
+            d_head=max((b.attn.W_Q.shape[2] for b in self.blocks if b.attn is not None), default=0),
+            mlp_width=max(mlp, default=0),
+            params=self.model.param_count(),
+            nonzero_params=int(sum(int((p != 0).sum()) for p in self.model.parameters())),
+            attention=sorted({b.attn.kind for b in self.blocks if b.attn is not None}),
+        )
+
+    def circuits(self, layer: int) -> list[dict]:
+        """Per head of ``layer``: the folded ``[D, D]`` maps ``QK = W_Q W_K^T`` (score
+        ``h_i QK h_j^T``) and ``OV = W_V W_O`` (a key's contribution ``h_j OV``), as slot
+        blocks (:meth:`ResidualLayout.view`).  Only these products matter
+        (von Oswald's rescaling symmetry)."""
+        attn = self.blocks[layer].attn
+        if attn is None:
+            return []
+        return [
+            dict(QK=self.layout.view(q @ k.T), OV=self.layout.view(v @ o))
+            for q, k, v, o in zip(attn.W_Q, attn.W_K, attn.W_V, attn.W_O)
+        ]
+
+    # -- input handling ----------------------------------------------------
+    def prepare(self, X, y, Xq, check: bool = True) -> Prepared:
+        """Validate shapes, values and the construction's domain; batch and cast."""
+        (X, np_x), (y, _), (Xq, _) = _to_tensor(X, "X"), _to_tensor(y, "y"), _to_tensor(Xq, "Xq")
+        if X.ndim == 2 and y.ndim == 1 and Xq.ndim == 2:
+            batched = False
+            X, y, Xq = X[None], y[None], Xq[None]
+        elif X.ndim == 3 and y.ndim == 2 and Xq.ndim == 3:
+            batched = True
+        else:
+            raise ConstructionError(
+                "expected X [B,n,d], y [B,n], Xq [B,m,d] (or unbatched [n,d], [n], [m,d]); "
+                f"got X {tuple(X.shape)}, y {tuple(y.shape)}, Xq {tuple(Xq.shape)}"
+            )
+        B, n, d = X.shape
+        if y.shape != (B, n):
+            raise ConstructionError(f"y has shape {tuple(y.shape)}, expected {(B, n)} to match X {tuple(X.shape)}")
+        if Xq.shape[0] != B or Xq.shape[2] != d:
+            raise ConstructionError(f"Xq has shape {tuple(Xq.shape)}, expected ({B}, m, {d}) to match X")
+        if d != self.d:
+            raise ConstructionError(f"this {self.name} construction was built for d={self.d}, but X has d={d}")
+        if n < 1 or Xq.shape[1] < 1 or B < 1:
+            raise ConstructionError(f"need at least one batch item, context example and query (B={B}, n={n}, m={Xq.shape[1]})")
+        dev = self.device
+        X, y, Xq = (t.to(device=dev, dtype=self.dtype) for t in (X, y, Xq))
+        for name, t in (("X", X), ("y", y), ("Xq", Xq)):
+            if not torch.isfinite(t).all():
+                raise ConstructionError(f"{name} contains NaN or inf (or overflows {self.dtype}); clean the prompt first")
+        if check and self.domain is not None:
+            self.domain(X.to(torch.float64), y.to(torch.float64), Xq.to(torch.float64))
+        return Prepared(X, y, Xq, batched, np_x)
+
+    def embed(self, p: Prepared) -> torch.Tensor:
+        """The residual stream ``[B, n+m, D]`` of a prepared prompt, filled slot by slot."""
+        B, n, _ = p.X.shape
+        m = p.Xq.shape[1]
+        h = torch.zeros(B, n + m, self.layout.width, dtype=self.dtype, device=self.device)
+        for s in self.layout.slots:
+            if s.fill == "x":
+                h[:, :n, s.index] = p.X
+                h[:, n:, s.index] = p.Xq
+            elif s.fill == "y":
+                h[:, :n, s.start] = p.y
+            elif s.fill == "one":
+                h[:, :, s.start] = 1.0
+        return h
+
+    def read(self, h: torch.Tensor, n: int) -> torch.Tensor:
+        """Apply the readout to the query tokens of residual streams ``[..., T, D]`` -> ``[..., m]``."""
+        r = self.layout.readout
+        return r.sign * h[..., n:, self.layout[r.slot].start]
+
+    def _out(self, t: torch.Tensor, p: Prepared):
+        if not p.batched:
+            t = t.select(-2, 0)
+        return t.detach().cpu().numpy() if p.as_numpy else t.detach()
+
+    # -- public evaluation -------------------------------------------------
+    def residuals(self, X, y, Xq, check: bool = True):
+        """All residual streams ``[L+1, B, n+m, D]`` (input first)."""
+        p = self.prepare(X, y, Xq, check)
+        with torch.no_grad():
+            hs = self.model.residuals(self.embed(p), p.X.shape[1])
+        if not p.batched:
+            hs = hs[:, 0]
+        return hs.cpu().numpy() if p.as_numpy else hs
+
+    def predict(self, X, y, Xq, check: bool = True):
+        """Predictions ``[B, m]`` (or ``[m]``) read after the last layer."""
+        p = self.prepare(X, y, Xq, check)
+        with torch.no_grad():
+            h = self.model(self.embed(p), p.X.shape[1])
+        return self._out(self.read(h, p.X.shape[1]), p)
+
+    def trace(self, X, y, Xq, check: bool = True):
+        """Predictions after every algorithm step: ``[S, B, m]`` (or ``[S, m]``)."""
+        p = self.prepare(X, y, Xq, check)
+        n = p.X.shape[1]
+        with torch.no_grad():
+            hs = self.model.residuals(self.embed(p), n)
+        steps = hs[[l + 1 for l in self.step_layers]]
+        return self._out(self.read(steps, n), p)
+
+    __call__ = predict

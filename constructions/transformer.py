@@ -1,0 +1,224 @@
+"""The toolkit's one transformer: attention blocks + optional MLP, residual stream.
+
+Shapes (fixed for the whole package):
+
+* B batch, n context examples, m queries, T = n + m tokens, D residual width,
+  H heads, E head width (``d_head``), F MLP width, L layers.
+* The residual stream is ``[B, T, D]``; the first n tokens are the context,
+  the last m are the queries.
+
+Parameters are plain data first (:class:`AttentionSpec`, :class:`MLPSpec`,
+:class:`BlockSpec`, float64 numpy arrays in TransformerLens naming
+``W_Q [H, D, E]``, ``W_K [H, D, E]``, ``W_V [H, D, E]``, ``W_O [H, E, D]``,
+``W_in [D, F]``, ``b_in [F]``, ``W_out [F, D]``, ``b_out [D]``) and are then
+copied into a :class:`Transformer` (a ``torch.nn.Module``).  There is no
+training code and no LayerNorm here.
+
+One block computes, for every token i (residual h_i)::
+
+    h_i <- h_i + sum_h W_O[h]^T z_{h,i},       z_{h,i} = A(q_{h,i}, {k_{h,j}, v_{h,j}})
+    h_i <- h_i + W_out^T act(W_in^T h_i + b_in) + b_out         (if the block has an MLP)
+
+with q = h W_Q, k = h W_K, v = h W_V and the attention kind A:
+
+* ``linear``:  z_i = (1/n) sum_j (q_i . k_j) v_j
+* ``relu``:    z_i = (1/n) sum_j relu(q_i . k_j) v_j
+* ``softmax``: z_i = sum_j softmax_j(q_i . k_j) v_j   (no 1/sqrt(E): put any scale in W_Q)
+
+The keys j run over the n context tokens only (``mask_query=True``, the
+default): query tokens never act as keys or values.  With ``mask_query=False``
+every token is a key (kept for the negative control of claims.md sec. 11.2);
+the divisor of linear/relu attention stays n, the number of context examples.
+
+Hook points (the public way to read intermediate values), for block l:
+``blocks.{l}.hook_resid_pre``, ``blocks.{l}.hook_attn_out``,
+``blocks.{l}.hook_resid_mid``, ``blocks.{l}.hook_mlp_out``,
+``blocks.{l}.hook_resid_post``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import ConstructionError
+
+ATTENTION_KINDS = ("linear", "relu", "softmax")
+ACTIVATIONS = ("relu", "gelu")
+
+
+@dataclass
+class AttentionSpec:
+    kind: str
+    W_Q: np.ndarray  # [H, D, E]
+    W_K: np.ndarray  # [H, D, E]
+    W_V: np.ndarray  # [H, D, E]
+    W_O: np.ndarray  # [H, E, D]
+
+    def __post_init__(self):
+        if self.kind not in ATTENTION_KINDS:
+            raise ConstructionError(f"attention kind must be one of {ATTENTION_KINDS}, got {self.kind!r}")
+        for k in ("W_Q", "W_K", "W_V", "W_O"):
+            setattr(self, k, np.asarray(getattr(self, k), dtype=np.float64))
+        H, D, E = self.W_Q.shape
+        want = {"W_K": (H, D, E), "W_V": (H, D, E), "W_O": (H, E, D)}
+        for k, shape in want.items():
+            if getattr(self, k).shape != shape:
+                raise ConstructionError(f"{k} has shape {getattr(self, k).shape}, expected {shape}")
+
+    @property
+    def heads(self) -> int:
+        return self.W_Q.shape[0]
+
+    @classmethod
+    def from_heads(cls, kind: str, heads: list[dict]) -> "AttentionSpec":
+        """Stack heads given as dicts of ``W_Q [D,e], W_K [D,e], W_V [D,e'], W_O [e',D]``,
+        zero-padding every head to the common width E = max(e, e')."""
+        E = max(max(h["W_Q"].shape[1], h["W_V"].shape[1]) for h in heads)
+        D = heads[0]["W_Q"].shape[0]
+
+        def pad_cols(a):
+            return np.pad(a, ((0, 0), (0, E - a.shape[1])))
+
+        return cls(
+            kind,
+            np.stack([pad_cols(h["W_Q"]) for h in heads]),
+            np.stack([pad_cols(h["W_K"]) for h in heads]),
+            np.stack([pad_cols(h["W_V"]) for h in heads]),
+            np.stack([np.pad(h["W_O"], ((0, E - h["W_O"].shape[0]), (0, 0))) for h in heads]).reshape(
+                len(heads), E, D
+            ),
+        )
+
+
+@dataclass
+class MLPSpec:
+    act: str
+    W_in: np.ndarray  # [D, F]
+    b_in: np.ndarray  # [F]
+    W_out: np.ndarray  # [F, D]
+    b_out: np.ndarray  # [D]
+
+    def __post_init__(self):
+        if self.act not in ACTIVATIONS:
+            raise ConstructionError(f"MLP activation must be one of {ACTIVATIONS}, got {self.act!r}")
+        for k in ("W_in", "b_in", "W_out", "b_out"):
+            setattr(self, k, np.asarray(getattr(self, k), dtype=np.float64))
+        D, F = self.W_in.shape
+        if self.b_in.shape != (F,) or self.W_out.shape != (F, D) or self.b_out.shape != (D,):
+            raise ConstructionError("MLP shapes must be W_in [D,F], b_in [F], W_out [F,D], b_out [D]")
+
+
+@dataclass
+class BlockSpec:
+    attn: AttentionSpec | None
+    mlp: MLPSpec | None = None
+
+
+def _param(a: np.ndarray) -> nn.Parameter:
+    return nn.Parameter(torch.from_numpy(np.array(a, dtype=np.float64)), requires_grad=False)
+
+
+class Attention(nn.Module):
+    def __init__(self, spec: AttentionSpec):
+        super().__init__()
+        self.kind = spec.kind
+        self.W_Q, self.W_K, self.W_V, self.W_O = (_param(getattr(spec, k)) for k in ("W_Q", "W_K", "W_V", "W_O"))
+
+    def forward(self, h: torch.Tensor, n_context: int, mask_query: bool = True) -> torch.Tensor:
+        keys = h[:, :n_context] if mask_query else h
+        q = torch.einsum("btd,hde->bhte", h, self.W_Q)
+        k = torch.einsum("bsd,hde->bhse", keys, self.W_K)
+        v = torch.einsum("bsd,hde->bhse", keys, self.W_V)
+        if self.kind == "linear":
+            # (K^T V) first: O(n E^2) instead of O(n T E); the same sum in exact arithmetic.
+            z = torch.einsum("bhte,bhef->bhtf", q, torch.einsum("bhse,bhsf->bhef", k, v)) / n_context
+        else:
+            scores = torch.einsum("bhte,bhse->bhts", q, k)
+            if self.kind == "relu":
+                pattern = torch.relu(scores) / n_context
+            else:
+                pattern = torch.softmax(scores, dim=-1)
+            z = torch.einsum("bhts,bhse->bhte", pattern, v)
+        return torch.einsum("bhte,hed->btd", z, self.W_O)
+
+
+class MLP(nn.Module):
+    def __init__(self, spec: MLPSpec):
+        super().__init__()
+        self.act = spec.act
+        self.W_in, self.b_in, self.W_out, self.b_out = (_param(getattr(spec, k)) for k in ("W_in", "b_in", "W_out", "b_out"))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        pre = h @ self.W_in + self.b_in
+        post = torch.relu(pre) if self.act == "relu" else torch.nn.functional.gelu(pre)
+        return post @ self.W_out + self.b_out
+
+
+class Block(nn.Module):
+    def __init__(self, spec: BlockSpec):
+        super().__init__()
+        self.attn = Attention(spec.attn) if spec.attn is not None else None
+        self.mlp = MLP(spec.mlp) if spec.mlp is not None else None
+
+
+class Transformer(nn.Module):
+    """L blocks of (attention, optional MLP) with residual connections."""
+
+    def __init__(self, blocks: list[BlockSpec], mask_query: bool = True):
+        super().__init__()
+        if not blocks:
+            raise ConstructionError("a transformer needs at least one block")
+        widths = {b.attn.W_Q.shape[1] for b in blocks if b.attn is not None}
+        widths |= {b.mlp.W_in.shape[0] for b in blocks if b.mlp is not None}
+        if len(widths) != 1:
+            raise ConstructionError(f"all blocks must share one residual width, got {sorted(widths)}")
+        self.width = widths.pop()
+        self.blocks = nn.ModuleList(Block(b) for b in blocks)
+        self.mask_query = mask_query
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.blocks)
+
+    def forward(self, h: torch.Tensor, n_context: int, cache: dict | None = None, hooks: dict | None = None):
+        """Run all blocks on the residual stream ``h [B, T, D]``.
+
+        ``cache``: a dict that receives every hook point's tensor.
+        ``hooks``: ``{name: fn(tensor) -> tensor or None}``; a returned tensor
+        replaces the value at that point (interventions).
+        """
+        if h.ndim != 3 or h.shape[-1] != self.width:
+            raise ConstructionError(f"residual stream must be [B, T, {self.width}], got {tuple(h.shape)}")
+        if not 1 <= n_context <= h.shape[1]:
+            raise ConstructionError(f"n_context must be in [1, T={h.shape[1]}], got {n_context}")
+
+        def point(name, x):
+            if hooks and name in hooks:
+                out = hooks[name](x)
+                x = x if out is None else out
+            if cache is not None:
+                cache[name] = x
+            return x
+
+        for l, block in enumerate(self.blocks):
+            p = f"blocks.{l}."
+            h = point(p + "hook_resid_pre", h)
+            if block.attn is not None:
+                h = h + point(p + "hook_attn_out", block.attn(h, n_context, self.mask_query))
+            h = point(p + "hook_resid_mid", h)
+            if block.mlp is not None:
+                h = h + point(p + "hook_mlp_out", block.mlp(h))
+            h = point(p + "hook_resid_post", h)
+        return h
+
+    def residuals(self, h: torch.Tensor, n_context: int) -> torch.Tensor:
+        """All residual streams ``[L+1, B, T, D]``: the input, then after every block."""
+        cache: dict = {}
+        self.forward(h, n_context, cache=cache)
+        return torch.stack([h] + [cache[f"blocks.{l}.hook_resid_post"] for l in range(self.n_layers)])
+
+    def param_count(self) -> int:
+        return sum(p.numel() for p in self.parameters())

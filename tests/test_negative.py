@@ -1,0 +1,77 @@
+"""Negative tests: the harness catches what it must catch."""
+import copy
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+
+import constructions
+from verify.claims import CLAIMS, Knobs
+from verify.prompts import PromptSpec, make_prompt
+from verify.reference import GD
+from verify.strategies import knobs, prompts
+from verify.tolerance import compare_trace
+
+EXACT = [cid for cid, c in CLAIMS.items() if c.kind == "exact"]
+
+
+@given(p=prompts(m=3), k=knobs(steps=(2, 8), lr_factor=(0.5, 1.95)))
+def test_without_query_mask_layer_one_matches_but_later_layers_fail(p, k):
+    c, ref = CLAIMS["vonoswald23-prop1"].case(p, k)
+    unmasked = copy.deepcopy(c)
+    unmasked.model.mask_query = False
+    assert compare_trace(c, GD(k.steps, lr=c.params["lr"]), *p.arrays).ok
+    cmp = compare_trace(unmasked, ref, *p.arrays)
+    assert cmp.layers_failing() and cmp.layers_failing()[0] >= 2
+    assert (cmp.ratio[0] <= 1).all()
+
+
+def test_one_layer_without_mask_is_still_exact():
+    p = make_prompt(PromptSpec(B=2, n=7, m=2, d=3, seed=4))
+    c, ref = CLAIMS["vonoswald23-prop1"].case(p, Knobs(steps=1))
+    c.model.mask_query = False
+    assert compare_trace(c, ref, *p.arrays).ok
+
+
+@pytest.mark.parametrize("claim_id", EXACT)
+@pytest.mark.parametrize("weight", ["W_Q", "W_K", "W_V", "W_O"])
+@pytest.mark.parametrize("seed", range(4))
+def test_perturbed_weight_is_caught_at_its_layer(claim_id, weight, seed):
+    """Scale one entry of one weight of layer k by (1 + 1e-7): layer k+1 fails first.
+
+    The entry is on the path into this layer's readout, chosen through the layout:
+    the largest x-block entry of W_Q / W_K, the entry of W_V that reads ``y``, the
+    entry of W_O that writes ``y`` (head 0).  (GD++'s x-transform entries only
+    reach the readout one layer later.)"""
+    p = make_prompt(PromptSpec(B=2, n=12, m=2, d=4, log10_kappa=1.0, seed=seed))
+    k = Knobs(steps=4, lr_factor=1.0, log10_lam=-1.0, gamma_factor=0.5, skew=0.5, seed=seed)
+    c, ref = CLAIMS[claim_id].case(p, k)
+    assert compare_trace(c, ref, *p.arrays).ok
+    layer = seed % k.steps
+    W = getattr(c.model.blocks[layer].attn, weight).data[0]  # head 0
+    x, ys = c.layout["x"].index, c.layout["y"].start
+    if weight in ("W_Q", "W_K"):
+        block = W[x]
+        i, j = np.unravel_index(int(torch.argmax(block.abs())), block.shape)
+        idx = (x.start + i, j)
+    elif weight == "W_V":
+        idx = (ys, int(torch.argmax(W[ys].abs())))
+    else:
+        idx = (int(torch.argmax(W[:, ys].abs())), ys)
+    assert W[idx] != 0
+    W[idx] *= 1 + 1e-7
+    cmp = compare_trace(c, ref, *p.arrays)
+    assert not cmp.ok
+    assert cmp.layers_failing()[0] == layer + 1
+
+
+def test_float32_rounded_step_size_is_caught_in_float64():
+    """A silent float32 downcast of lr (relative error ~3e-8) is caught; torch's default
+    assert_close tolerance would miss it (engineering.md sec. 1.4)."""
+    p = make_prompt(PromptSpec(B=4, n=20, m=3, d=5, seed=11))
+    lr = 1.0 / 3.0 / np.linalg.eigvalsh(np.einsum("bni,bnj->bij", p.X, p.X) / 20)[:, -1].max()
+    lr32 = float(np.float32(lr))
+    assert lr32 != lr
+    cmp = compare_trace(constructions.gd(5, 3, lr32), GD(3, lr=lr), *p.arrays)
+    assert not cmp.ok and cmp.layers_failing()[0] == 1

@@ -1,0 +1,110 @@
+"""The transformer against a direct, loop-by-loop evaluation of its defining formulas."""
+import numpy as np
+import pytest
+import torch
+
+from constructions import ConstructionError
+from constructions.transformer import AttentionSpec, BlockSpec, MLPSpec, Transformer
+
+
+def _rand_attention(rng, kind, H=2, D=5, E=3):
+    return AttentionSpec(kind, *(rng.normal(size=s) for s in [(H, D, E), (H, D, E), (H, D, E), (H, E, D)]))
+
+
+def _naive_attention(spec, h, n, mask_query=True):
+    """Per token, per head, per key: the formula in the module docstring."""
+    B, T, D = h.shape
+    out = np.zeros_like(h)
+    keys = range(n) if mask_query else range(T)
+    for b in range(B):
+        for i in range(T):
+            for hd in range(spec.heads):
+                q = h[b, i] @ spec.W_Q[hd]
+                s = np.array([q @ (h[b, j] @ spec.W_K[hd]) for j in keys])
+                if spec.kind == "linear":
+                    a = s / n
+                elif spec.kind == "relu":
+                    a = np.maximum(s, 0) / n
+                else:
+                    a = np.exp(s - s.max()) / np.exp(s - s.max()).sum()
+                z = sum(a[k] * (h[b, j] @ spec.W_V[hd]) for k, j in enumerate(keys))
+                out[b, i] += z @ spec.W_O[hd]
+    return out
+
+
+@pytest.mark.parametrize("kind", ["linear", "relu", "softmax"])
+@pytest.mark.parametrize("mask_query", [True, False])
+def test_attention_matches_its_formula(kind, mask_query):
+    rng = np.random.default_rng(1)
+    spec = _rand_attention(rng, kind)
+    model = Transformer([BlockSpec(spec)], mask_query=mask_query)
+    h = rng.normal(size=(2, 6, 5))
+    got = model(torch.from_numpy(h), n_context=4).numpy()
+    want = h + _naive_attention(spec, h, 4, mask_query)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12 * np.abs(want).max())
+
+
+def test_queries_do_not_influence_context_tokens_when_masked():
+    rng = np.random.default_rng(2)
+    model = Transformer([BlockSpec(_rand_attention(rng, "linear"))] * 2)
+    h = rng.normal(size=(1, 6, 5))
+    h2 = h.copy()
+    h2[:, 4:] += 10.0  # change the queries only
+    a = model(torch.from_numpy(h), 4).numpy()
+    b = model(torch.from_numpy(h2), 4).numpy()
+    np.testing.assert_array_equal(a[:, :4], b[:, :4])
+
+
+@pytest.mark.parametrize("act", ["relu", "gelu"])
+def test_mlp_matches_its_formula(act):
+    rng = np.random.default_rng(3)
+    D, F = 4, 6
+    mlp = MLPSpec(act, rng.normal(size=(D, F)), rng.normal(size=F), rng.normal(size=(F, D)), rng.normal(size=D))
+    model = Transformer([BlockSpec(None, mlp)])
+    h = rng.normal(size=(2, 3, D))
+    pre = h @ mlp.W_in + mlp.b_in
+    from math import erf, sqrt
+
+    post = np.maximum(pre, 0) if act == "relu" else pre * 0.5 * (1 + np.vectorize(erf)(pre / sqrt(2)))
+    want = h + post @ mlp.W_out + mlp.b_out
+    np.testing.assert_allclose(model(torch.from_numpy(h), 3).numpy(), want, rtol=1e-13, atol=1e-13)
+
+
+def test_relu_pair_mlp_is_an_exact_linear_map():
+    """relu(z) - relu(-z) = z: the sign-split identity (claims.md sec. 11.17) through the MLP."""
+    D = 3
+    W_in = np.hstack([np.eye(D), -np.eye(D)])
+    W_out = np.vstack([np.eye(D), -np.eye(D)]) * 2.0
+    model = Transformer([BlockSpec(None, MLPSpec("relu", W_in, np.zeros(2 * D), W_out, np.zeros(D)))])
+    h = np.random.default_rng(4).normal(size=(1, 5, D))
+    np.testing.assert_array_equal(model(torch.from_numpy(h), 5).numpy(), h + 2 * h)
+
+
+def test_hooks_cache_and_intervene():
+    rng = np.random.default_rng(5)
+    model = Transformer([BlockSpec(_rand_attention(rng, "linear"))] * 3)
+    h = torch.from_numpy(rng.normal(size=(1, 5, 5)))
+    cache = {}
+    out = model(h, 3, cache=cache)
+    assert set(cache) == {f"blocks.{l}.hook_{p}" for l in range(3) for p in ("resid_pre", "attn_out", "resid_mid", "resid_post")}
+    torch.testing.assert_close(cache["blocks.2.hook_resid_post"], out, rtol=0, atol=0)
+    torch.testing.assert_close(cache["blocks.1.hook_resid_pre"], cache["blocks.0.hook_resid_post"], rtol=0, atol=0)
+    zeroed = model(h, 3, hooks={f"blocks.{l}.hook_attn_out": torch.zeros_like for l in range(3)})
+    torch.testing.assert_close(zeroed, h, rtol=0, atol=0)
+    res = model.residuals(h, 3)
+    assert res.shape == (4, 1, 5, 5)
+
+
+def test_shape_errors():
+    rng = np.random.default_rng(6)
+    with pytest.raises(ConstructionError, match="W_O"):
+        AttentionSpec("linear", np.zeros((1, 4, 2)), np.zeros((1, 4, 2)), np.zeros((1, 4, 2)), np.zeros((1, 3, 4)))
+    with pytest.raises(ConstructionError, match="kind"):
+        _rand_attention(rng, "cosine")
+    with pytest.raises(ConstructionError, match="one residual width"):
+        Transformer([BlockSpec(_rand_attention(rng, "linear", D=5)), BlockSpec(_rand_attention(rng, "linear", D=4))])
+    model = Transformer([BlockSpec(_rand_attention(rng, "linear", D=5))])
+    with pytest.raises(ConstructionError, match="residual stream"):
+        model(torch.zeros(1, 3, 4), 2)
+    with pytest.raises(ConstructionError, match="n_context"):
+        model(torch.zeros(1, 3, 5), 0)
