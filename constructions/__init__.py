@@ -13,12 +13,16 @@ Every construction is a factory ``constructions.<name>(**params)`` returning a
 from .construction import Construction
 from .errors import ConstructionError
 from .layout import Readout, ResidualLayout
+from .bai import lasso_ista, logistic_gd, relu_gd, ridge_select
 from .linear_gd import gd, gd_plus_plus, preconditioned_gd
 from .transformer import AttentionSpec, BlockSpec, MLPSpec, Transformer
 
 __version__ = "0.1.0"
 
-_FACTORIES = {f.__name__: f for f in (gd, gd_plus_plus, preconditioned_gd)}
+_FACTORIES = {
+    f.__name__: f
+    for f in (gd, gd_plus_plus, preconditioned_gd, relu_gd, lasso_ista, logistic_gd, ridge_select)
+}
 
 
 def names() -> list[str]:

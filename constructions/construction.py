@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .errors import ConstructionError
-from .layout import ResidualLayout
+from .layout import ROLE_FILLS, ResidualLayout
 from .transformer import BlockSpec, Transformer
 
 
@@ -60,8 +60,18 @@ class Construction:
     Attributes: ``name``, ``params`` (the factory's arguments), ``model``
     (:class:`~constructions.transformer.Transformer`), ``layout``
     (:class:`~constructions.layout.ResidualLayout`), ``d`` (input dimension),
-    ``step_layers`` (the layer after which each algorithm step is complete),
     ``blocks`` (the plain-data weights the model was built from).
+
+    Layers: the first ``steps = L - n_readout`` blocks carry out one algorithm
+    step each; the last ``n_readout`` blocks form the *readout* (e.g. Bai et
+    al.'s final layer writing ``<w, x_q>``).  ``trace()[t]`` applies the readout
+    blocks to the stream after step block t (a "logit lens" that is exact by
+    construction), so ``trace()[-1] == predict()``.
+
+    ``mask_query``: whether query tokens are masked out of keys/values; a
+    construction that gates them itself (Bai's ``-B(1 - t_j)``) sets False.
+    ``split(n) -> n_train``: how many context tokens are train tokens (the rest
+    are validation tokens, see :mod:`constructions.layout`); None = all.
     """
 
     name: str
@@ -69,16 +79,23 @@ class Construction:
     blocks: list[BlockSpec]
     layout: ResidualLayout
     d: int
-    step_layers: list[int] | None = None
+    n_readout: int = 0
+    mask_query: bool = True
+    split: Callable | None = field(default=None, repr=False)
     domain: Callable | None = field(default=None, repr=False)
     model: Transformer = field(init=False, repr=False)
 
     def __post_init__(self):
-        self.model = Transformer(self.blocks)
+        self.model = Transformer(self.blocks, mask_query=self.mask_query)
         if self.model.width != self.layout.width:
             raise ConstructionError(f"layout width {self.layout.width} != model width {self.model.width}")
-        if self.step_layers is None:
-            self.step_layers = list(range(self.model.n_layers))
+        if not 0 <= self.n_readout < self.model.n_layers:
+            raise ConstructionError("a construction needs at least one step block besides its readout blocks")
+
+    @property
+    def steps(self) -> int:
+        """Number of algorithm steps (= step blocks)."""
+        return self.model.n_layers - self.n_readout
 
     # -- dtype / device ----------------------------------------------------
     @property
@@ -153,6 +170,8 @@ class Construction:
             raise ConstructionError(f"this {self.name} construction was built for d={self.d}, but X has d={d}")
         if n < 1 or Xq.shape[1] < 1 or B < 1:
             raise ConstructionError(f"need at least one batch item, context example and query (B={B}, n={n}, m={Xq.shape[1]})")
+        if self.split is not None:
+            self.split(n)  # raises ConstructionError if n does not fit the construction's split
         dev = self.device
         X, y, Xq = (t.to(device=dev, dtype=self.dtype) for t in (X, y, Xq))
         for name, t in (("X", X), ("y", y), ("Xq", Xq)):
@@ -166,6 +185,7 @@ class Construction:
         """The residual stream ``[B, n+m, D]`` of a prepared prompt, filled slot by slot."""
         B, n, _ = p.X.shape
         m = p.Xq.shape[1]
+        n_train = n if self.split is None else self.split(n)
         h = torch.zeros(B, n + m, self.layout.width, dtype=self.dtype, device=self.device)
         for s in self.layout.slots:
             if s.fill == "x":
@@ -173,8 +193,11 @@ class Construction:
                 h[:, n:, s.index] = p.Xq
             elif s.fill == "y":
                 h[:, :n, s.start] = p.y
-            elif s.fill == "one":
-                h[:, :, s.start] = 1.0
+            else:
+                train, val, query = ROLE_FILLS[s.fill]
+                h[:, :n_train, s.start] = train
+                h[:, n_train:n, s.start] = val
+                h[:, n:, s.start] = query
         return h
 
     def read(self, h: torch.Tensor, n: int) -> torch.Tensor:
@@ -197,6 +220,12 @@ class Construction:
             hs = hs[:, 0]
         return hs.cpu().numpy() if p.as_numpy else hs
 
+    def read_slot(self, X, y, Xq, slot: str, check: bool = True):
+        """The named slot of every token after every step block: ``[S+1, B, T, size]``
+        (index 0 is the embedding).  E.g. Bai et al.'s replicated iterate ``w``."""
+        hs = self.residuals(X, y, Xq, check)
+        return hs[: self.steps + 1, ..., self.layout[slot].index]
+
     def predict(self, X, y, Xq, check: bool = True):
         """Predictions ``[B, m]`` (or ``[m]``) read after the last layer."""
         p = self.prepare(X, y, Xq, check)
@@ -209,8 +238,10 @@ class Construction:
         p = self.prepare(X, y, Xq, check)
         n = p.X.shape[1]
         with torch.no_grad():
-            hs = self.model.residuals(self.embed(p), n)
-        steps = hs[[l + 1 for l in self.step_layers]]
-        return self._out(self.read(steps, n), p)
+            hs = self.model.residuals(self.embed(p), n, stop=self.steps)[1:]  # [S, B, T, D]
+            if self.n_readout:
+                S, B, T, D = hs.shape
+                hs = self.model(hs.reshape(S * B, T, D), n, start=self.steps).reshape(S, B, T, D)
+        return self._out(self.read(hs, n), p)
 
     __call__ = predict

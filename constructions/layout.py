@@ -7,16 +7,25 @@ of a ``[D, k]`` input map such as ``W_Q``) and :meth:`ResidualLayout.write`
 (a block of columns of a ``[k, D]`` output map such as ``W_O``), never at
 hand-computed indices.
 
-Each slot also states how a prompt fills it (``fill``):
+Each slot also states how a prompt fills it (``fill``).  Context tokens are
+*train* tokens, unless a construction splits the context into train and
+*validation* tokens (``Construction.split``); then come the *query* tokens.
 
-=========  ======================================  =============
-fill       context token i                         query token
-=========  ======================================  =============
-``x``      x_i (slot size must be d)               x_q
-``y``      y_i (slot size 1)                       0
-``one``    1                                       1
-``zero``   0                                       0
-=========  ======================================  =============
+==============  ====================  ==================  ===========
+fill            train token i         validation token i  query token
+==============  ====================  ==================  ===========
+``x``           x_i (slot size d)     x_i                 x_q
+``y``           y_i (slot size 1)     y_i                 0
+``zero``        0                     0                   0
+``one``         1                     1                   1
+``t``           1                     -1                  0
+``train_gate``  0                     -1                  -1
+``val_gate``    -1                    0                   -1
+==============  ====================  ==================  ===========
+
+``t`` is Bai et al.'s token type.  The gates are ``indicator - 1``: a ReLU head
+adds ``B * gate_j`` to its score, which is an exact 0 on the tokens it admits
+(whatever the summation order) and ``-B`` on the others (claims.md sec. 11.15).
 
 The readout (which slot, which sign) belongs to the layout: the prediction
 for a query token is ``sign * token[slot]``.
@@ -29,7 +38,15 @@ import numpy as np
 
 from .errors import ConstructionError
 
-FILLS = ("x", "y", "one", "zero")
+#: Constant fills: value on (train, validation, query) tokens.
+ROLE_FILLS = {
+    "zero": (0.0, 0.0, 0.0),
+    "one": (1.0, 1.0, 1.0),
+    "t": (1.0, -1.0, 0.0),
+    "train_gate": (0.0, -1.0, -1.0),
+    "val_gate": (-1.0, 0.0, -1.0),
+}
+FILLS = ("x", "y", *ROLE_FILLS)
 
 
 @dataclass(frozen=True)

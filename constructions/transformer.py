@@ -183,8 +183,9 @@ class Transformer(nn.Module):
     def n_layers(self) -> int:
         return len(self.blocks)
 
-    def forward(self, h: torch.Tensor, n_context: int, cache: dict | None = None, hooks: dict | None = None):
-        """Run all blocks on the residual stream ``h [B, T, D]``.
+    def forward(self, h: torch.Tensor, n_context: int, cache: dict | None = None, hooks: dict | None = None,
+                start: int = 0, stop: int | None = None):
+        """Run blocks ``start..stop-1`` (default: all) on the residual stream ``h [B, T, D]``.
 
         ``cache``: a dict that receives every hook point's tensor.
         ``hooks``: ``{name: fn(tensor) -> tensor or None}``; a returned tensor
@@ -203,8 +204,9 @@ class Transformer(nn.Module):
                 cache[name] = x
             return x
 
-        for l, block in enumerate(self.blocks):
-            p = f"blocks.{l}."
+        stop = self.n_layers if stop is None else stop
+        for l in range(start, stop):
+            block, p = self.blocks[l], f"blocks.{l}."
             h = point(p + "hook_resid_pre", h)
             if block.attn is not None:
                 h = h + point(p + "hook_attn_out", block.attn(h, n_context, self.mask_query))
@@ -214,11 +216,13 @@ class Transformer(nn.Module):
             h = point(p + "hook_resid_post", h)
         return h
 
-    def residuals(self, h: torch.Tensor, n_context: int) -> torch.Tensor:
-        """All residual streams ``[L+1, B, T, D]``: the input, then after every block."""
+    def residuals(self, h: torch.Tensor, n_context: int, stop: int | None = None) -> torch.Tensor:
+        """Residual streams ``[stop+1, B, T, D]``: the input, then after each of the first
+        ``stop`` blocks (default: all)."""
+        stop = self.n_layers if stop is None else stop
         cache: dict = {}
-        self.forward(h, n_context, cache=cache)
-        return torch.stack([h] + [cache[f"blocks.{l}.hook_resid_post"] for l in range(self.n_layers)])
+        self.forward(h, n_context, cache=cache, stop=stop)
+        return torch.stack([h] + [cache[f"blocks.{l}.hook_resid_post"] for l in range(stop)])
 
     def param_count(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -15,7 +15,8 @@ from verify.reference import GD, GDPlusPlus
 from verify.strategies import knobs, prompts
 from verify.tolerance import assert_trace_matches, compare_trace, tolerance
 
-EXACT = [cid for cid, c in CLAIMS.items() if c.kind == "exact"]
+#: the linear-self-attention claims (Bai et al.'s ReLU constructions: tests/test_bai.py)
+EXACT = ["vonoswald23-prop1", "vonoswald23-prop1-ridge", "vonoswald23-gdpp", "ahn23-pgd"]
 DTYPES = [torch.float64, torch.float32]
 
 

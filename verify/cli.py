@@ -70,7 +70,9 @@ def cmd_check(args) -> int:
     print(_table(rows))
     print(f"\n{len(chosen) - len(failed)}/{len(chosen)} claims hold ({time.perf_counter() - t0:.1f} s). "
           "Tolerance: C*eps*(t+1)*(n+d)*scale, see docs/tolerance.md; "
-          "ratio = error/tolerance (exact claims hold at <= 1; negative controls must exceed 1).")
+          "ratio = error/tolerance (exact claims hold at <= 1; negative controls must exceed 1).\n"
+          "Claims with a stated bound (an O(1/t) gap, an approximation error, a selection slack) compare "
+          "the measured quantity with that bound plus round-off in the same columns.")
     for r in failed:
         print(f"\nFAILED {r.claim.id}: {len(r.failures)} of {r.prompts} prompts. First failures:")
         for spec, knobs, report in r.failures[:3]:

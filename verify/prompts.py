@@ -31,6 +31,20 @@ RANGES = dict(
 )
 
 
+def sample_fields(rng: np.random.Generator, ranges: dict, fixed: dict) -> dict:
+    """Draw every field of ``ranges`` (ints: uniform integers, floats: uniform), then a seed;
+    a ``fixed`` entry is either a value or a ``(lo, hi)`` range replacing the default."""
+    vals = {}
+    for k, (lo, hi) in ranges.items():
+        if k in fixed and not isinstance(fixed[k], tuple):
+            vals[k] = fixed[k]
+            continue
+        lo, hi = fixed.get(k, (lo, hi))
+        vals[k] = int(rng.integers(lo, hi + 1)) if isinstance(lo, int) else float(rng.uniform(lo, hi))
+    vals["seed"] = fixed.get("seed", int(rng.integers(2**32)))
+    return vals
+
+
 @dataclass(frozen=True)
 class PromptSpec:
     B: int = 1
@@ -45,13 +59,9 @@ class PromptSpec:
 
     @classmethod
     def sample(cls, rng: np.random.Generator, **fixed) -> "PromptSpec":
-        """A spec drawn uniformly from :data:`RANGES` (ints) / uniform (floats); ``fixed`` overrides."""
-        vals = {}
-        for k, (lo, hi) in RANGES.items():
-            vals[k] = int(rng.integers(lo, hi + 1)) if isinstance(lo, int) else float(rng.uniform(lo, hi))
-        vals["seed"] = int(rng.integers(2**32))
-        vals.update(fixed)
-        return cls(**vals)
+        """A spec drawn uniformly from :data:`RANGES`; ``fixed`` overrides a field with a
+        value or with a ``(lo, hi)`` range of its own."""
+        return cls(**sample_fields(rng, RANGES, fixed))
 
     def with_(self, **kw) -> "PromptSpec":
         return replace(self, **kw)
@@ -64,6 +74,13 @@ class Prompt:
     Xq: np.ndarray  # [B, m, d]
     w_star: np.ndarray  # [B, d]
     spec: PromptSpec
+
+    def rounded(self, dtype) -> "Prompt":
+        """The prompt rounded to ``dtype`` (a torch or numpy float dtype) and back to float64:
+        what a model in that dtype sees."""
+        np_dtype = np.float32 if "32" in str(dtype) else np.float64
+        r = lambda a: np.asarray(a).astype(np_dtype).astype(np.float64)  # noqa: E731
+        return Prompt(r(self.X), r(self.y), r(self.Xq), self.w_star, self.spec)
 
     @property
     def arrays(self):

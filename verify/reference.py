@@ -141,3 +141,148 @@ class Ridge(Reference):
         self.iterates_ = np.stack([np.zeros_like(w), w])
         self.magnitude_ = np.stack([np.zeros(B), np.linalg.norm(w, axis=-1)])
         return self
+
+
+def soft_threshold(v: np.ndarray, c: float) -> np.ndarray:
+    return np.sign(v) * np.maximum(np.abs(v) - c, 0.0)
+
+
+class ISTA(Reference):
+    """Proximal GD for LASSO ``1/(2n)|Xw - y|^2 + lam |w|_1``: ``w <- S_{lr lam}(w - lr grad)``."""
+
+    def __init__(self, steps: int, lr: float, lam: float):
+        self.steps, self.lr, self.lam = steps, lr, lam
+
+    def fit(self, X, y) -> "ISTA":
+        X, y = _batch(X, y)
+        B, n, d = X.shape
+        w = np.zeros((B, d))
+        ws, mags = [w], []
+        for _ in range(self.steps):
+            r = y - np.einsum("bnd,bd->bn", X, w)
+            # the prox adds terms of size lr*lam per coordinate
+            mags.append(np.linalg.norm(w, axis=-1) + self.lr * (_unsigned_grad(X, r) + self.lam * np.sqrt(d)))
+            w = soft_threshold(w + self.lr * np.einsum("bnd,bn->bd", X, r) / n, self.lr * self.lam)
+            ws.append(w)
+        mags.append(np.linalg.norm(w, axis=-1))
+        self.iterates_, self.magnitude_ = np.stack(ws), np.stack(mags)
+        return self
+
+
+def lasso_objective(X, y, w, lam) -> np.ndarray:
+    X, y = _batch(X, y)
+    r = np.einsum("bnd,bd->bn", X, w) - y
+    return (r**2).sum(-1) / (2 * X.shape[1]) + lam * np.abs(w).sum(-1)
+
+
+def lasso_solution(X, y, lam: float, gap: float = 1e-14, max_iter: int = 200_000):
+    """An accurate LASSO minimiser by FISTA, stopped on a duality-gap certificate.
+
+    Returns ``(w, lower)``: ``w [B, d]`` and a lower bound on the optimal objective
+    (the dual value ``u.y - n/2 |u|^2`` at a feasible ``|X^T u|_inf <= lam``), so that
+    ``F(w) - lower <= gap * max(1, F(0))`` certifies w."""
+    X, y = _batch(X, y)
+    B, n, d = X.shape
+    L = np.linalg.eigvalsh(np.einsum("bni,bnj->bij", X, X) / n)[:, -1].max()
+    w = z = np.zeros((B, d))
+    tk = 1.0
+    target = gap * np.maximum(1.0, (y**2).sum(-1) / (2 * n))
+    for it in range(max_iter):
+        r = y - np.einsum("bnd,bd->bn", X, z)
+        w_new = soft_threshold(z + np.einsum("bnd,bn->bd", X, r) / (n * L), lam / L)
+        tk_new = (1 + np.sqrt(1 + 4 * tk * tk)) / 2
+        z = w_new + (tk - 1) / tk_new * (w_new - w)
+        w, tk = w_new, tk_new
+        if it % 50 == 0 or it == max_iter - 1:
+            r = y - np.einsum("bnd,bd->bn", X, w)
+            corr = np.abs(np.einsum("bnd,bn->bd", X, r) / n).max(-1)
+            u = r / n * np.minimum(1.0, lam / np.maximum(corr, 1e-300))[:, None]
+            lower = np.einsum("bn,bn->b", u, y) - n / 2 * (u**2).sum(-1)
+            if np.all(lasso_objective(X, y, w, lam) - lower <= target):
+                return w, lower
+    raise RuntimeError("lasso_solution did not reach its duality-gap target")
+
+
+def sigmoid(s):
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(s, dtype=np.float64)))
+
+
+class LogisticGD(Reference):
+    """GD on the logistic loss ``(1/n) sum_i -y_i s_i + log(1 + e^{s_i})``, ``s_i = w.x_i``.
+
+    ``knots=None``: the exact sigmoid.  ``knots``: the sigmoid replaced by its
+    piecewise-linear interpolant at these knots (``np.interp``, flat outside), as
+    in Bai et al.'s sum-of-ReLU approximation; the unsigned size of that sum's
+    terms is at most ``0.5 (|s| + R) + 2`` with ``R = max|knots|``."""
+
+    def __init__(self, steps: int, lr: float, knots=None):
+        self.steps, self.lr = steps, lr
+        self.knots = None if knots is None else np.asarray(knots, dtype=np.float64)
+
+    def _sigma(self, s):
+        return sigmoid(s) if self.knots is None else np.interp(s, self.knots, sigmoid(self.knots))
+
+    def fit(self, X, y) -> "LogisticGD":
+        X, y = _batch(X, y)
+        B, n, d = X.shape
+        w = np.zeros((B, d))
+        ws, mags = [w], []
+        for _ in range(self.steps):
+            s = np.einsum("bnd,bd->bn", X, w)
+            g = self._sigma(s) - y
+            terms = 1.0 + np.abs(y) if self.knots is None else 0.5 * (np.abs(s) + np.abs(self.knots).max()) + 2 + np.abs(y)
+            mags.append(np.linalg.norm(w, axis=-1) + self.lr * _unsigned_grad(X, terms))
+            w = w - self.lr * np.einsum("bnd,bn->bd", X, g) / n
+            ws.append(w)
+        mags.append(np.linalg.norm(w, axis=-1))
+        self.iterates_, self.magnitude_ = np.stack(ws), np.stack(mags)
+        return self
+
+
+class RidgeSelect:
+    """Post-ICL validation (Bai et al. 2023, sec. 4.5), in numpy.
+
+    GD (``steps``, ``lr``) on the first ``n_train`` examples for every ``lam_k``;
+    validation losses ``L_k`` on the remaining examples; weights
+    ``c_k = sum_j relu(L_k - L_j)``, ``u_k = relu(1 - c_k/gamma)``,
+    ``P_k = relu(1 - sum_{j<=k} u_j)``, ``a_k = P_{k-1} - P_k`` (``P_0 = 1``);
+    prediction ``sum_k a_k <w_k, x_q>``.  ``trace(Xq)`` applies the selection to
+    the iterates after every step; ``scale(Xq)`` is the error-model scale.
+    """
+
+    def __init__(self, lams, steps: int, lr: float, n_train: int, gamma: float):
+        self.lams, self.steps, self.lr, self.n_train, self.gamma = list(lams), steps, lr, n_train, gamma
+
+    def fit(self, X, y) -> "RidgeSelect":
+        X, y = _batch(X, y)
+        tr, va = slice(0, self.n_train), slice(self.n_train, None)
+        self.gds_ = [GD(self.steps, lr=self.lr, lam=lam).fit(X[:, tr], y[:, tr]) for lam in self.lams]
+        W = np.stack([g.iterates_ for g in self.gds_], axis=2)  # [S+1, B, K, d]
+        r = np.einsum("bnd,sbkd->sbkn", X[:, va], W) - y[:, None, va]
+        self.losses_ = (r**2).mean(-1)  # [S+1, B, K]
+        self.weights_ = self.select(self.losses_)
+        self.W_ = W
+        return self
+
+    def select(self, L: np.ndarray) -> np.ndarray:
+        c = np.maximum(L[..., :, None] - L[..., None, :], 0).sum(-1)
+        u = np.maximum(1 - c / self.gamma, 0)
+        P = np.maximum(1 - np.cumsum(u, axis=-1), 0)
+        return np.concatenate([1 - P[..., :1], P[..., :-1] - P[..., 1:]], axis=-1)
+
+    def trace(self, Xq) -> np.ndarray:
+        Xq = np.asarray(Xq, dtype=np.float64)
+        Xq = Xq[None] if Xq.ndim == 2 else Xq
+        f = np.einsum("bmd,sbkd->sbkm", Xq, self.W_[1:])
+        return np.einsum("sbk,sbkm->sbm", self.weights_[1:], f)
+
+    def predict(self, Xq) -> np.ndarray:
+        return self.trace(Xq)[-1]
+
+    def scale(self, Xq) -> np.ndarray:
+        """GD's scale for the worst candidate, times ``1 + K (max_k L_k + |y|^2) / gamma``: the
+        selection maps amplify round-off in the losses by at most ``1/gamma`` per candidate."""
+        base = np.max([g.scale(Xq) for g in self.gds_], axis=0)  # [S, B, m]
+        K = len(self.lams)
+        amp = 1 + K * self.losses_[1:].max(-1) / self.gamma  # [S, B]
+        return base * amp[:, :, None]

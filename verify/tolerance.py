@@ -58,6 +58,12 @@ class Comparison:
     tol: np.ndarray
     scale: np.ndarray
 
+    def join(self, other: "Comparison") -> "Comparison":
+        """Both comparisons side by side (along the last axis); both must hold."""
+        cat = lambda a, b: np.concatenate([a, b], axis=-1)  # noqa: E731
+        return Comparison(cat(self.model, other.model), cat(self.ref, other.ref), cat(self.tol, other.tol),
+                          cat(self.scale, other.scale))
+
     @property
     def err(self) -> np.ndarray:
         return np.abs(self.model - self.ref)

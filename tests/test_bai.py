@@ -1,0 +1,174 @@
+"""Bai et al. 2023 ReLU-attention constructions: every layer, every token, bounds and rates."""
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, note
+
+import constructions
+from constructions import ConstructionError
+from constructions.bai import score_bound, sigmoid_knots
+from verify.claims import CLAIMS, _iterate_bound, glm_fit_error, lasso_lam, stable_lr
+from verify.prompts import PromptSpec, make_prompt
+from verify.reference import GD, ISTA, LogisticGD, RidgeSelect, soft_threshold
+from verify.strategies import knobs, prompts
+from verify.tolerance import assert_trace_matches, compare_trace
+
+DTYPES = pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+BAI = ["bai23-icgd", "bai23-ridge-relu", "bai23-lasso", "bai23-glm", "bai23-selection"]
+
+
+def _holds(claim_id, p, k, dtype=torch.float64):
+    holds, figure, cmp = CLAIMS[claim_id].evaluate(p, k, dtype)
+    note(f"{p.describe()} | {k} | {cmp.report()}")
+    assert holds, cmp.report()
+    return cmp
+
+
+@DTYPES
+@pytest.mark.parametrize("claim_id", BAI)
+@given(p=prompts(), k=knobs())
+def test_every_layer_and_bound(claim_id, dtype, p, k):
+    """Exact trace at every layer, plus each claim's bound (iterates in every token, ISTA's
+    O(1/t) gap, Thm 13's eps*t*lr*B_x, the selection's gamma guarantee)."""
+    spec, k = CLAIMS[claim_id].adapt(p.spec, k)
+    _holds(claim_id, make_prompt(spec), k, dtype)
+
+
+@given(p=prompts(), k=knobs(log10_mask=(0.3, 12.0)))
+def test_relu_gd_exact_for_any_masking_constant(p, k):
+    """The gate is exact whatever B above the bound (B up to 1e12 times it)."""
+    c, ref = CLAIMS["bai23-icgd"].case(p, k)
+    assert_trace_matches(c, ref, *p.arrays)
+
+
+def test_mask_constant_below_the_bound_raises_and_would_leak_the_query():
+    p = make_prompt(PromptSpec(B=1, n=10, m=1, d=3, seed=2))
+    Xq = p.Xq * 100.0  # a query far outside the context: large |<w_t, x_q>|
+    lr = stable_lr(p.X, 1.0)
+    bound = float(score_bound(*(torch.from_numpy(a) for a in (p.X, p.y, Xq)), 0.0).max())
+    c = constructions.relu_gd(3, 4, lr, mask_const=bound / 10)
+    with pytest.raises(ConstructionError, match="mask_const"):
+        c.predict(p.X, p.y, Xq)
+    # with the check off, the query key is no longer gated out and the result is wrong
+    assert not compare_trace(c, GD(4, lr=lr), p.X, p.y, Xq, check=False).ok
+
+
+@given(p=prompts(), k=knobs())
+def test_w_slot_of_every_token_is_the_iterate(p, k):
+    c, ref = CLAIMS["bai23-icgd"].case(p, k)
+    W = c.read_slot(*p.arrays, "w")  # [S+1, B, T, d]
+    ref.fit(p.X, p.y)
+    assert W.shape == (k.steps + 1, p.spec.B, p.spec.n + p.spec.m, p.spec.d)
+    np.testing.assert_array_equal(W[0], 0.0)
+    assert _iterate_bound(p, c, ref).ok  # every token, every layer, within the tolerance model
+
+
+def test_soft_threshold_mlp_is_exact():
+    c = constructions.lasso_ista(d=1, steps=1, lr=1.0, lam=0.5)
+    mlp = c.model.blocks[0].mlp
+    w = c.layout["w"].start
+    v = torch.tensor([-2.0, -0.5, -0.25, 0.0, 0.25, 0.5, 0.7, 3.0], dtype=torch.float64)
+    h = torch.zeros(len(v), 1, c.layout.width, dtype=torch.float64)
+    h[:, 0, w] = v
+    out = (h + mlp(h))[:, 0, w].numpy()
+    np.testing.assert_array_equal(out, soft_threshold(v.numpy(), 0.5))
+
+
+@given(p=prompts(log10_kappa=(0.0, 1.5)), k=knobs())
+def test_lasso_layers_are_ista_steps(p, k):
+    lam = lasso_lam(p.X, p.y, k.log10_lam)
+    lr = stable_lr(p.X, k.lr_factor)
+    assert_trace_matches(constructions.lasso_ista(p.spec.d, k.steps, lr, lam), ISTA(k.steps, lr, lam), *p.arrays)
+
+
+def _glm_errors(seed, heads_list, steps=6):
+    p = make_prompt(PromptSpec(B=2, n=30, m=2, d=4, seed=seed))
+    y = (p.y > 0).astype(float)
+    xb = float(np.linalg.norm(np.concatenate([p.X, p.Xq], 1), axis=-1).max())
+    lr = 2.0 / xb**2
+    exact = LogisticGD(steps, lr).fit(p.X, y).iterates_[-1]
+    errs = []
+    for h in heads_list:
+        c = constructions.logistic_gd(4, steps, lr, h, xb)
+        w = c.read_slot(p.X, y, p.Xq, "w")[-1][:, -1]
+        errs.append(np.linalg.norm(w - exact, axis=-1).max())
+        assert errs[-1] <= glm_fit_error(h, steps * lr * xb**2) * steps * lr * xb  # Thm 13's bound
+    return np.array(errs)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_glm_error_falls_as_heads_squared(seed):
+    """Piecewise-linear interpolation: eps ~ h^2 ~ heads^-2, and the iterate error with it."""
+    heads = np.array([17, 33, 65, 129])
+    errs = _glm_errors(seed, heads)
+    slope = np.polyfit(np.log(heads - 1), np.log(errs), 1)[0]
+    assert -2.5 <= slope <= -1.5, f"error slope {slope:.2f} (errors {errs})"
+
+
+def test_glm_knots_are_the_interpolant():
+    knots, a, base = sigmoid_knots(9, 4.0)
+    s = np.linspace(-6, 6, 1001)
+    relu_sum = base + (a[:, None] * np.maximum(s[None] - knots[:, None], 0)).sum(0)
+    np.testing.assert_allclose(relu_sum, np.interp(s, knots, 1 / (1 + np.exp(-knots))), rtol=0, atol=1e-15)
+
+
+def test_glm_domain_errors():
+    X = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    c = constructions.logistic_gd(2, 3, 0.5, 8, x_bound=1.5)
+    with pytest.raises(ConstructionError, match="labels"):
+        c.predict(X, np.array([0.0, 1.0, 0.5]), X[:1])
+    with pytest.raises(ConstructionError, match="x_bound"):
+        c.predict(X * 2, np.array([0.0, 1.0, 1.0]), X[:1])
+    with pytest.raises(ConstructionError, match="8/x_bound"):
+        constructions.logistic_gd(2, 3, 10.0, 8, x_bound=1.5)
+    with pytest.raises(ConstructionError, match="heads"):
+        constructions.logistic_gd(2, 3, 0.5, 1, x_bound=1.5)
+
+
+@DTYPES
+@given(p=prompts(n=(4, 40)), k=knobs())
+def test_selection_weights_are_a_convex_combination(dtype, p, k):
+    c, ref = CLAIMS["bai23-selection"].case(p, k)
+    c = c.to(dtype)
+    K = len(c.params["lams"])
+    A = np.stack([c.residuals(*p.arrays)[-1][..., c.layout[f"a{j}"].start] for j in range(K)], -1)  # [B, T, K]
+    ref.fit(*p.rounded(dtype).arrays[:2])
+    tol = 8 * K * float(torch.finfo(dtype).eps) * (1 + K * ref.losses_[-1].max() / c.params["gamma"])
+    assert (A >= 0).all() and np.abs(A.sum(-1) - 1).max() <= tol
+    np.testing.assert_allclose(A[:, 0], ref.weights_[-1], rtol=0, atol=tol)
+
+
+def test_selection_picks_the_right_lambda_on_noise_levels():
+    """Noiseless data favours the smallest lambda, very noisy data a larger one (validation-driven)."""
+    rng = np.random.default_rng(0)
+    d, ntr, nva = 5, 30, 30
+    X = rng.normal(size=(2, ntr + nva, d))
+    w = rng.normal(size=(2, d))
+    y = np.einsum("bnd,bd->bn", X, w)
+    y[1] += 3.0 * rng.normal(size=ntr + nva)  # prompt 1: noise sigma = 3
+    lams, steps = [1e-3, 1.0, 30.0], 400
+    lr = 1.0 / (np.linalg.eigvalsh(np.einsum("bni,bnj->bij", X[:, :ntr], X[:, :ntr]) / ntr)[:, -1].max() + lams[-1])
+    c = constructions.ridge_select(d, lams, steps, lr, ntr, nva, gamma=1e-3)
+    ref = RidgeSelect(lams, steps, lr, ntr, 1e-3).fit(X, y)
+    assert_trace_matches(c, RidgeSelect(lams, steps, lr, ntr, 1e-3), X, y, X[:, :1])
+    best = ref.losses_[-1].argmin(-1)
+    assert best[0] == 0 and best[1] > 0
+    assert ref.weights_[-1][0, 0] == 1.0
+
+
+def test_selection_rejects_a_prompt_of_another_size():
+    c = constructions.ridge_select(2, [0.1, 1.0], 2, 0.1, n_train=4, n_val=2, gamma=0.1)
+    X = np.ones((5, 2)) * 0.1
+    with pytest.raises(ConstructionError, match="n_train"):
+        c.predict(X, np.zeros(5), X[:1])
+
+
+def test_bai_resources():
+    r = constructions.relu_gd(4, 5, 0.1).resources
+    assert (r["layers"], r["heads"], r["width"], r["attention"]) == (6, 2, 11, ["relu"])
+    assert constructions.relu_gd(4, 5, 0.1, lam=0.1).resources["heads"] == 3
+    r = constructions.lasso_ista(4, 5, 0.1, 0.1).resources
+    assert (r["layers"], r["heads"], r["mlp_width"]) == (6, 2, 16)
+    assert constructions.logistic_gd(4, 2, 0.1, 10, 2.0).resources["heads"] == 12
+    r = constructions.ridge_select(4, [0.1, 1, 10], 3, 0.1, 6, 3, 0.1).resources
+    assert (r["layers"], r["heads"], r["width"], r["mlp_width"]) == (8, 9, (3 + 1) * 4 + 5 * 3 + 4, 6)
