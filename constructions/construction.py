@@ -72,6 +72,8 @@ class Construction:
     construction that gates them itself (Bai's ``-B(1 - t_j)``) sets False.
     ``split(n) -> n_train``: how many context tokens are train tokens (the rest
     are validation tokens, see :mod:`constructions.layout`); None = all.
+    ``extra_tokens(n) -> [k, D]``: fixed tokens inserted after the context; they act
+    as keys/values, and the attention divisor stays n (the number of examples).
     """
 
     name: str
@@ -82,6 +84,7 @@ class Construction:
     n_readout: int = 0
     mask_query: bool = True
     split: Callable | None = field(default=None, repr=False)
+    extra_tokens: Callable | None = field(default=None, repr=False)
     domain: Callable | None = field(default=None, repr=False)
     model: Transformer = field(init=False, repr=False)
 
@@ -198,10 +201,18 @@ class Construction:
                 h[:, :n_train, s.start] = train
                 h[:, n_train:n, s.start] = val
                 h[:, n:, s.start] = query
+        if self.extra_tokens is not None:
+            extra = torch.as_tensor(np.asarray(self.extra_tokens(n)), dtype=self.dtype, device=self.device)
+            h = torch.cat([h[:, :n], extra.expand(B, -1, -1), h[:, n:]], 1)
         return h
 
+    def n_keys(self, n: int) -> int:
+        """Key tokens for a prompt with n examples: the context plus any extra tokens."""
+        return n + (0 if self.extra_tokens is None else len(self.extra_tokens(n)))
+
     def read(self, h: torch.Tensor, n: int) -> torch.Tensor:
-        """Apply the readout to the query tokens of residual streams ``[..., T, D]`` -> ``[..., m]``."""
+        """Apply the readout to the query tokens (those after the first n key tokens) of
+        residual streams ``[..., T, D]`` -> ``[..., m]``."""
         r = self.layout.readout
         return r.sign * h[..., n:, self.layout[r.slot].start]
 
@@ -212,10 +223,11 @@ class Construction:
 
     # -- public evaluation -------------------------------------------------
     def residuals(self, X, y, Xq, check: bool = True):
-        """All residual streams ``[L+1, B, n+m, D]`` (input first)."""
+        """All residual streams ``[L+1, B, T, D]`` (input first; T includes any extra tokens)."""
         p = self.prepare(X, y, Xq, check)
+        n = p.X.shape[1]
         with torch.no_grad():
-            hs = self.model.residuals(self.embed(p), p.X.shape[1])
+            hs = self.model.residuals(self.embed(p), self.n_keys(n), norm=n)
         if not p.batched:
             hs = hs[:, 0]
         return hs.cpu().numpy() if p.as_numpy else hs
@@ -229,19 +241,21 @@ class Construction:
     def predict(self, X, y, Xq, check: bool = True):
         """Predictions ``[B, m]`` (or ``[m]``) read after the last layer."""
         p = self.prepare(X, y, Xq, check)
+        n = p.X.shape[1]
         with torch.no_grad():
-            h = self.model(self.embed(p), p.X.shape[1])
-        return self._out(self.read(h, p.X.shape[1]), p)
+            h = self.model(self.embed(p), self.n_keys(n), norm=n)
+        return self._out(self.read(h, self.n_keys(n)), p)
 
     def trace(self, X, y, Xq, check: bool = True):
         """Predictions after every algorithm step: ``[S, B, m]`` (or ``[S, m]``)."""
         p = self.prepare(X, y, Xq, check)
         n = p.X.shape[1]
+        nk = self.n_keys(n)
         with torch.no_grad():
-            hs = self.model.residuals(self.embed(p), n, stop=self.steps)[1:]  # [S, B, T, D]
+            hs = self.model.residuals(self.embed(p), nk, stop=self.steps, norm=n)[1:]  # [S, B, T, D]
             if self.n_readout:
                 S, B, T, D = hs.shape
-                hs = self.model(hs.reshape(S * B, T, D), n, start=self.steps).reshape(S, B, T, D)
-        return self._out(self.read(hs, n), p)
+                hs = self.model(hs.reshape(S * B, T, D), nk, start=self.steps, norm=n).reshape(S, B, T, D)
+        return self._out(self.read(hs, nk), p)
 
     __call__ = predict

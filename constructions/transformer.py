@@ -29,6 +29,9 @@ The keys j run over the n context tokens only (``mask_query=True``, the
 default): query tokens never act as keys or values.  With ``mask_query=False``
 every token is a key (kept for the negative control of claims.md sec. 11.2);
 the divisor of linear/relu attention stays n, the number of context examples.
+A construction may add fixed *extra key tokens* after the context (e.g. ridge's
+``sqrt(n lam) e_k`` tokens): then ``n_context`` counts them as keys and
+``norm`` (the divisor) stays the number of examples.
 
 Hook points (the public way to read intermediate values), for block l:
 ``blocks.{l}.hook_resid_pre``, ``blocks.{l}.hook_attn_out``,
@@ -127,18 +130,19 @@ class Attention(nn.Module):
         self.kind = spec.kind
         self.W_Q, self.W_K, self.W_V, self.W_O = (_param(getattr(spec, k)) for k in ("W_Q", "W_K", "W_V", "W_O"))
 
-    def forward(self, h: torch.Tensor, n_context: int, mask_query: bool = True) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, n_context: int, mask_query: bool = True, norm: int | None = None) -> torch.Tensor:
         keys = h[:, :n_context] if mask_query else h
+        norm = n_context if norm is None else norm
         q = torch.einsum("btd,hde->bhte", h, self.W_Q)
         k = torch.einsum("bsd,hde->bhse", keys, self.W_K)
         v = torch.einsum("bsd,hde->bhse", keys, self.W_V)
         if self.kind == "linear":
             # (K^T V) first: O(n E^2) instead of O(n T E); the same sum in exact arithmetic.
-            z = torch.einsum("bhte,bhef->bhtf", q, torch.einsum("bhse,bhsf->bhef", k, v)) / n_context
+            z = torch.einsum("bhte,bhef->bhtf", q, torch.einsum("bhse,bhsf->bhef", k, v)) / norm
         else:
             scores = torch.einsum("bhte,bhse->bhts", q, k)
             if self.kind == "relu":
-                pattern = torch.relu(scores) / n_context
+                pattern = torch.relu(scores) / norm
             else:
                 pattern = torch.softmax(scores, dim=-1)
             z = torch.einsum("bhts,bhse->bhte", pattern, v)
@@ -184,7 +188,7 @@ class Transformer(nn.Module):
         return len(self.blocks)
 
     def forward(self, h: torch.Tensor, n_context: int, cache: dict | None = None, hooks: dict | None = None,
-                start: int = 0, stop: int | None = None):
+                start: int = 0, stop: int | None = None, norm: int | None = None):
         """Run blocks ``start..stop-1`` (default: all) on the residual stream ``h [B, T, D]``.
 
         ``cache``: a dict that receives every hook point's tensor.
@@ -209,19 +213,19 @@ class Transformer(nn.Module):
             block, p = self.blocks[l], f"blocks.{l}."
             h = point(p + "hook_resid_pre", h)
             if block.attn is not None:
-                h = h + point(p + "hook_attn_out", block.attn(h, n_context, self.mask_query))
+                h = h + point(p + "hook_attn_out", block.attn(h, n_context, self.mask_query, norm))
             h = point(p + "hook_resid_mid", h)
             if block.mlp is not None:
                 h = h + point(p + "hook_mlp_out", block.mlp(h))
             h = point(p + "hook_resid_post", h)
         return h
 
-    def residuals(self, h: torch.Tensor, n_context: int, stop: int | None = None) -> torch.Tensor:
+    def residuals(self, h: torch.Tensor, n_context: int, stop: int | None = None, norm: int | None = None) -> torch.Tensor:
         """Residual streams ``[stop+1, B, T, D]``: the input, then after each of the first
         ``stop`` blocks (default: all)."""
         stop = self.n_layers if stop is None else stop
         cache: dict = {}
-        self.forward(h, n_context, cache=cache, stop=stop)
+        self.forward(h, n_context, cache=cache, stop=stop, norm=norm)
         return torch.stack([h] + [cache[f"blocks.{l}.hook_resid_post"] for l in range(stop)])
 
     def param_count(self) -> int:

@@ -32,7 +32,7 @@ KNOB_RANGES = dict(
     log10_lam=(-3.0, 0.5),
     gamma_factor=(0.0, 1.9),
     skew=(0.0, 2.0),
-    log10_mask=(0.3, 6.0),
+    log10_mask=(0.3, 6.0),  # B >= 2x the bound: a float32-rounded prompt moves the bound
     log10_gamma=(-3.0, 0.0),
     heads=(3, 40),
 )
