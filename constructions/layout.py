@@ -18,6 +18,7 @@ fill            train token i         validation token i  query token
 ``y``           y_i (slot size 1)     y_i                 0
 ``zero``        0                     0                   0
 ``one``         1                     1                   1
+``minus_one``   -1                    -1                  -1
 ``t``           1                     -1                  0
 ``train_gate``  0                     -1                  -1
 ``val_gate``    -1                    0                   -1
@@ -42,6 +43,7 @@ from .errors import ConstructionError
 ROLE_FILLS = {
     "zero": (0.0, 0.0, 0.0),
     "one": (1.0, 1.0, 1.0),
+    "minus_one": (-1.0, -1.0, -1.0),
     "t": (1.0, -1.0, 0.0),
     "train_gate": (0.0, -1.0, -1.0),
     "val_gate": (-1.0, 0.0, -1.0),

@@ -286,3 +286,31 @@ class RidgeSelect:
         K = len(self.lams)
         amp = 1 + K * self.losses_[1:].max(-1) / self.gamma  # [S, B]
         return base * amp[:, :, None]
+
+
+class NewtonSchulz(Reference):
+    """Newton-Schulz for ridge: ``M_0 = alpha I``, ``M_{k+1} = 2 M_k - M_k A M_k``,
+    ``A = X^T X/n + lam I``; iterates ``w_k = M_k X^T y/n``.
+
+    ``magnitude_`` (for the error model): ``b_u (|M_k| + tr(M_k A M_k))`` with
+    ``b_u = (1/n) sum_i |y_i| |x_i|``: the layer's sums have terms of size
+    ``tr(M A M)`` (the unsigned ``(1/n) sum_j |M x_j|^2``), the readout's of size
+    ``|M| b_u`` (unsigned ``X^T y/n``)."""
+
+    def __init__(self, iters: int, lam: float, alpha: float):
+        self.steps, self.lam, self.alpha = iters, lam, alpha
+
+    def fit(self, X, y) -> "NewtonSchulz":
+        X, y = _batch(X, y)
+        B, n, d = X.shape
+        A = np.einsum("bni,bnj->bij", X, X) / n + self.lam * np.eye(d)
+        b = np.einsum("bnd,bn->bd", X, y) / n
+        b_u = _unsigned_grad(X, y)
+        M = np.broadcast_to(self.alpha * np.eye(d), (B, d, d)).copy()
+        ws, mags = [np.zeros((B, d))], [np.zeros(B)]
+        for _ in range(self.steps):
+            M = 2 * M - M @ A @ M
+            ws.append(np.einsum("bij,bj->bi", M, b))
+            mags.append(b_u * (np.linalg.norm(M, 2, axis=(1, 2)) + np.trace(M @ A @ M, axis1=1, axis2=2)))
+        self.iterates_, self.magnitude_ = np.stack(ws), np.stack(mags)
+        return self

@@ -49,6 +49,13 @@ def tolerance(dtype, n: int, d: int, scale: np.ndarray) -> np.ndarray:
     return C * eps(dtype) * (depth + 1) * (n + d) * scale
 
 
+def solve_tolerance(dtype, d: int, kappa, scale) -> np.ndarray:
+    """Round-off of a closed-form solve (``np.linalg.solve`` of a d x d system with condition
+    number kappa) used as a reference: ``C * eps * d * kappa * scale`` (engineering.md sec. 1.5
+    suggests ``10 d kappa eps |w*|``; measured floors are 0.05-0.5 kappa u)."""
+    return C * eps(dtype) * d * np.asarray(kappa, dtype=np.float64) * np.asarray(scale, dtype=np.float64)
+
+
 @dataclass
 class Comparison:
     """Model trace vs reference trace, every layer.  Arrays are ``[S, B, m]``."""
@@ -70,10 +77,11 @@ class Comparison:
 
     @property
     def ratio(self) -> np.ndarray:
-        with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             r = self.err / self.tol
         # tol == 0 only when the scale is 0 (x_q = 0 or w = 0): then any error is a failure
-        return np.where(self.tol > 0, r, np.where(self.err > 0, np.inf, 0.0))
+        r = np.where(self.tol > 0, r, np.where(self.err > 0, np.inf, 0.0))
+        return np.where(np.isnan(self.err), np.inf, r)  # a NaN result is a miss, never a pass
 
     @property
     def worst(self) -> float:

@@ -1,0 +1,97 @@
+"""Ridge in context: Newton-Schulz layers (Fu et al.) and GD's rate to ridge (Bai et al.)."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, note
+
+import constructions
+from constructions import ConstructionError
+from constructions.ridge import newton_iters, newton_mask_bound
+from verify.claims import CLAIMS, ridge_lam
+from verify.prompts import PromptSpec, make_prompt
+from verify.reference import NewtonSchulz, Ridge
+from verify.strategies import knobs, prompts
+from verify.tolerance import compare_trace, solve_tolerance
+
+DTYPES = pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+
+
+@DTYPES
+@pytest.mark.parametrize("claim_id", ["fu23-newton", "bai23-ridge"])
+@given(p=prompts(), k=knobs())
+def test_every_layer_and_the_rate_to_ridge(claim_id, dtype, p, k):
+    spec, k = CLAIMS[claim_id].adapt(p.spec, k)
+    holds, figure, cmp = CLAIMS[claim_id].evaluate(make_prompt(spec), k, dtype)
+    note(cmp.report())
+    assert holds, cmp.report()
+
+
+@given(p=prompts(log10_kappa=(4.0, 6.0)), k=knobs())
+def test_fu_printed_value_matrices_fail(p, k):
+    """Regression test for claims.md sec. 11.17: V_1 = V_2 computes |z| v, not z v."""
+    claim = CLAIMS["fu23-printed-values"]
+    spec, k = claim.adapt(p.spec, k)  # d >= 2, so that some score is negative
+    holds, figure, cmp = claim.evaluate(make_prompt(spec), k)
+    assert holds and 1 in cmp.layers_failing()
+
+
+def _newton_case(seed=0, iters=None, d=5, n=12, lam_rel=-2.0):
+    p = make_prompt(PromptSpec(B=2, n=n, m=3, d=d, log10_kappa=3.0, seed=seed))
+    lam = ridge_lam(p.X, lam_rel)
+    xb = float(np.linalg.norm(p.X, axis=-1).max())
+    c = constructions.ridge_newton(d, lam, iters=iters, x_bound=xb, mask_const=10 * newton_mask_bound(n, lam, xb))
+    return p, lam, xb, c
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_deep_newton_stays_at_round_off(seed):
+    """60 layers (3-4x the default): round-off does not grow with depth (no 2^L doubling of a
+    token's own copy; module docstring of constructions.ridge)."""
+    p, lam, xb, c = _newton_case(seed, iters=60)
+    cmp = compare_trace(c, NewtonSchulz(60, lam, 1 / (xb**2 + lam)), *p.arrays)
+    assert cmp.ok, cmp.report()
+    A = np.einsum("bni,bnj->bij", p.X, p.X) / p.spec.n + lam * np.eye(p.spec.d)
+    kappa = np.linalg.cond(A)
+    w = Ridge(lam).fit(p.X, p.y).iterates_[-1]
+    scale = np.linalg.norm(p.Xq, axis=-1) * np.linalg.norm(w, axis=-1)[:, None]
+    assert (np.abs(c.predict(*p.arrays) - Ridge(lam).fit(p.X, p.y).predict(p.Xq))
+            <= solve_tolerance(torch.float64, p.spec.d, kappa[:, None], scale) + cmp.tol[-1]).all()
+
+
+def test_default_iterations_follow_log_kappa():
+    for lam, xb in [(1.0, 1.0), (1e-2, 1.0), (1e-4, 3.0), (1e-8, 1.0)]:
+        k = newton_iters(lam, xb)
+        q = xb**2 / (xb**2 + lam)
+        assert q ** (2**k) <= 2.0**-53 < q ** (2 ** (k - 1))
+        assert k <= math.log2((xb**2 + lam) / lam) + 6
+
+
+def test_u_slot_holds_the_scaled_iterate():
+    p, lam, xb, c = _newton_case(1, iters=4)
+    U = c.read_slot(*p.arrays, "u")  # [S+1, B, T, d]
+    A = np.einsum("bni,bnj->bij", p.X, p.X) / p.spec.n + lam * np.eye(p.spec.d)
+    alpha = 1 / (xb**2 + lam)
+    M = np.broadcast_to(np.eye(p.spec.d), A.shape).copy()  # Mt_0 = I
+    for k in range(1, 5):
+        M = 2 * M - alpha * M @ A @ M
+        want = np.einsum("bij,bnj->bni", M, p.X)
+        np.testing.assert_allclose(U[k][:, : p.spec.n], want, rtol=1e-10, atol=1e-12 * np.abs(want).max())
+
+
+def test_newton_domain_errors():
+    p, lam, xb, c = _newton_case(2)
+    with pytest.raises(ConstructionError, match="x_bound"):
+        c.predict(p.X * 1.01, p.y, p.Xq)
+    small = constructions.ridge_newton(p.spec.d, lam, x_bound=xb, mask_const=1.0)
+    with pytest.raises(ConstructionError, match="mask_const"):
+        small.predict(*p.arrays)
+    with pytest.raises(ConstructionError, match="lam"):
+        constructions.ridge_newton(3, 0.0)
+
+
+def test_newton_resources():
+    c = constructions.ridge_newton(20, 0.01, iters=10)
+    r = c.resources
+    assert (r["layers"], r["heads"], r["width"], r["mlp_width"]) == (11, 6, 43, 0)
