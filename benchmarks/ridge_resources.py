@@ -71,6 +71,12 @@ def main():
         rows.append(f"| {kappa:.0e} | ridge_newton | {r['layers']} | <= log2(d kappa) + 8 = {math.log2(D * kappa) + 8:.1f} "
                     f"| {r['width']} (+{D} ridge tokens) | {r['params']} ({r['nonzero_params']} nonzero) | construction "
                     f"run: {k} Newton layers + readout (default iters = {c.params['iters']}) |")
+        sm = constructions.ridge_sherman_morrison(D, lam, N, x_bound=xb)
+        err = rel_err(sm.trace(*p.arrays), target)
+        r = sm.resources
+        rows.append(f"| {kappa:.0e} | ridge_sherman_morrison | {r['layers']} (reaches {err[-1]:.1e} at the last of "
+                    f"{N} steps) | n (2J + 4) + 1, J = {(sm.step_blocks - 4) // 2} | {r['width']} | {r['params']} "
+                    f"({r['nonzero_params']} nonzero) | construction run |")
         t = gd_steps(p, lam, target)
         lr = 1.0 / np.linalg.eigvalsh(p.X[0].T @ p.X[0] / N + lam * np.eye(D))[-1]
         how = "numpy reference iterates"

@@ -16,13 +16,15 @@ from .layout import Readout, ResidualLayout
 from .bai import lasso_ista, logistic_gd, relu_gd, ridge_select
 from .linear_gd import gd, gd_plus_plus, preconditioned_gd
 from .ridge import ridge_newton
+from .sherman_morrison import ridge_sherman_morrison
 from .transformer import AttentionSpec, BlockSpec, MLPSpec, Transformer
 
 __version__ = "0.1.0"
 
 _FACTORIES = {
     f.__name__: f
-    for f in (gd, gd_plus_plus, preconditioned_gd, relu_gd, lasso_ista, logistic_gd, ridge_select, ridge_newton)
+    for f in (gd, gd_plus_plus, preconditioned_gd, relu_gd, lasso_ista, logistic_gd, ridge_select, ridge_newton,
+              ridge_sherman_morrison)
 }
 
 

@@ -49,6 +49,8 @@ def gated_relu_head(lay: ResidualLayout, q: dict, k: dict, v: dict, o: dict, e: 
                     gate: str = "gate", sign: float = 1.0) -> dict:
     """One ReLU head with score ``sign * (q_i.k_j) + B * gate_j``.
 
+    ``gate`` is a slot of size 1, or ``(slot, i)`` for entry i of a wider slot.
+
     ``q``/``k`` are slot reads ``[size, e]`` forming the linear score; ``v``/``o`` the
     value read ``[size, e']`` and output write ``[e', size]``.  The gate is one extra
     head dimension: the query reads ``one`` (times B), the key reads ``gate``.
@@ -57,7 +59,10 @@ def gated_relu_head(lay: ResidualLayout, q: dict, k: dict, v: dict, o: dict, e: 
     qe = {s: np.hstack([sign * np.asarray(b, float), np.zeros((np.shape(b)[0], 1))]) for s, b in q.items()}
     qe["one"] = qe.get("one", np.zeros((1, e + 1))) + np.eye(e + 1)[e:] * mask_const
     ke = {s: np.hstack([np.asarray(b, float), np.zeros((np.shape(b)[0], 1))]) for s, b in k.items()}
-    ke[gate] = ke.get(gate, np.zeros((1, e + 1))) + np.eye(e + 1)[e:]
+    gslot, gi = (gate, 0) if isinstance(gate, str) else gate  # a slot, or (slot, entry) of a wider slot
+    gread = np.zeros((lay[gslot].size, e + 1))
+    gread[gi, e] = 1.0
+    ke[gslot] = ke.get(gslot, np.zeros_like(gread)) + gread
     ev = np.shape(next(iter(v.values())))[1]
     return dict(
         W_Q=lay.read(qe, e + 1),

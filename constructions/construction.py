@@ -62,8 +62,9 @@ class Construction:
     (:class:`~constructions.layout.ResidualLayout`), ``d`` (input dimension),
     ``blocks`` (the plain-data weights the model was built from).
 
-    Layers: the first ``steps = L - n_readout`` blocks carry out one algorithm
-    step each; the last ``n_readout`` blocks form the *readout* (e.g. Bai et
+    Layers: the first ``L - n_readout`` blocks carry out the algorithm, one step
+    per ``step_blocks`` blocks (1 for almost every construction); the last
+    ``n_readout`` blocks form the *readout* (e.g. Bai et
     al.'s final layer writing ``<w, x_q>``).  ``trace()[t]`` applies the readout
     blocks to the stream after step block t (a "logit lens" that is exact by
     construction), so ``trace()[-1] == predict()``.
@@ -74,6 +75,9 @@ class Construction:
     are validation tokens, see :mod:`constructions.layout`); None = all.
     ``extra_tokens(n) -> [k, D]``: fixed tokens inserted after the context; they act
     as keys/values, and the attention divisor stays n (the number of examples).
+    ``constants``: ``{slot: vector}`` added to that slot of every token at embedding
+    (a constant embedding, e.g. an initial state replicated in every token).
+    ``step_blocks``: blocks per algorithm step (default 1: one layer = one step).
     """
 
     name: str
@@ -85,6 +89,8 @@ class Construction:
     mask_query: bool = True
     split: Callable | None = field(default=None, repr=False)
     extra_tokens: Callable | None = field(default=None, repr=False)
+    constants: dict | None = field(default=None, repr=False)
+    step_blocks: int = 1
     domain: Callable | None = field(default=None, repr=False)
     model: Transformer = field(init=False, repr=False)
 
@@ -94,11 +100,17 @@ class Construction:
             raise ConstructionError(f"layout width {self.layout.width} != model width {self.model.width}")
         if not 0 <= self.n_readout < self.model.n_layers:
             raise ConstructionError("a construction needs at least one step block besides its readout blocks")
+        if (self.model.n_layers - self.n_readout) % self.step_blocks:
+            raise ConstructionError("the step blocks must divide into steps of step_blocks blocks")
 
     @property
     def steps(self) -> int:
-        """Number of algorithm steps (= step blocks)."""
-        return self.model.n_layers - self.n_readout
+        """Number of algorithm steps."""
+        return (self.model.n_layers - self.n_readout) // self.step_blocks
+
+    @property
+    def n_step_blocks(self) -> int:
+        return self.steps * self.step_blocks
 
     # -- dtype / device ----------------------------------------------------
     @property
@@ -196,11 +208,19 @@ class Construction:
                 h[:, n:, s.index] = p.Xq
             elif s.fill == "y":
                 h[:, :n, s.start] = p.y
+            elif s.fill == "posgate":
+                if s.size != n:
+                    raise ConstructionError(f"this {self.name} construction was built for n={s.size} examples, got {n}")
+                h[:, :, s.index] = -1.0
+                h[:, torch.arange(n), s.start + torch.arange(n)] = 0.0
             else:
                 train, val, query = ROLE_FILLS[s.fill]
                 h[:, :n_train, s.start] = train
                 h[:, n_train:n, s.start] = val
                 h[:, n:, s.start] = query
+        for slot, value in (self.constants or {}).items():
+            h[..., self.layout[slot].index] += torch.as_tensor(np.asarray(value, dtype=np.float64), dtype=self.dtype,
+                                                               device=self.device)
         if self.extra_tokens is not None:
             extra = torch.as_tensor(np.asarray(self.extra_tokens(n)), dtype=self.dtype, device=self.device)
             h = torch.cat([h[:, :n], extra.expand(B, -1, -1), h[:, n:]], 1)
@@ -236,7 +256,7 @@ class Construction:
         """The named slot of every token after every step block: ``[S+1, B, T, size]``
         (index 0 is the embedding).  E.g. Bai et al.'s replicated iterate ``w``."""
         hs = self.residuals(X, y, Xq, check)
-        return hs[: self.steps + 1, ..., self.layout[slot].index]
+        return hs[: self.n_step_blocks + 1 : self.step_blocks, ..., self.layout[slot].index]
 
     def predict(self, X, y, Xq, check: bool = True):
         """Predictions ``[B, m]`` (or ``[m]``) read after the last layer."""
@@ -252,10 +272,11 @@ class Construction:
         n = p.X.shape[1]
         nk = self.n_keys(n)
         with torch.no_grad():
-            hs = self.model.residuals(self.embed(p), nk, stop=self.steps, norm=n)[1:]  # [S, B, T, D]
+            hs = self.model.residuals(self.embed(p), nk, stop=self.n_step_blocks, norm=n)
+            hs = hs[self.step_blocks :: self.step_blocks]  # after each step: [S, B, T, D]
             if self.n_readout:
                 S, B, T, D = hs.shape
-                hs = self.model(hs.reshape(S * B, T, D), nk, start=self.steps, norm=n).reshape(S, B, T, D)
+                hs = self.model(hs.reshape(S * B, T, D), nk, start=self.n_step_blocks, norm=n).reshape(S, B, T, D)
         return self._out(self.read(hs, nk), p)
 
     __call__ = predict

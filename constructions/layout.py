@@ -24,6 +24,9 @@ fill            train token i         validation token i  query token
 ``val_gate``    -1                    0                   -1
 ==============  ====================  ==================  ===========
 
+``posgate`` (size n): on context token i the vector ``e_i - 1`` (0 at i, -1
+elsewhere), on query tokens all -1; a head gated by entry t admits token t only.
+
 ``t`` is Bai et al.'s token type.  The gates are ``indicator - 1``: a ReLU head
 adds ``B * gate_j`` to its score, which is an exact 0 on the tokens it admits
 (whatever the summation order) and ``-B`` on the others (claims.md sec. 11.15).
@@ -48,7 +51,7 @@ ROLE_FILLS = {
     "train_gate": (0.0, -1.0, -1.0),
     "val_gate": (-1.0, 0.0, -1.0),
 }
-FILLS = ("x", "y", *ROLE_FILLS)
+FILLS = ("x", "y", "posgate", *ROLE_FILLS)
 
 
 @dataclass(frozen=True)

@@ -9,17 +9,18 @@ from hypothesis import given, note
 import constructions
 from constructions import ConstructionError
 from constructions.ridge import newton_iters, newton_mask_bound
+from constructions.sherman_morrison import reciprocal_iters
 from verify.claims import CLAIMS, ridge_lam
 from verify.prompts import PromptSpec, make_prompt
-from verify.reference import NewtonSchulz, Ridge
+from verify.reference import NewtonSchulz, RecursiveLeastSquares, Ridge
 from verify.strategies import knobs, prompts
-from verify.tolerance import compare_trace, solve_tolerance
+from verify.tolerance import compare_trace, solve_tolerance, tolerance
 
 DTYPES = pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
 
 
 @DTYPES
-@pytest.mark.parametrize("claim_id", ["fu23-newton", "bai23-ridge"])
+@pytest.mark.parametrize("claim_id", ["fu23-newton", "bai23-ridge", "akyurek22-thm2"])
 @given(p=prompts(), k=knobs())
 def test_every_layer_and_the_rate_to_ridge(claim_id, dtype, p, k):
     spec, k = CLAIMS[claim_id].adapt(p.spec, k)
@@ -95,3 +96,83 @@ def test_newton_resources():
     c = constructions.ridge_newton(20, 0.01, iters=10)
     r = c.resources
     assert (r["layers"], r["heads"], r["width"], r["mlp_width"]) == (11, 6, 43, 0)
+
+
+# -- Sherman-Morrison ------------------------------------------------------------------------
+def _sm_case(seed=0, n=6, d=3, lam=0.2):
+    p = make_prompt(PromptSpec(B=2, n=n, m=2, d=d, log10_kappa=2.0, seed=seed))
+    xb = float(np.linalg.norm(p.X, axis=-1).max())
+    return p, xb, constructions.ridge_sherman_morrison(d, lam, n, x_bound=xb)
+
+
+@given(p=prompts(n=(1, 12), d=(1, 6)), k=knobs(log10_lam=(-2.0, 0.5)))
+def test_rls_reference_is_prefix_ridge(p, k):
+    """The reference itself: step t equals np.linalg.solve on the first t+1 examples."""
+    lam = ridge_lam(p.X, k.log10_lam)
+    ref = RecursiveLeastSquares(lam).fit(p.X, p.y)
+    n, d = p.spec.n, p.spec.d
+    for t in range(n):
+        Xt, yt = p.X[:, : t + 1], p.y[:, : t + 1]
+        A = np.einsum("bni,bnj->bij", Xt, Xt) + n * lam * np.eye(d)
+        w = np.linalg.solve(A, np.einsum("bnd,bn->bd", Xt, yt)[..., None])[..., 0]
+        # the recursion's round-off: one closed-form solve's worth per step absorbed (depth t + 1)
+        tol = (t + 1) * solve_tolerance(torch.float64, d, np.linalg.cond(A), np.linalg.norm(w, axis=-1))
+        assert (np.linalg.norm(ref.iterates_[t + 1] - w, axis=-1) <= tol).all()
+
+
+def test_sm_state_is_the_prefix_inverse():
+    p, xb, c = _sm_case(1)
+    P = c.read_slot(*p.arrays, "P")  # [S+1, B, T, d*d]
+    n, d, lam = 6, 3, 0.2
+    # P's entries are at most 1/mu; the error model with that scale, depth = blocks run
+    tol = tolerance(torch.float64, n, d, np.full(n + 1, 1 / (n * lam)), c.step_blocks)
+    np.testing.assert_array_equal(P[0], np.broadcast_to(np.eye(d).ravel() / (n * lam), P[0].shape))
+    for t in range(1, n + 1):
+        A = np.einsum("bni,bnj->bij", p.X[:, :t], p.X[:, :t]) + n * lam * np.eye(d)
+        want = np.linalg.inv(A).reshape(2, 1, d * d)
+        assert np.abs(P[t] - want).max() <= tol[t - 1]
+
+
+def test_sm_domain_and_shape_errors():
+    p, xb, c = _sm_case(3)
+    with pytest.raises(ConstructionError, match="n=6"):
+        c.predict(p.X[:, :5], p.y[:, :5], p.Xq)
+    with pytest.raises(ConstructionError, match="x_bound"):
+        c.predict(p.X * 2, p.y, p.Xq)
+    small = constructions.ridge_sherman_morrison(3, 0.2, 6, x_bound=xb, mask_const=1.0)
+    with pytest.raises(ConstructionError, match="mask_const"):
+        small.predict(*p.arrays)
+
+
+def test_sm_perturbed_weight_is_caught_at_its_step():
+    p, xb, c = _sm_case(4)
+    assert compare_trace(c, RecursiveLeastSquares(0.2), *p.arrays).ok
+    step = 2
+    block = c.model.blocks[step * c.step_blocks]  # the block selecting example `step`
+    W = block.attn.W_O.data
+    W[W != 0] *= 1 + 1e-7
+    cmp = compare_trace(c, RecursiveLeastSquares(0.2), *p.arrays)
+    assert not cmp.ok and cmp.layers_failing()[0] == step + 1
+
+
+def test_reciprocal_iterations():
+    for C in (1.5, 10.0, 1e4):
+        J = reciprocal_iters(C)
+        assert (1 - 1 / C) ** (2**J) <= 2.0**-53 < (1 - 1 / C) ** (2 ** (J - 1))
+
+
+def test_sm_resources():
+    c = constructions.ridge_sherman_morrison(4, 0.1, 10, x_bound=1.0)
+    J = reciprocal_iters(1 + 1.0 / (10 * 0.1))
+    r = c.resources
+    assert c.step_blocks == 2 * J + 4 and r["layers"] == 10 * (2 * J + 4) + 1
+    assert r["width"] == 4 * 4 + 4 * 4 + 10 + 6
+
+
+def test_sm_with_too_small_mask_leaks_other_examples():
+    p, xb, c = _sm_case(5)
+    from constructions.sherman_morrison import sm_mask_bound
+
+    bound = float(sm_mask_bound(torch.from_numpy(p.X), torch.from_numpy(p.y), 0.2, xb).max())
+    small = constructions.ridge_sherman_morrison(3, 0.2, 6, x_bound=xb, mask_const=bound / 100)
+    assert not compare_trace(small, RecursiveLeastSquares(0.2), *p.arrays, check=False).ok

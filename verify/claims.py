@@ -18,13 +18,14 @@ import numpy as np
 import torch
 
 import constructions
-from constructions import bai
+from constructions import bai, sherman_morrison
 from constructions.ridge import newton_mask_bound
 from constructions.errors import ConstructionError
 
 from .prompts import Prompt, PromptSpec, make_prompt, sample_fields
 from .reference import (
-    GD, ISTA, GDPlusPlus, LogisticGD, NewtonSchulz, Reference, Ridge, RidgeSelect, lasso_objective, lasso_solution,
+    GD, ISTA, GDPlusPlus, LogisticGD, NewtonSchulz, RecursiveLeastSquares, Reference, Ridge, RidgeSelect,
+    lasso_objective, lasso_solution,
 )
 from .tolerance import Comparison, compare_trace, solve_tolerance, tolerance
 
@@ -358,6 +359,30 @@ def _newton_fu_printed(p: Prompt, k: Knobs):
                                       mask_const=c.params["mask_const"], _fu_printed_values=True), ref
 
 
+def _sm(p: Prompt, k: Knobs):
+    lam = ridge_lam(p.X, k.log10_lam)
+    x_bound = float(np.linalg.norm(p.X, axis=-1).max())
+    mask = 10.0**k.log10_mask * float(sherman_morrison.sm_mask_bound(*_torch(p)[:2], lam, x_bound).max())
+    c = constructions.ridge_sherman_morrison(p.spec.d, lam, p.spec.n, x_bound=x_bound, mask_const=mask)
+    return c, RecursiveLeastSquares(lam)
+
+
+def _sm_final(p: Prompt, k: Knobs, c) -> Comparison:
+    """The last step equals the toolkit's closed-form ridge (np.linalg.solve) within the
+    solve's round-off plus the trace's tolerance."""
+    lam = c.params["lam"]
+    w_star, kappa, _ = _ridge_quantities(p, lam)
+    model = np.asarray(c.predict(*p.arrays), dtype=np.float64)[None]  # [1, B, m]
+    target = np.einsum("bmd,bd->bm", p.Xq, w_star)[None]
+    qn = np.linalg.norm(p.Xq, axis=-1)[None] * np.linalg.norm(w_star, axis=-1)[None, :, None]
+    ref = RecursiveLeastSquares(lam).fit(p.X, p.y)
+    tol = tolerance(c.dtype, p.spec.n, p.spec.d, ref.scale(p.Xq), c.step_blocks)[-1:]
+    allowed = tol + solve_tolerance(torch.float64, p.spec.d, kappa[None, :, None], qn)
+    dev = np.abs(model - target)
+    pad = lambda a: np.concatenate([np.zeros((p.spec.n - 1,) + a.shape[1:]), a])  # noqa: E731  (last step only)
+    return Comparison(pad(dev), np.zeros_like(pad(dev)), pad(allowed) + (pad(allowed) == 0), pad(allowed))
+
+
 CLAIMS: dict[str, Claim] = {
     c.id: c
     for c in [
@@ -432,6 +457,13 @@ CLAIMS: dict[str, Claim] = {
             "|y_L - y_ridge| <= rho^L |x_q||w*|, rho = max|1 - lr a_i| <= 1 - lr mu",
             "gd(lam>0)", "GD iterates; np.linalg.solve ridge (numpy)", _gd_ridge,
             fixed_knobs=dict(steps=(1, 60)), bounds=_gd_ridge_rate,
+        ),
+        Claim(
+            "akyurek22-thm2", "Akyurek et al. 2022", "Thm 2, App. B (Sherman-Morrison / RLS)",
+            "one step (a fixed group of 2J+4 blocks) per example applies the Sherman-Morrison update: after step t "
+            "the prediction is ridge on the first t+1 examples (mu = n lam), the last step the toolkit's ridge",
+            "ridge_sherman_morrison", "RLS recursion with exact division; np.linalg.solve ridge (numpy)", _sm,
+            fixed_prompt=dict(n=(1, 16), d=(1, 8)), fixed_knobs=dict(log10_lam=(-2.0, 0.5)), bounds=_sm_final,
         ),
         Claim(
             "fu23-printed-values", "Fu et al. 2023", "App. B (V_1 = V_2 as printed); claims.md sec. 11.17",

@@ -314,3 +314,34 @@ class NewtonSchulz(Reference):
             mags.append(b_u * (np.linalg.norm(M, 2, axis=(1, 2)) + np.trace(M @ A @ M, axis1=1, axis2=2)))
         self.iterates_, self.magnitude_ = np.stack(ws), np.stack(mags)
         return self
+
+
+class RecursiveLeastSquares(Reference):
+    """Ridge on every prefix by the Sherman-Morrison / RLS recursion (exact division):
+    ``mu = n lam``, ``P = I/mu``, ``w = 0``; per example ``u = P x``, ``c = 1 + x.u``,
+    ``w <- w + u (y - x.w)/c``, ``P <- P - u u^T/c``.  ``iterates_[t+1]`` is the ridge
+    solution on examples 0..t; ``magnitude_`` bounds the terms the updates sum:
+    ``|w_t| + |P_t| max|x| (max|y| + max|x| |w_t|)``."""
+
+    def __init__(self, lam: float):
+        self.lam = lam
+
+    def fit(self, X, y) -> "RecursiveLeastSquares":
+        X, y = _batch(X, y)
+        B, n, d = X.shape
+        P = np.broadcast_to(np.eye(d) / (n * self.lam), (B, d, d)).copy()
+        w = np.zeros((B, d))
+        xm, ym = np.linalg.norm(X, axis=-1).max(-1), np.abs(y).max(-1)
+        ws, mags = [w], []
+        for t in range(n):
+            x = X[:, t]
+            mags.append(np.linalg.norm(w, axis=-1) + np.linalg.norm(P, 2, axis=(1, 2)) * xm * (ym + xm * np.linalg.norm(w, axis=-1)))
+            u = np.einsum("bij,bj->bi", P, x)
+            c = 1 + np.einsum("bi,bi->b", x, u)
+            e = y[:, t] - np.einsum("bi,bi->b", x, w)
+            w = w + u * (e / c)[:, None]
+            P = P - np.einsum("bi,bj->bij", u, u) / c[:, None, None]
+            ws.append(w)
+        mags.append(np.linalg.norm(w, axis=-1))
+        self.iterates_, self.magnitude_ = np.stack(ws), np.stack(mags)
+        return self

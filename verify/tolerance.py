@@ -42,10 +42,11 @@ def eps(dtype) -> float:
     return float(np.finfo(dtype).eps)
 
 
-def tolerance(dtype, n: int, d: int, scale: np.ndarray) -> np.ndarray:
-    """Per-layer tolerance ``[S, ...]`` for a scale array whose first axis is the layer t = 1..S."""
+def tolerance(dtype, n: int, d: int, scale: np.ndarray, step_blocks: int = 1) -> np.ndarray:
+    """Per-step tolerance ``[S, ...]`` for a scale array whose first axis is the step t = 1..S.
+    The depth is the number of blocks run: ``t * step_blocks``."""
     scale = np.asarray(scale, dtype=np.float64)
-    depth = np.arange(1, scale.shape[0] + 1, dtype=np.float64).reshape((-1,) + (1,) * (scale.ndim - 1))
+    depth = step_blocks * np.arange(1, scale.shape[0] + 1, dtype=np.float64).reshape((-1,) + (1,) * (scale.ndim - 1))
     return C * eps(dtype) * (depth + 1) * (n + d) * scale
 
 
@@ -127,7 +128,8 @@ def compare_trace(construction, reference, X, y, Xq, check: bool = True) -> Comp
     ref, scale = reference.trace(Xq), reference.scale(Xq)
     if model.shape != ref.shape:
         raise AssertionError(f"trace shape {model.shape} != reference trace shape {ref.shape}")
-    return Comparison(model, ref, tolerance(construction.dtype, X.shape[1], X.shape[2], scale), scale)
+    tol = tolerance(construction.dtype, X.shape[1], X.shape[2], scale, getattr(construction, "step_blocks", 1))
+    return Comparison(model, ref, tol, scale)
 
 
 def assert_trace_matches(construction, reference, X, y, Xq) -> Comparison:
