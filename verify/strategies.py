@@ -33,15 +33,19 @@ def _range(name: str, ranges: dict, value):
     return st.floats(float(lo), float(hi), allow_nan=False, allow_infinity=False)
 
 
+def _builds(cls, ranges: dict, over: dict, what: str) -> st.SearchStrategy:
+    unknown = set(over) - set(ranges) - {"seed"}
+    if unknown:
+        raise TypeError(f"unknown {what} {sorted(unknown)}; known: {sorted(ranges)}")
+    fields = {k: _range(k, ranges, over.get(k)) for k in ranges}
+    fields["seed"] = _range("seed", {"seed": (0, 2**32 - 1)}, over.get("seed"))
+    return st.builds(cls, **fields)
+
+
 def prompt_specs(**over) -> st.SearchStrategy[PromptSpec]:
     """Specs from :data:`verify.prompts.RANGES`; a keyword fixes a field (``d=3``), narrows
     its range (``n=(1, 5)``) or gives a strategy."""
-    unknown = set(over) - set(RANGES) - {"seed"}
-    if unknown:
-        raise TypeError(f"unknown prompt parameters {sorted(unknown)}; known: {sorted(RANGES)}")
-    fields = {k: _range(k, RANGES, over.get(k)) for k in RANGES}
-    fields["seed"] = _range("seed", {"seed": (0, 2**32 - 1)}, over.get("seed"))
-    return st.builds(PromptSpec, **fields)
+    return _builds(PromptSpec, RANGES, over, "prompt parameters")
 
 
 def prompts(**over) -> st.SearchStrategy[Prompt]:
@@ -51,9 +55,4 @@ def prompts(**over) -> st.SearchStrategy[Prompt]:
 
 def knobs(**over) -> st.SearchStrategy[Knobs]:
     """Knobs from :data:`verify.claims.KNOB_RANGES`, with the same override rules."""
-    unknown = set(over) - set(KNOB_RANGES) - {"seed"}
-    if unknown:
-        raise TypeError(f"unknown knobs {sorted(unknown)}; known: {sorted(KNOB_RANGES)}")
-    fields = {k: _range(k, KNOB_RANGES, over.get(k)) for k in KNOB_RANGES}
-    fields["seed"] = _range("seed", {"seed": (0, 2**32 - 1)}, over.get("seed"))
-    return st.builds(Knobs, **fields)
+    return _builds(Knobs, KNOB_RANGES, over, "knobs")
