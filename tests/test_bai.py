@@ -11,7 +11,7 @@ from verify.claims import CLAIMS, _iterate_bound, glm_fit_error, lasso_lam, stab
 from verify.prompts import PromptSpec, make_prompt
 from verify.reference import GD, ISTA, LogisticGD, RidgeSelect, soft_threshold
 from verify.strategies import knobs, prompts
-from verify.tolerance import assert_trace_matches, compare_trace
+from verify.tolerance import assert_trace_matches, compare_trace, tolerance
 
 DTYPES = pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
 BAI = ["bai23-icgd", "bai23-ridge-relu", "bai23-lasso", "bai23-glm", "bai23-selection"]
@@ -109,7 +109,9 @@ def test_glm_knots_are_the_interpolant():
     knots, a, base = sigmoid_knots(9, 4.0)
     s = np.linspace(-6, 6, 1001)
     relu_sum = base + (a[:, None] * np.maximum(s[None] - knots[:, None], 0)).sum(0)
-    np.testing.assert_allclose(relu_sum, np.interp(s, knots, 1 / (1 + np.exp(-knots))), rtol=0, atol=1e-15)
+    terms = np.abs(base) + (np.abs(a)[:, None] * np.maximum(s[None] - knots[:, None], 0)).sum(0)
+    tol = tolerance(torch.float64, len(knots), 1, terms[None])[0]  # one layer's sum of 9 terms
+    assert (np.abs(relu_sum - np.interp(s, knots, 1 / (1 + np.exp(-knots)))) <= tol).all()
 
 
 def test_glm_domain_errors():
@@ -133,9 +135,11 @@ def test_selection_weights_are_a_convex_combination(dtype, p, k):
     K = len(c.params["lams"])
     A = np.stack([c.residuals(*p.arrays)[-1][..., c.layout[f"a{j}"].start] for j in range(K)], -1)  # [B, T, K]
     ref.fit(*p.rounded(dtype).arrays[:2])
-    tol = 8 * K * float(torch.finfo(dtype).eps) * (1 + K * ref.losses_[-1].max() / c.params["gamma"])
+    # the weights are O(1); round-off in the losses is amplified by the selection maps' 1/gamma
+    scale = np.full(c.model.n_layers, 1 + K * ref.losses_[-1].max() / c.params["gamma"])
+    tol = tolerance(dtype, p.spec.n, p.spec.d, scale)[-1]
     assert (A >= 0).all() and np.abs(A.sum(-1) - 1).max() <= tol
-    np.testing.assert_allclose(A[:, 0], ref.weights_[-1], rtol=0, atol=tol)
+    assert np.abs(A[:, 0] - ref.weights_[-1]).max() <= tol
 
 
 def test_selection_picks_the_right_lambda_on_noise_levels():
