@@ -219,7 +219,7 @@ def _relu_ridge(p: Prompt, k: Knobs):
 
 
 #: duality-gap target of the LASSO reference solution (relative to max(1, F(0)))
-LASSO_GAP = 1e-14
+LASSO_GAP = 1e-12
 
 
 def lasso_lam(X, y, log10_lam: float) -> float:

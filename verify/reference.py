@@ -175,7 +175,7 @@ def lasso_objective(X, y, w, lam) -> np.ndarray:
     return (r**2).sum(-1) / (2 * X.shape[1]) + lam * np.abs(w).sum(-1)
 
 
-def lasso_solution(X, y, lam: float, gap: float = 1e-14, max_iter: int = 200_000):
+def lasso_solution(X, y, lam: float, gap: float = 1e-12, max_iter: int = 200_000):
     """An accurate LASSO minimiser by FISTA, stopped on a duality-gap certificate.
 
     Returns ``(w, lower)``: ``w [B, d]`` and a lower bound on the optimal objective
