@@ -35,7 +35,7 @@ def test_fu_printed_value_matrices_fail(p, k):
     claim = CLAIMS["fu23-printed-values"]
     spec, k = claim.adapt(p.spec, k)  # d >= 2, so that some score is negative
     holds, figure, cmp = claim.evaluate(make_prompt(spec), k)
-    assert holds and 1 in cmp.layers_failing()
+    assert holds and cmp.layers_failing()  # the miss starts at the first layer with a negative score
 
 
 def _newton_case(seed=0, iters=None, d=5, n=12, lam_rel=-2.0):
@@ -120,8 +120,10 @@ def test_rls_reference_is_prefix_ridge(p, k):
         Xt, yt = p.X[:, : t + 1], p.y[:, : t + 1]
         A = np.einsum("bni,bnj->bij", Xt, Xt) + n * lam * np.eye(d)
         w = np.linalg.solve(A, np.einsum("bnd,bn->bd", Xt, yt)[..., None])[..., 0]
-        # the recursion's round-off: one closed-form solve's worth per step absorbed (depth t + 1)
-        tol = (t + 1) * solve_tolerance(torch.float64, d, np.linalg.cond(A), np.linalg.norm(w, axis=-1))
+        # the recursion's round-off: one closed-form solve's worth per step absorbed (depth t + 1),
+        # relative to the size of the terms the updates sum (the reference's running magnitude)
+        scale = np.maximum.accumulate(ref.magnitude_, axis=0)[t + 1]
+        tol = (t + 1) * solve_tolerance(torch.float64, d, np.linalg.cond(A), scale)
         assert (np.linalg.norm(ref.iterates_[t + 1] - w, axis=-1) <= tol).all()
 
 

@@ -475,7 +475,7 @@ CLAIMS: dict[str, Claim] = {
         Claim(
             "fu23-printed-values", "Fu et al. 2023", "App. B (V_1 = V_2 as printed); claims.md sec. 11.17",
             "negative control: the printed value matrices compute relu(z)v + relu(-z)v = |z|v and miss the "
-            "Newton iterate from the first layer on (whenever a score is negative: d >= 2 here)",
+            "Newton iterate (from the first layer with a negative score; d >= 2 here)",
             "ridge_newton(printed values)", "Newton-Schulz iterates (numpy)", _newton_fu_printed,
             kind="negative", negative_from=1, fixed_prompt=dict(d=(2, 12)),
         ),
