@@ -199,32 +199,39 @@ class Construction:
     def embed(self, p: Prepared) -> torch.Tensor:
         """The residual stream ``[B, n+m, D]`` of a prepared prompt, filled slot by slot."""
         B, n, _ = p.X.shape
-        m = p.Xq.shape[1]
-        n_train = n if self.split is None else self.split(n)
-        h = torch.zeros(B, n + m, self.layout.width, dtype=self.dtype, device=self.device)
-        for s in self.layout.slots:
-            if s.fill == "x":
-                h[:, :n, s.index] = p.X
-                h[:, n:, s.index] = p.Xq
-            elif s.fill == "y":
-                h[:, :n, s.start] = p.y
-            elif s.fill == "posgate":
-                if s.size != n:
-                    raise ConstructionError(f"this {self.name} construction was built for n={s.size} examples, got {n}")
-                h[:, :, s.index] = -1.0
-                h[:, torch.arange(n), s.start + torch.arange(n)] = 0.0
-            else:
-                train, val, query = ROLE_FILLS[s.fill]
-                h[:, :n_train, s.start] = train
-                h[:, n_train:n, s.start] = val
-                h[:, n:, s.start] = query
-        for slot, value in (self.constants or {}).items():
-            h[..., self.layout[slot].index] += torch.as_tensor(np.asarray(value, dtype=np.float64), dtype=self.dtype,
-                                                               device=self.device)
+        h = torch.zeros(B, n + p.Xq.shape[1], self.layout.width, dtype=self.dtype, device=self.device)
+        self.fill(h, p.X, p.y, p.Xq, lambda a: torch.as_tensor(np.asarray(a, dtype=np.float64), dtype=self.dtype,
+                                                                 device=self.device))
         if self.extra_tokens is not None:
             extra = torch.as_tensor(np.asarray(self.extra_tokens(n)), dtype=self.dtype, device=self.device)
             h = torch.cat([h[:, :n], extra.expand(B, -1, -1), h[:, n:]], 1)
         return h
+
+    def fill(self, h, X, y, Xq, const: Callable) -> None:
+        """Fill the zero stream ``h [B, n+m, D]`` (a torch tensor, or a numpy array of any
+        dtype, e.g. exact ``Fraction`` objects) slot by slot; ``const(array)`` converts the
+        layout's constants to h's element type.  Extra tokens are not inserted here."""
+        n = X.shape[1]
+        n_train = n if self.split is None else self.split(n)
+        for s in self.layout.slots:
+            if s.fill == "x":
+                h[:, :n, s.index] = X
+                h[:, n:, s.index] = Xq
+            elif s.fill == "y":
+                h[:, :n, s.start] = y
+            elif s.fill == "posgate":
+                if s.size != n:
+                    raise ConstructionError(f"this {self.name} construction was built for n={s.size} examples, got {n}")
+                gate = np.full((n + Xq.shape[1], n), -1.0)
+                gate[np.arange(n), np.arange(n)] = 0.0
+                h[:, :, s.index] = const(gate)
+            else:
+                train, val, query = (const(np.asarray(v)) for v in ROLE_FILLS[s.fill])
+                h[:, :n_train, s.start] = train
+                h[:, n_train:n, s.start] = val
+                h[:, n:, s.start] = query
+        for slot, value in (self.constants or {}).items():
+            h[..., self.layout[slot].index] += const(np.asarray(value, dtype=np.float64))
 
     def n_keys(self, n: int) -> int:
         """Key tokens for a prompt with n examples: the context plus any extra tokens."""

@@ -40,6 +40,7 @@ Hook points (the public way to read intermediate values), for block l:
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -230,3 +231,46 @@ class Transformer(nn.Module):
 
     def param_count(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def numpy_forward(blocks: list[BlockSpec], h: np.ndarray, n_context: int, mask_query: bool = True,
+                  norm: int | None = None, convert=lambda a: a) -> list[np.ndarray]:
+    """The plain-data reference forward pass in numpy: the residual streams ``[h_0, ..., h_L]``.
+
+    The same equations as :class:`Transformer` (module docstring), on numpy arrays of
+    any dtype: float64, or object arrays of ``fractions.Fraction`` for exact rational
+    arithmetic (:mod:`verify.exact`), in which linear and ReLU attention and ReLU MLPs
+    are exact.  ``convert`` maps each float64 weight array to h's element type.
+    Softmax and GeLU need floats.  Used to check constructions exactly, and as the
+    specification the torch module is tested against.
+    """
+    norm = n_context if norm is None else norm
+    hs = [h]
+    for spec in blocks:
+        if spec.attn is not None:
+            a = spec.attn
+            keys = h[:, :n_context] if mask_query else h
+            out = 0
+            for WQ, WK, WV, WO in zip(*(convert(getattr(a, k)) for k in ("W_Q", "W_K", "W_V", "W_O"))):
+                q, k, v = h @ WQ, keys @ WK, keys @ WV
+                if a.kind == "linear":
+                    z = q @ (k.transpose(0, 2, 1) @ v) / norm
+                else:
+                    s = q @ k.transpose(0, 2, 1)
+                    if a.kind == "relu":
+                        z = np.maximum(s, 0) @ v / norm  # int 0: exact inputs stay exact
+                    else:
+                        e = np.exp(s - s.max(-1, keepdims=True))
+                        z = e / e.sum(-1, keepdims=True) @ v
+                out = out + z @ WO
+            h = h + out
+        if spec.mlp is not None:
+            m = spec.mlp
+            pre = h @ convert(m.W_in) + convert(m.b_in)
+            if m.act == "relu":
+                post = np.maximum(pre, 0)
+            else:
+                post = 0.5 * pre * (1 + np.vectorize(math.erf)(pre / math.sqrt(2.0)))
+            h = h + post @ convert(m.W_out) + convert(m.b_out)
+        hs.append(h)
+    return hs

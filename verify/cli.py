@@ -5,6 +5,7 @@ Usage::
     icl-verify                                   # check every claim (float64, 100 prompts each)
     icl-verify list                              # the registry
     icl-verify check [ID ...] [--prompts N] [--dtype float32] [--seed S]
+    icl-verify prove [ID ...] [-v]               # symbolic / exact-rational proofs (verify.proofs)
     icl-verify docs [--out docs/claims.md]       # regenerate the claims table
 
 Exit status 0 only if every checked claim holds.  The seed is fresh on every
@@ -80,6 +81,32 @@ def cmd_check(args) -> int:
     return 1 if failed else 0
 
 
+def cmd_prove(args) -> int:
+    from . import proofs  # sympy is imported only here
+
+    chosen = [c.id for c in registry.get(args.ids)]
+    rows = [["claim", "proof", "time", "verdict", "what was proved"]]
+    failed, t0 = [], time.perf_counter()
+    for cid in chosen:
+        r = proofs.prove(cid)
+        verdict = {True: "PROVED", False: "FAILS", None: "n/a"}[r.holds]
+        what = "; ".join(f"{name}: {o.detail}" for name, o in r.parts) or r.note
+        rows.append([cid, r.kind, f"{r.seconds:.2f} s", verdict, what if args.verbose else what[:100]])
+        if args.verbose:
+            for name, o in r.parts:
+                for p in o.premises:
+                    rows.append(["", "", "", "", f"  premise ({name}): {p}"])
+        if r.holds is False:
+            failed.append(cid)
+    print(_table(rows))
+    print(f"\n{len(chosen) - len(failed)}/{len(chosen)} claims proved or not applicable "
+          f"({time.perf_counter() - t0:.1f} s).  general = sympy proof for symbolic d and n; "
+          "exact-rational = exact Fraction arithmetic at concrete sizes (see docs/proofs.md).")
+    if failed:
+        print("FAILED: " + ", ".join(failed))
+    return 1 if failed else 0
+
+
 def cmd_docs(args) -> int:
     text = claims_markdown()
     if args.out == "-":
@@ -100,6 +127,9 @@ def main(argv=None) -> int:
     check.add_argument("--prompts", type=int, default=100, help="random prompts per claim (default 100)")
     check.add_argument("--dtype", choices=["float64", "float32"], default="float64")
     check.add_argument("--seed", type=int, default=None, help="RNG seed (default: fresh, printed)")
+    prove = sub.add_parser("prove", help="prove claims symbolically or in exact arithmetic (default: all)")
+    prove.add_argument("ids", nargs="*", help="claim ids (default: all)")
+    prove.add_argument("-v", "--verbose", action="store_true", help="full details and premises")
     docs = sub.add_parser("docs", help="write the claims table (docs/claims.md)")
     docs.add_argument("--out", default="docs/claims.md", help="output path, '-' for stdout")
     args = parser.parse_args(argv)
@@ -109,7 +139,7 @@ def main(argv=None) -> int:
     try:
         if args.cmd == "check" and args.prompts < 1:
             parser.error("--prompts must be >= 1")
-        return {"list": cmd_list, "check": cmd_check, "docs": cmd_docs}[args.cmd](args)
+        return {"list": cmd_list, "check": cmd_check, "prove": cmd_prove, "docs": cmd_docs}[args.cmd](args)
     except registry.ConstructionError as e:
         print(f"icl-verify: error: {e}", file=sys.stderr)
         return 2

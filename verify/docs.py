@@ -22,21 +22,29 @@ def claims_markdown() -> str:
         "`verify.claims.KNOB_RANGES`), every layer against an independent numpy reference, within the",
         "tolerance model of [tolerance.md](tolerance.md).  `icl-verify` checks all of them.",
         "",
-        "| claim | source | statement | construction | reference | kind |",
-        "|---|---|---|---|---|---|",
+        "| claim | source | statement | construction | reference | kind | proof |",
+        "|---|---|---|---|---|---|---|",
     ]
     def cell(text: str) -> str:
         return text.replace("|", "\\|")
 
+    from .proofs import PROOFS
+
     for c in registry.get():
         cells = [f"`{c.id}`", cell(f"{c.paper}, {c.section}"), cell(c.statement), _page(c.construction),
-                 cell(c.reference), c.kind]
+                 cell(c.reference), c.kind, PROOFS[c.id].kind]
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
         "Kinds: *exact* claims hold when every layer of every prompt is within tolerance;",
         "*negative* controls hold when layer 1 is within tolerance and a later layer is not (they run in",
         "float64, where the mismatch cannot hide under round-off).",
+        "",
+        "Proofs (`icl-verify prove`, see [proofs.md](proofs.md)): *general* = a sympy proof for symbolic",
+        "d and n (base case, one layer = one step from an arbitrary state, readout), which covers every",
+        "size and depth; *exact-rational* = the construction's forward pass in exact Fraction arithmetic",
+        "equals the algorithm with zero tolerance at concrete sizes (plus general lemmas); *none* =",
+        "approximate construction, checked on its rate only.",
         "",
     ]
     return "\n".join(lines)

@@ -23,16 +23,29 @@ from __future__ import annotations
 import numpy as np
 
 
+def _dtype(a):
+    """float64, or object for exact (``fractions.Fraction``) inputs: every reference runs
+    unchanged in exact rational arithmetic (:mod:`verify.exact`) when its inputs and
+    parameters are Fractions; only the error-model magnitudes are computed in float."""
+    return object if np.asarray(a).dtype == object else np.float64
+
+
 def _batch(X, y):
-    X, y = np.asarray(X, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    dt = _dtype(X)
+    X, y = np.asarray(X, dtype=dt), np.asarray(y, dtype=dt)
     if X.ndim == 2:
         X, y = X[None], y[None]
     return X, y
 
 
+def _norm(a, *args, **kw):
+    """``np.linalg.norm`` in float64 (for magnitudes, also of exact inputs)."""
+    return np.linalg.norm(np.asarray(a, dtype=np.float64), *args, **kw)
+
+
 def _unsigned_grad(X, r):
     """(1/n) sum_i |r_i| |x_i|  per batch item: the magnitude of the gradient's terms."""
-    return np.einsum("bn,bn->b", np.abs(r), np.linalg.norm(X, axis=-1)) / X.shape[1]
+    return np.einsum("bn,bn->b", np.abs(r).astype(np.float64), _norm(X, axis=-1)) / X.shape[1]
 
 
 class Reference:
@@ -42,7 +55,7 @@ class Reference:
     magnitude_: np.ndarray
 
     def _q(self, Xq):
-        Xq = np.asarray(Xq, dtype=np.float64)
+        Xq = np.asarray(Xq, dtype=_dtype(Xq))
         return Xq[None] if Xq.ndim == 2 else Xq
 
     def predict(self, Xq) -> np.ndarray:
@@ -54,7 +67,7 @@ class Reference:
     def scale(self, Xq) -> np.ndarray:
         """``|x_q| * max_{k <= t} magnitude_k`` for t = 1..S: ``[S, B, m]``."""
         running = np.maximum.accumulate(self.magnitude_, axis=0)[1:]  # [S, B]
-        return np.linalg.norm(self._q(Xq), axis=-1)[None] * running[:, :, None]
+        return _norm(self._q(Xq), axis=-1)[None] * running[:, :, None]
 
 
 class GD(Reference):
@@ -73,18 +86,18 @@ class GD(Reference):
         X, y = _batch(X, y)
         B, n, d = X.shape
         if self.precond is None:
-            Ps = np.broadcast_to(self.lr * np.eye(d), (self.steps, d, d))
+            Ps = np.broadcast_to(self.lr * np.eye(d, dtype=X.dtype), (self.steps, d, d))
         else:
-            Ps = np.broadcast_to(np.asarray(self.precond, dtype=np.float64), (self.steps, d, d))
-        w = np.zeros((B, d))
+            Ps = np.broadcast_to(np.asarray(self.precond, dtype=X.dtype), (self.steps, d, d))
+        w = np.zeros((B, d), dtype=X.dtype)
         ws, mags = [w], []
         for P in Ps:
             r = y - np.einsum("bnd,bd->bn", X, w)
             grad = -np.einsum("bnd,bn->bd", X, r) / n + self.lam * w
-            mags.append(np.linalg.norm(w, axis=-1) + np.linalg.norm(P, 2) * (_unsigned_grad(X, r) + self.lam * np.linalg.norm(w, axis=-1)))
+            mags.append(_norm(w, axis=-1) + _norm(P, 2) * (_unsigned_grad(X, r) + self.lam * _norm(w, axis=-1)))
             w = w - grad @ P.T
             ws.append(w)
-        mags.append(np.linalg.norm(w, axis=-1))
+        mags.append(_norm(w, axis=-1))
         self.iterates_, self.magnitude_ = np.stack(ws), np.stack(mags)
         return self
 
@@ -104,21 +117,21 @@ class GDPlusPlus(Reference):
     def fit(self, X, y) -> "GDPlusPlus":
         X, r = _batch(X, y)
         B, n, d = X.shape
-        T = np.broadcast_to(np.eye(d), (B, d, d)).copy()
-        w = np.zeros((B, d))
+        T = np.broadcast_to(np.eye(d, dtype=X.dtype), (B, d, d)).copy()
+        w = np.zeros((B, d), dtype=X.dtype)
         ws, mags = [w], []
         for _ in range(self.steps):
             g = np.einsum("bnd,bn->bd", X, r) / n
             S = np.einsum("bni,bnj->bij", X, X) / n
-            mags.append(np.linalg.norm(w, axis=-1) * (1 + self.gamma * np.linalg.norm(S, 2, axis=(1, 2)))
+            mags.append(_norm(w, axis=-1) * (1 + self.gamma * _norm(S, 2, axis=(1, 2)))
                         + self.lr * _unsigned_grad(X, r))
             w = w + self.lr * np.einsum("bij,bi->bj", T, g)
             r = r - self.lr * np.einsum("bnd,bd->bn", X, g)
-            M = np.eye(d) - self.gamma * S
+            M = np.eye(d, dtype=X.dtype) - self.gamma * S
             X = np.einsum("bnd,bde->bne", X, M)
             T = np.einsum("bij,bjk->bik", M, T)
             ws.append(w)
-        mags.append(np.linalg.norm(w, axis=-1))
+        mags.append(_norm(w, axis=-1))
         self.iterates_, self.magnitude_ = np.stack(ws), np.stack(mags)
         return self
 
@@ -139,12 +152,12 @@ class Ridge(Reference):
         else:
             w = np.stack([np.linalg.lstsq(Xb, yb, rcond=None)[0] for Xb, yb in zip(X, y)])
         self.iterates_ = np.stack([np.zeros_like(w), w])
-        self.magnitude_ = np.stack([np.zeros(B), np.linalg.norm(w, axis=-1)])
+        self.magnitude_ = np.stack([np.zeros(B), _norm(w, axis=-1)])
         return self
 
 
 def soft_threshold(v: np.ndarray, c: float) -> np.ndarray:
-    return np.sign(v) * np.maximum(np.abs(v) - c, 0.0)
+    return np.sign(v) * np.maximum(np.abs(v) - c, 0)  # int 0: exact inputs stay exact
 
 
 class ISTA(Reference):
@@ -156,15 +169,15 @@ class ISTA(Reference):
     def fit(self, X, y) -> "ISTA":
         X, y = _batch(X, y)
         B, n, d = X.shape
-        w = np.zeros((B, d))
+        w = np.zeros((B, d), dtype=X.dtype)
         ws, mags = [w], []
         for _ in range(self.steps):
             r = y - np.einsum("bnd,bd->bn", X, w)
             # the prox adds terms of size lr*lam per coordinate
-            mags.append(np.linalg.norm(w, axis=-1) + self.lr * (_unsigned_grad(X, r) + self.lam * np.sqrt(d)))
+            mags.append(_norm(w, axis=-1) + self.lr * (_unsigned_grad(X, r) + self.lam * np.sqrt(d)))
             w = soft_threshold(w + self.lr * np.einsum("bnd,bn->bd", X, r) / n, self.lr * self.lam)
             ws.append(w)
-        mags.append(np.linalg.norm(w, axis=-1))
+        mags.append(_norm(w, axis=-1))
         self.iterates_, self.magnitude_ = np.stack(ws), np.stack(mags)
         return self
 
@@ -231,10 +244,10 @@ class LogisticGD(Reference):
             s = np.einsum("bnd,bd->bn", X, w)
             g = self._sigma(s) - y
             terms = 1.0 + np.abs(y) if self.knots is None else 0.5 * (np.abs(s) + np.abs(self.knots).max()) + 2 + np.abs(y)
-            mags.append(np.linalg.norm(w, axis=-1) + self.lr * _unsigned_grad(X, terms))
+            mags.append(_norm(w, axis=-1) + self.lr * _unsigned_grad(X, terms))
             w = w - self.lr * np.einsum("bnd,bn->bd", X, g) / n
             ws.append(w)
-        mags.append(np.linalg.norm(w, axis=-1))
+        mags.append(_norm(w, axis=-1))
         self.iterates_, self.magnitude_ = np.stack(ws), np.stack(mags)
         return self
 
@@ -271,7 +284,7 @@ class RidgeSelect:
         return np.concatenate([1 - P[..., :1], P[..., :-1] - P[..., 1:]], axis=-1)
 
     def trace(self, Xq) -> np.ndarray:
-        Xq = np.asarray(Xq, dtype=np.float64)
+        Xq = np.asarray(Xq, dtype=_dtype(Xq))
         Xq = Xq[None] if Xq.ndim == 2 else Xq
         f = np.einsum("bmd,sbkd->sbkm", Xq, self.W_[1:])
         return np.einsum("sbk,sbkm->sbm", self.weights_[1:], f)
@@ -303,15 +316,15 @@ class NewtonSchulz(Reference):
     def fit(self, X, y) -> "NewtonSchulz":
         X, y = _batch(X, y)
         B, n, d = X.shape
-        A = np.einsum("bni,bnj->bij", X, X) / n + self.lam * np.eye(d)
+        A = np.einsum("bni,bnj->bij", X, X) / n + self.lam * np.eye(d, dtype=X.dtype)
         b = np.einsum("bnd,bn->bd", X, y) / n
         b_u = _unsigned_grad(X, y)
-        M = np.broadcast_to(self.alpha * np.eye(d), (B, d, d)).copy()
-        ws, mags = [np.zeros((B, d))], [np.zeros(B)]
+        M = np.broadcast_to(self.alpha * np.eye(d, dtype=X.dtype), (B, d, d)).copy()
+        ws, mags = [np.zeros((B, d), dtype=X.dtype)], [np.zeros(B)]
         for _ in range(self.steps):
             M = 2 * M - M @ A @ M
             ws.append(np.einsum("bij,bj->bi", M, b))
-            mags.append(b_u * (np.linalg.norm(M, 2, axis=(1, 2)) + np.trace(M @ A @ M, axis1=1, axis2=2)))
+            mags.append(b_u * (_norm(M, 2, axis=(1, 2)) + np.trace(M @ A @ M, axis1=1, axis2=2)))
         self.iterates_, self.magnitude_ = np.stack(ws), np.stack(mags)
         return self
 
@@ -321,27 +334,40 @@ class RecursiveLeastSquares(Reference):
     ``mu = n lam``, ``P = I/mu``, ``w = 0``; per example ``u = P x``, ``c = 1 + x.u``,
     ``w <- w + u (y - x.w)/c``, ``P <- P - u u^T/c``.  ``iterates_[t+1]`` is the ridge
     solution on examples 0..t; ``magnitude_`` bounds the terms the updates sum:
-    ``|w_t| + |P_t| max|x| (max|y| + max|x| |w_t|)``."""
+    ``|w_t| + |P_t| max|x| (max|y| + max|x| |w_t|)``.
 
-    def __init__(self, lam: float):
-        self.lam = lam
+    ``reciprocal=(r0, J)``: ``1/c`` replaced by J Newton iterations ``r <- r (2 - c r)``
+    from ``r0``, the recursion that :func:`constructions.ridge_sherman_morrison` runs (its
+    exact-rational check compares with this; the float checks use exact division)."""
+
+    def __init__(self, lam: float, reciprocal: tuple | None = None):
+        self.lam, self.reciprocal = lam, reciprocal
+
+    def _inverse(self, c):
+        if self.reciprocal is None:
+            return 1 / c
+        r = np.full_like(c, self.reciprocal[0])
+        for _ in range(self.reciprocal[1]):
+            r = r * (2 - c * r)
+        return r
 
     def fit(self, X, y) -> "RecursiveLeastSquares":
         X, y = _batch(X, y)
         B, n, d = X.shape
-        P = np.broadcast_to(np.eye(d) / (n * self.lam), (B, d, d)).copy()
-        w = np.zeros((B, d))
-        xm, ym = np.linalg.norm(X, axis=-1).max(-1), np.abs(y).max(-1)
+        P = np.broadcast_to(np.eye(d, dtype=X.dtype) / (n * self.lam), (B, d, d)).copy()
+        w = np.zeros((B, d), dtype=X.dtype)
+        xm, ym = _norm(X, axis=-1).max(-1), np.abs(y).max(-1)
         ws, mags = [w], []
         for t in range(n):
             x = X[:, t]
-            mags.append(np.linalg.norm(w, axis=-1) + np.linalg.norm(P, 2, axis=(1, 2)) * xm * (ym + xm * np.linalg.norm(w, axis=-1)))
+            mags.append(_norm(w, axis=-1) + _norm(P, 2, axis=(1, 2)) * xm * (ym + xm * _norm(w, axis=-1)))
             u = np.einsum("bij,bj->bi", P, x)
             c = 1 + np.einsum("bi,bi->b", x, u)
             e = y[:, t] - np.einsum("bi,bi->b", x, w)
-            w = w + u * (e / c)[:, None]
-            P = P - np.einsum("bi,bj->bij", u, u) / c[:, None, None]
+            r = self._inverse(c)
+            w = w + u * (e * r)[:, None]
+            P = P - np.einsum("bi,bj->bij", u, u) * r[:, None, None]
             ws.append(w)
-        mags.append(np.linalg.norm(w, axis=-1))
+        mags.append(_norm(w, axis=-1))
         self.iterates_, self.magnitude_ = np.stack(ws), np.stack(mags)
         return self

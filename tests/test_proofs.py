@@ -1,0 +1,173 @@
+"""The proofs of verify.proofs: each passes, and each fails on a perturbed construction."""
+import copy
+import dataclasses
+
+import numpy as np
+import pytest
+import sympy as sp
+import torch
+
+import constructions
+from verify import exact, proofs, symbolic
+from verify.claims import CLAIMS, Knobs
+from verify.cli import main
+from verify.prompts import PromptSpec, make_prompt
+from verify.reference import NewtonSchulz, RecursiveLeastSquares
+from verify.tolerance import tolerance
+
+INDUCTIONS = {
+    "gd": proofs.gd_induction,
+    "gd_ridge": lambda: proofs.gd_induction(proofs.LAM),
+    "gd_plus_plus": proofs.gdpp_induction,
+    "preconditioned_gd": proofs.pgd_induction,
+    "relu_gd": lambda: proofs.relu_gd_induction(proofs.LAM),
+    "ridge_newton": proofs.newton_induction,
+}
+
+
+def _holds(spec) -> bool:
+    try:
+        return symbolic.prove_induction(spec).holds
+    except symbolic.NotLiftable:  # prove() reports this as a failed proof
+        return False
+
+
+def _tampered(c, block, key, factor=1 + 2.0**-20, entry=None):
+    """A copy of c with one weight changed: every head's ``key`` scaled by ``factor``, or
+    ``2^-20`` added to one entry of head 0."""
+    c = copy.copy(c)
+    c.blocks = copy.deepcopy(c.blocks)
+    part = c.blocks[block].attn if key.startswith("W_") and key[2] in "QKVO" else c.blocks[block].mlp
+    a = getattr(part, key)
+    if entry is None:
+        a *= factor
+    else:
+        a[(0, *entry)] += 2.0**-20
+    return c
+
+
+@pytest.mark.parametrize("claim_id", list(proofs.PROOFS))
+def test_every_claim_is_proved_or_marked_approximate(claim_id):
+    r = proofs.prove(claim_id)
+    if r.kind == "none":
+        assert r.holds is None and "approximate" in r.note
+    else:
+        assert r.holds, [(name, o.detail) for name, o in r.parts]
+
+
+def test_every_registered_claim_has_a_proof_entry():
+    assert set(proofs.PROOFS) == set(CLAIMS)
+
+
+@pytest.mark.parametrize("name", list(INDUCTIONS))
+@pytest.mark.parametrize("block", ["first", "last"])  # a step layer; the readout (or last step)
+@pytest.mark.parametrize("key", ["W_Q", "W_K", "W_V", "W_O"])
+def test_a_scaled_weight_breaks_the_induction(name, block, key):
+    spec = INDUCTIONS[name]()
+    b = 0 if block == "first" else len(spec.build(3).blocks) - 1
+    assert _holds(spec)
+    assert not _holds(dataclasses.replace(spec, build=lambda dd: _tampered(spec.build(dd), b, key)))
+
+
+@pytest.mark.parametrize("name", list(INDUCTIONS))
+def test_an_off_pattern_entry_breaks_the_lift(name):
+    spec = INDUCTIONS[name]()
+    bad = dataclasses.replace(spec, build=lambda dd: _tampered(spec.build(dd), 0, "W_V", entry=(0, 0)))
+    assert not _holds(bad)
+
+
+def test_transposed_preconditioner_is_not_preconditioned_gd():
+    assert _holds(proofs.pgd_induction())
+    assert not _holds(proofs.pgd_induction(transpose=True))  # claims.md sec. 11.5
+
+
+def test_unmasked_layer_is_not_a_gd_step_from_an_arbitrary_state():
+    assert not _holds(proofs.gd_induction(mask=False))
+    assert proofs.unmasked_control().holds  # ... yet its first layer from the embedding is
+
+
+def test_a_changed_step_size_is_caught():
+    spec = proofs.gd_induction()
+    assert not _holds(dataclasses.replace(spec, build=lambda dd: constructions.gd(dd, 2, lr=proofs.LR * 2)))
+
+
+def test_exact_rational_checks_catch_a_perturbed_weight():
+    c = constructions.lasso_ista(3, 4, lr=proofs.LR, lam=proofs.LAM, mask_const=proofs.MASK)
+    assert proofs.lasso_exact(c).holds
+    assert not proofs.lasso_exact(_tampered(c, 0, "W_O")).holds
+    assert not proofs.lasso_exact(_tampered(c, 0, "b_in", factor=1 + 2.0**-20)).holds
+    sel = constructions.ridge_select(2, [1 / 16, 1 / 2], 2, lr=proofs.LR, n_train=4, n_val=4, gamma=1 / 4,
+                                     mask_const=proofs.MASK)
+    assert not proofs.selection_exact(_tampered(sel, 1, "W_O")).holds
+    sm = constructions.ridge_sherman_morrison(2, lam=4.0, n=2, x_bound=1.0)
+    assert not proofs.sm_exact(_tampered(sm, 3, "W_O")).holds
+
+
+def test_soft_threshold_lemma_reads_the_mlp():
+    W_in, b_in, W_out, b_out, theta = proofs._soft_mlp()
+    assert symbolic.lemma_soft_threshold(lambda: (W_in, b_in, W_out, b_out, theta)).holds
+    assert not symbolic.lemma_soft_threshold(lambda: (W_in, b_in * 1.5, W_out, b_out, theta)).holds
+    assert not symbolic.lemma_soft_threshold(lambda: (W_in, b_in, -W_out, b_out, theta)).holds
+
+
+def test_piecewise_linear_equality_is_decided_on_all_of_r():
+    assert symbolic.piecewise_linear_equal(lambda v: sp.Max(v, 0) - sp.Max(-v, 0), lambda v: v, [0])
+    assert not symbolic.piecewise_linear_equal(lambda v: sp.Max(v, 0), lambda v: v, [0])  # differs only for v < 0
+    assert not symbolic.piecewise_linear_equal(lambda v: sp.Max(v - 1, 0), lambda v: sp.Max(v - 2, 0), [1, 2])
+
+
+def test_is_zero_groups_terms_but_never_equates_different_matrices():
+    X, W, q = symbolic.X, proofs.W, symbolic.XQ
+    M = sp.MatrixSymbol("M", symbolic.d, symbolic.d)
+    a = sp.Symbol("a", positive=True)
+    assert symbolic.is_zero(a / (a + 1) * W * X - a / (a + 1) * W * X)
+    assert symbolic.is_zero(q.T * M * q - q.T * M.T * q)  # a 1x1 matrix is its transpose
+    assert not symbolic.is_zero(W * X)
+    assert not symbolic.is_zero(M * X - M.T * X)  # not 1x1: M is not symmetric
+    assert not symbolic.is_zero(W * X * X.T - W * X * X.T / 2)
+
+
+def _claim_case(claim_id, seed):
+    claim = CLAIMS[claim_id]
+    spec, k = claim.adapt(PromptSpec(B=2, n=4, m=2, d=2, seed=seed), Knobs(steps=2, seed=seed))
+    c, ref, *rest = claim.case(make_prompt(spec), k)
+    return c, ref, *(rest[0] if rest else make_prompt(spec)).arrays
+
+
+def _newton_case(seed):  # dyadic parameters: the deep Fractions of a float lr would be huge
+    X, y, Xq = proofs._unit_ball(*exact.rational_prompt(PromptSpec(B=2, n=4, m=2, d=2, seed=seed)))
+    c = constructions.ridge_newton(2, proofs.NEWTON_LAM, iters=2, x_bound=proofs.NEWTON_XB)
+    return c, NewtonSchulz(2, proofs.NEWTON_LAM, 1.0 / (proofs.NEWTON_XB**2 + proofs.NEWTON_LAM)), X, y, Xq
+
+
+def _sm_case(seed):
+    X, y, Xq = proofs._unit_ball(*exact.rational_prompt(PromptSpec(B=2, n=2, m=2, d=2, seed=seed)))
+    return constructions.ridge_sherman_morrison(2, lam=4.0, n=2, x_bound=1.0), RecursiveLeastSquares(4.0), X, y, Xq
+
+
+CASES = {cid: (lambda s, cid=cid: _claim_case(cid, s))
+         for cid in ["vonoswald23-prop1", "vonoswald23-gdpp", "bai23-ridge-relu", "bai23-lasso"]}
+CASES.update({"fu23-newton": _newton_case, "akyurek22-thm2": _sm_case})
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("seed", range(2))
+def test_exact_forward_pass_matches_the_torch_model(case, seed):
+    """The numpy reference forward pass (exact Fractions) and the torch model (float64) agree
+    within the tolerance model: the exact-rational proofs are about the model users run."""
+    c, ref, X, y, Xq = CASES[case](seed)
+    got = exact.trace(c, X, y, Xq).astype(np.float64)
+    tol = tolerance(torch.float64, X.shape[1], X.shape[2], ref.fit(X, y).scale(Xq), c.step_blocks)
+    assert (np.abs(c.trace(X, y, Xq) - got) <= tol).all()
+
+
+def test_exact_inputs_stay_exact():
+    X, y, Xq = exact.rational_prompt(PromptSpec(B=1, n=3, d=2, m=1, seed=0))
+    t = exact.trace(constructions.gd(2, 2, lr=0.25), X, y, Xq)
+    assert all(type(v).__name__ == "Fraction" for v in t.ravel())
+
+
+def test_cli_prove(capsys):
+    assert main(["prove", "vonoswald23-prop1", "bai23-glm", "-v"]) == 0
+    out = capsys.readouterr().out
+    assert "PROVED" in out and "n/a" in out and "general" in out

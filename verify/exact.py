@@ -1,0 +1,75 @@
+"""Exact rational arithmetic: a construction's forward pass in ``fractions.Fraction``.
+
+Shapes as everywhere: X ``[B, n, d]``, y ``[B, n]``, Xq ``[B, m, d]``; traces
+``[S, B, m]``.  Every float64 weight and input is a dyadic rational, so
+converting it to a Fraction is exact; linear and ReLU attention and ReLU MLPs
+then compute exactly (:func:`constructions.transformer.numpy_forward`), and so
+do the numpy references of :mod:`verify.reference` when their inputs and
+parameters are Fractions.  The comparison has zero tolerance.
+
+Both sides are piecewise polynomial in the prompt; a wrong identity survives
+one random rational point with small probability (Schwartz-Zippel), so a few
+random prompts make a strong check at a concrete size.  This is the fallback
+of :mod:`verify.symbolic` for constructions outside its symbolic fragment.
+"""
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+
+from constructions.transformer import numpy_forward
+
+from .prompts import PromptSpec, make_prompt
+
+
+def to_exact(a) -> np.ndarray:
+    """An object array of Fractions with exactly the values of a float array."""
+    a = np.asarray(a, dtype=np.float64)
+    return np.array([Fraction(v) for v in a.ravel().tolist()] or [], dtype=object).reshape(a.shape)
+
+
+def rational_prompt(spec: PromptSpec, denominator: int = 16):
+    """A random prompt (``make_prompt(spec)``) rounded to rationals with small denominators
+    (``limit_denominator``), as float64 arrays that hold these rationals exactly.  Small
+    denominators keep the Fractions of deep constructions small."""
+    p = make_prompt(spec)
+
+    def rnd(a):
+        return np.vectorize(lambda v: float(Fraction(v).limit_denominator(denominator)))(a)
+
+    return rnd(p.X), rnd(p.y), rnd(p.Xq)
+
+
+def residuals(c, X, y, Xq) -> list[np.ndarray]:
+    """The construction's residual streams ``[B, T, D]`` (input first) in exact arithmetic."""
+    X, y, Xq = (np.asarray(a, dtype=np.float64) for a in (X, y, Xq))
+    c.prepare(X, y, Xq)  # the same validation and domain check as the float path
+    B, n, _ = X.shape
+    h = np.zeros((B, n + Xq.shape[1], c.layout.width), dtype=object)
+    h[...] = Fraction(0)
+    c.fill(h, to_exact(X), to_exact(y), to_exact(Xq), to_exact)
+    if c.extra_tokens is not None:
+        extra = to_exact(c.extra_tokens(n))
+        h = np.concatenate([h[:, :n], np.broadcast_to(extra, (B, *extra.shape)), h[:, n:]], axis=1)
+    return numpy_forward(c.blocks, h, c.n_keys(n), c.mask_query, norm=n, convert=to_exact)
+
+
+def trace(c, X, y, Xq) -> np.ndarray:
+    """``[S, B, m]`` exact predictions after every step (the readout blocks applied to the
+    stream after each step, as :meth:`Construction.trace`)."""
+    hs = residuals(c, X, y, Xq)
+    n = np.asarray(X).shape[1]
+    nk = c.n_keys(n)
+    out = []
+    for h in hs[c.step_blocks : c.n_step_blocks + 1 : c.step_blocks]:
+        if c.n_readout:
+            h = numpy_forward(c.blocks[c.n_step_blocks:], h, nk, c.mask_query, norm=n, convert=to_exact)[-1]
+        r = c.layout.readout
+        out.append(Fraction(r.sign) * h[:, nk:, c.layout[r.slot].start])
+    return np.stack(out)
+
+
+def exact_params(**params) -> dict:
+    """Float parameters as the Fractions they exactly are (for the references)."""
+    return {k: Fraction(v) if isinstance(v, float) else v for k, v in params.items()}

@@ -1,0 +1,456 @@
+"""Symbolic proofs (sympy) that one layer of a construction is one step of its algorithm.
+
+Notation: d input dim and n context examples are *symbols* (any positive
+integers); tokens are columns here, a token group is a ``[D, count]`` block of
+the residual stream (``count`` = n context tokens, 1 query, d ridge tokens).
+
+How a proof reads the construction (not a second copy of its weights):
+
+1. *Lift.*  The construction is built at a concrete ``d`` (3, then 4), each
+   head's folded circuits ``QK = W_Q W_K^T`` and ``OV = W_V W_O``
+   (:meth:`constructions.construction.Construction.circuits`) are cut into slot
+   blocks, and every block is recognised as ``c I_d``, ``c P`` / ``c P^T`` for a
+   named parameter matrix P, or a scalar ``c`` (a 1x1 block), with ``c`` the
+   exact rational value of the stored float.  A block of any other form, or a
+   form that differs between d = 3 and d = 4, makes the proof fail ("not
+   liftable").  A perturbed weight therefore changes a coefficient (the
+   identity then fails) or breaks a form (the lift fails).
+2. *Induction step.*  The proof states the algorithm's state at step t as
+   symbolic token groups (``MatrixSymbol`` X ``[d, n]``, y ``[1, n]``, the
+   iterate W ``[1, d]``, ...), applies the lifted layer to them with matrix
+   algebra, and checks that the result is the state at step t + 1 (every slot
+   difference simplifies to the zero matrix).  Layers with ReLU attention are
+   handled per (query group, key group): the constant-slot part of the score
+   (Bai's gate ``B gate_j``) is a number beta there; ``beta = 0`` with a sign-split
+   partner head gives ``relu(z) - relu(-z) = z`` (the lemma proved in
+   :func:`lemma_sign_split`), ``beta < 0`` drops the pair under the premise
+   ``|z| <= -beta`` (the construction's domain check), and a head with no linear
+   score part contributes ``relu(beta)``.
+3. *Base case.*  The state at step 0 equals the embedding's slot fills (read
+   from the layout), and the readout blocks map the state to ``x_q . w``.
+
+Together these prove the claim for every d, n and number of layers.  Claims
+outside this fragment (MLPs, position gates, reciprocal iterations) get an
+*exact-rational* check instead (:mod:`verify.exact`): the construction's own
+forward pass in ``fractions.Fraction`` arithmetic equals the algorithm exactly
+at concrete sizes on random rational prompts (Schwartz-Zippel: a wrong
+polynomial identity survives a random point with small probability).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Callable
+
+import numpy as np
+import sympy as sp
+
+from constructions.layout import ROLE_FILLS
+
+d, n = sp.symbols("d n", integer=True, positive=True)
+LIFT_DIMS = (3, 4)  # the builder is read at these d; both must lift to the same block form
+
+
+class NotLiftable(Exception):
+    """A weight block has no symbolic form (or differs between the lift dimensions)."""
+
+
+def exact(v) -> sp.Rational:
+    """The exact rational value of a float (no rounding)."""
+    return sp.Rational(*Fraction(float(v)).as_integer_ratio())
+
+
+# -- 1. lifting -----------------------------------------------------------------------
+def _lift_block(B: np.ndarray, rows, cols, named: dict) -> sp.MatrixExpr | None:
+    if not np.any(B):
+        return None
+    if B.shape == (1, 1):
+        return exact(B[0, 0]) * sp.Identity(1)
+    if B.shape[0] == B.shape[1] and rows == cols == d:
+        c = B[0, 0]
+        if np.array_equal(B, c * np.eye(B.shape[0])) and c != 0:
+            return exact(c) * sp.Identity(d)
+        for sym, M in named.items():
+            for form, target in ((sym, M), (sym.T, M.T)):
+                i = np.flatnonzero(target)[:1]
+                if i.size and B.flat[i[0]] != 0:
+                    c = B.flat[i[0]] / target.flat[i[0]]
+                    if np.array_equal(B, c * target):
+                        return exact(c) * form
+    raise NotLiftable(f"a weight block of shape {B.shape} is not c*I, c*P or c*P^T")
+
+
+def _slot_size(slot, dd: int):
+    if slot.size == dd:
+        return d
+    if slot.size == 1:
+        return 1
+    raise NotLiftable(f"slot {slot.name!r} has size {slot.size}: only d and 1 lift")
+
+
+def lift_layer(build: Callable[[int], object], layer: int, named: Callable[[int], dict] | None = None) -> list[dict]:
+    """The symbolic circuits of block ``layer``: per head ``dict(kind, QK={(a, b): expr}, OV=...)``,
+    read from ``build(dd)`` for every ``dd`` in :data:`LIFT_DIMS` (they must agree)."""
+    lifted = []
+    for dd in LIFT_DIMS:
+        c = build(dd)
+        nm = named(dd) if named else {}
+        blk = c.blocks[layer]
+        if blk.mlp is not None:
+            raise NotLiftable(f"block {layer} has an MLP (outside the symbolic fragment)")
+        sizes = {s.name: _slot_size(s, dd) for s in c.layout.slots}
+        heads = []
+        for circ in c.circuits(layer):
+            heads.append(dict(kind=blk.attn.kind, **{
+                k: {ab: e for ab, B in circ[k].items()
+                    if (e := _lift_block(B, sizes[ab[0]], sizes[ab[1]], nm)) is not None}
+                for k in ("QK", "OV")}))
+        lifted.append(heads)
+    if any(str(h) != str(lifted[0]) for h in lifted[1:]):
+        raise NotLiftable(f"block {layer} has different block forms at d = {LIFT_DIMS}")
+    return lifted[0]
+
+
+# -- 2. token groups and the symbolic layer -------------------------------------------
+@dataclass
+class Group:
+    """``count`` tokens with the same symbolic content: ``slots[name]`` is ``[size, count]``."""
+
+    name: str
+    count: object  # n, 1, d
+    role: str  # "train", "query" (fills from ROLE_FILLS) or "extra" (every slot given)
+    slots: dict
+    key: bool = True  # set by the proof runner: queries are keys only without the query mask
+
+
+def complete(layout, g: Group, sizes: dict) -> dict:
+    """All slots of group g: its given state, constant slots from the layout's fills."""
+    out = dict(g.slots)
+    col = {"train": 0, "query": 2}.get(g.role)
+    for s in layout.slots:
+        if s.name in out:
+            continue
+        if g.role == "extra" or s.fill not in ROLE_FILLS:
+            raise NotLiftable(f"group {g.name!r} does not state slot {s.name!r}")
+        v = exact(ROLE_FILLS[s.fill][col])
+        out[s.name] = sp.ZeroMatrix(sizes[s.name], g.count) if v == 0 else v * sp.OneMatrix(sizes[s.name], g.count)
+    return out
+
+
+def constant_slots(layout, full: dict) -> set:
+    """Slots with a constant fill in the layout that hold a constant in every group (not state)."""
+    out = set()
+    for s in layout.slots:
+        if s.fill in ROLE_FILLS:
+            try:
+                [_const(f, s.name) for f in full.values()]
+                out.add(s.name)
+            except NotLiftable:
+                pass
+    return out
+
+
+def _score(Hk: dict, Hg: dict, QK: dict, keep) -> sp.MatrixExpr | None:
+    """``[count_k, count_g]`` scores ``h_g^T QK h_k`` (row-vector convention ``h_g QK h_k^T``)."""
+    terms = [Hk[b].T * M.T * Hg[a] for (a, b), M in QK.items() if keep(a, b)]
+    return sp.MatAdd(*terms) if terms else None
+
+
+def _values(Hk: dict, OV: dict, slot: str) -> sp.MatrixExpr | None:
+    terms = [M.T * Hk[b] for (b, c), M in OV.items() if c == slot]
+    return sp.MatAdd(*terms) if terms else None
+
+
+def _const(Hslots: dict, slot: str):
+    """The constant a constant slot holds across a group (all entries equal, at any size)."""
+    vals = {v for dd, nn in ((2, 3), (3, 5)) for v in sp.Matrix(Hslots[slot].subs({d: dd, n: nn}).doit().as_explicit())}
+    if len(vals) != 1:
+        raise NotLiftable(f"constant slot {slot!r} does not hold a constant")
+    return vals.pop()
+
+
+@dataclass
+class LayerResult:
+    delta: dict  # group -> slot -> delta expr
+    premises: list = field(default_factory=list)
+
+
+def apply_layer(heads: list[dict], layout, groups: list[Group], sizes: dict) -> LayerResult:
+    """The change a lifted layer makes to every token group (attention divided by n)."""
+    full = {g.name: complete(layout, g, sizes) for g in groups}
+    consts = constant_slots(layout, full)
+    res = LayerResult({g.name: {} for g in groups})
+
+    def add(gname, c, e):
+        res.delta[gname][c] = e if c not in res.delta[gname] else res.delta[gname][c] + e
+
+    kind = {h["kind"] for h in heads}
+    if kind == {"linear"}:
+        for g in groups:
+            for k in (k for k in groups if k.key):
+                for h in heads:
+                    S = _score(full[k.name], full[g.name], h["QK"], lambda a, b: True)
+                    for c in layout.names:
+                        V = _values(full[k.name], h["OV"], c)
+                        if S is not None and V is not None:
+                            add(g.name, c, V * S / n)
+        return res
+    if kind != {"relu"}:
+        raise NotLiftable(f"attention kinds {kind} are outside the symbolic fragment")
+
+    lin = lambda a, b: not (a in consts and b in consts)  # noqa: E731
+    gate = lambda a, b: a in consts and b in consts  # noqa: E731
+    used = set()
+    for i, h in enumerate(heads):
+        if i in used:
+            continue
+        partner = None
+        if any(lin(*ab) for ab in h["QK"]):
+            for j in range(i + 1, len(heads)):
+                o = heads[j]
+                if j not in used and _negated(h, o, lin) and _same(h["QK"], o["QK"], gate):
+                    partner = j
+                    break
+            if partner is None:
+                raise NotLiftable(f"ReLU head {i} has a linear score but no sign-split partner")
+            used.add(partner)
+        for g in groups:
+            for k in (k for k in groups if k.key):
+                beta = sum((_const(full[g.name], a) * M[0, 0] * _const(full[k.name], b)
+                            for (a, b), M in h["QK"].items() if gate(a, b)), sp.Integer(0))
+                for c in layout.names:
+                    V = _values(full[k.name], h["OV"], c)
+                    if V is None:
+                        continue
+                    if partner is None:  # relu(beta) on a constant score
+                        add(g.name, c, sp.Max(beta, 0) * V * sp.OneMatrix(k.count, g.count) / n)
+                    elif beta == 0:  # relu(z) v + relu(-z)(-v) = z v
+                        add(g.name, c, V * _score(full[k.name], full[g.name], h["QK"], lin) / n)
+                    elif beta < 0:
+                        res.premises.append(f"|score| <= {-beta} for {g.name} tokens on {k.name} keys")
+                    else:
+                        raise NotLiftable(f"gate constant {beta} > 0 on a sign-split pair")
+    return res
+
+
+def _negated(h, o, keep) -> bool:
+    def part(x, k):
+        return {ab: str(sp.simplify(M)) for ab, M in x[k].items() if keep(*ab)}
+
+    neg = lambda x, k: {ab: str(sp.simplify(-M)) for ab, M in x[k].items() if keep(*ab)}  # noqa: E731
+    return part(o, "QK") == neg(h, "QK") and part(o, "OV") == neg(h, "OV")
+
+
+def _same(A: dict, B: dict, keep) -> bool:
+    return {ab: str(M) for ab, M in A.items() if keep(*ab)} == {ab: str(M) for ab, M in B.items() if keep(*ab)}
+
+
+# -- equality ---------------------------------------------------------------------------
+def _powers_to_products(e):
+    """``(c M)**k`` as ``c**k M**k`` (sympy leaves e.g. ``(c I)**2`` unsimplified)."""
+    def split(x):
+        c, m = x.base.as_coeff_mmul()
+        return c**x.exp * sp.MatPow(m.doit(), x.exp).doit()
+
+    return e.replace(lambda x: isinstance(x, sp.MatPow) and x.exp.is_Integer and x.exp > 0, split)
+
+
+def is_zero(e) -> bool:
+    """True iff the matrix expression simplifies to zero: expand, then group the terms by
+    their matrix part and simplify every scalar coefficient (sympy leaves e.g.
+    ``a/(a+1) M - a/(a+1) M`` uncombined otherwise).  A 1x1 term equals its transpose,
+    so 1x1 matrix parts are grouped up to transposition."""
+    if e is None or e == 0:
+        return True
+    e = sp.expand(_powers_to_products(e.doit()).doit())
+    if isinstance(e, sp.ZeroMatrix) or e == 0:
+        return True
+    terms = e.args if isinstance(e, sp.MatAdd) else (e,)
+    groups: dict = {}
+    for t in terms:
+        coeff, mat = t.as_coeff_mmul()
+        mat = mat.doit()
+        if mat.shape == (1, 1):
+            mat = min(mat, sp.transpose(mat).doit(), key=str)
+        groups.setdefault(mat, []).append(coeff)
+    return all(sp.simplify(sp.Add(*cs)) == 0 for cs in groups.values())
+
+
+# -- 3. induction proofs ------------------------------------------------------------------
+X = sp.MatrixSymbol("X", d, n)  # context inputs, one column per example
+Y = sp.MatrixSymbol("Y", 1, n)  # context targets
+XQ = sp.MatrixSymbol("x_q", d, 1)  # a query input
+
+
+@dataclass
+class Induction:
+    """"One step layer = one algorithm step", by induction over the layers.
+
+    ``build(dd)``: the construction at d = dd (the proof's parameters fixed);
+    ``state(v)``: the token groups holding the algorithm state ``v`` (a dict of
+    symbols); ``step(v, layer)``: the algorithm's next state; ``start``: the
+    state at step 0; ``prediction(v)``: ``x_q . w`` (1x1) for state v; ``named(dd)``:
+    parameter matrices ``{MatrixSymbol: array at d = dd}`` that weights may contain.
+    """
+
+    build: Callable
+    variables: dict
+    state: Callable
+    step: Callable
+    start: dict
+    prediction: Callable
+    named: Callable | None = None
+
+
+@dataclass
+class Outcome:
+    holds: bool
+    detail: str
+    premises: list = field(default_factory=list)
+
+
+def _sizes(c) -> dict:
+    return {s.name: _slot_size(s, c.d) for s in c.layout.slots}
+
+
+def _groups(c, groups: list[Group]) -> list[Group]:
+    """The groups with their key flag: queries are keys only without the query mask."""
+    return [Group(g.name, g.count, g.role, g.slots, key=g.role != "query" or not c.mask_query) for g in groups]
+
+
+def _embedding(c) -> list[Group]:
+    """The embedding's context and query groups for inputs X, Y, x_q, from the layout's fills."""
+    out = []
+    for role, count, x, yv in (("train", n, X, Y), ("query", 1, XQ, sp.ZeroMatrix(1, 1))):
+        slots = {}
+        for s in c.layout.slots:
+            if s.fill == "x":
+                slots[s.name] = x
+            elif s.fill == "y":
+                slots[s.name] = yv
+        out.append(Group(role, count, role, slots))
+    return out
+
+
+def _extra_matches(c, g: Group, sizes: dict, dd: int = 3, nn: int = 4) -> bool:
+    """The symbolic extra-token group, at d = dd and n = nn, equals ``c.extra_tokens(nn)`` exactly."""
+    full = complete(c.layout, g, sizes)
+    cols = sp.Matrix.vstack(*[sp.Matrix(full[s.name].subs({d: dd, n: nn}).doit().as_explicit()) for s in c.layout.slots])
+    want = sp.Matrix(c.extra_tokens(nn).T.tolist()).applyfunc(exact)
+    return cols == want
+
+
+def _compare(c, sizes, got: list[Group], want: list[Group], what: str) -> list[str]:
+    bad = []
+    for g, w in zip(got, want):
+        fg, fw = complete(c.layout, g, sizes), complete(c.layout, w, sizes)
+        for s in c.layout.names:
+            if not is_zero(fg[s] - fw[s]):
+                bad.append(f"{what}: slot {s!r} of the {g.name} tokens")
+    return bad
+
+
+def _advance(c, sizes, heads, groups: list[Group]):
+    res = apply_layer(heads, c.layout, groups, sizes)
+    full = {g.name: complete(c.layout, g, sizes) for g in groups}
+    new = [Group(g.name, g.count, g.role, {s: full[g.name][s] + res.delta[g.name][s] if s in res.delta[g.name]
+                                            else full[g.name][s] for s in c.layout.names}, g.key)
+           for g in groups]
+    return new, res.premises
+
+
+def prove_induction(spec: Induction) -> Outcome:
+    """Base case, induction step for every step block, and the readout; symbolic d and n."""
+    c = spec.build(LIFT_DIMS[0])
+    sizes = _sizes(c)
+    V = spec.variables
+    bad, premises = [], []
+    # base case: the state at step 0 is the embedding
+    start = _groups(c, spec.state(spec.start))
+    bad += _compare(c, sizes, [g for g in start if g.role != "extra"], _embedding(c), "base case")
+    for g in (g for g in start if g.role == "extra"):
+        if not _extra_matches(c, g, sizes):
+            bad.append(f"base case: the {g.name} tokens differ from the construction's extra tokens")
+    # induction step: every step block maps state(V) to state(step(V))
+    for layer in range(c.n_step_blocks):
+        heads = lift_layer(spec.build, layer, spec.named)
+        got, prem = _advance(c, sizes, heads, _groups(c, spec.state(V)))
+        premises += prem
+        bad += _compare(c, sizes, got, _groups(c, spec.state(spec.step(V, layer))), f"step layer {layer}")
+    # readout: the readout blocks map state(V) to the prediction x_q . w
+    groups = _groups(c, spec.state(V))
+    for layer in range(c.n_step_blocks, len(c.blocks)):
+        groups, prem = _advance(c, sizes, lift_layer(spec.build, layer, spec.named), groups)
+        premises += prem
+    q = complete(c.layout, next(g for g in groups if g.role == "query"), sizes)
+    r = c.layout.readout
+    if not is_zero(exact(r.sign) * q[r.slot] - spec.prediction(V)):
+        bad.append("readout: the query's readout slot is not x_q . w")
+    detail = "; ".join(bad) if bad else (f"base case, {c.n_step_blocks} step layer(s) and the readout, "
+                                         "for symbolic d and n")
+    return Outcome(not bad, detail, sorted(set(premises)))
+
+
+# -- lemmas (scalar identities, proved for every real input) ------------------------------
+def lemma_sign_split() -> Outcome:
+    """``relu(z) - relu(-z) = z`` for every real z (the sign split of claims.md sec. 11.17)."""
+    z = sp.Symbol("z", real=True)
+    e = sp.piecewise_fold((sp.Max(z, 0) - sp.Max(-z, 0) - z).rewrite(sp.Piecewise))
+    ok = sp.simplify(e) == 0
+    return Outcome(ok, "relu(z) - relu(-z) = z for all real z" if ok else "sign-split identity failed")
+
+
+def piecewise_linear_equal(f: Callable, g: Callable, knots: list) -> bool:
+    """Two scalar piecewise-linear functions (sums of ``Max(., 0)`` of affine maps) are equal on
+    all of R: equal at every knot and at a point beyond each end; each side is affine between
+    consecutive points, so they agree everywhere (midpoints are checked as well)."""
+    ks = sorted(set(sp.Rational(k) for k in knots))
+    pts = [ks[0] - 1, *ks, ks[-1] + 1] if ks else [sp.Integer(0), sp.Integer(1)]
+    pts += [(a + b) / 2 for a, b in zip(pts, pts[1:])]
+    return all(sp.simplify(f(p) - g(p)) == 0 for p in pts)
+
+
+def lemma_soft_threshold(build_mlp: Callable[[], tuple]) -> Outcome:
+    """The construction's soft-threshold MLP, read at d = 1, maps ``v`` to ``S_theta(v)``:
+    ``v + MLP(v) = sign(v) max(|v| - theta, 0)`` for every real v."""
+    W_in, b_in, W_out, b_out, theta = build_mlp()
+    W_in, b_in, W_out = ([exact(v) for v in np.ravel(a)] for a in (W_in, b_in, W_out))
+    b_out, theta = exact(b_out), exact(theta)
+
+    def mlp(v):
+        pre = [W_in[f] * v + b_in[f] for f in range(len(b_in))]
+        return v + sum(W_out[f] * sp.Max(p, 0) for f, p in enumerate(pre)) + b_out
+
+    def soft(v):
+        return sp.sign(v) * sp.Max(sp.Abs(v) - theta, 0)
+
+    knots = [-b_in[f] / W_in[f] for f in range(len(b_in)) if W_in[f] != 0] + [theta, -theta, 0]
+    ok = piecewise_linear_equal(mlp, soft, knots)
+    return Outcome(ok, f"v + MLP(v) = soft_threshold(v, {theta}) for all real v (breakpoints checked)"
+                   if ok else "the MLP is not the soft threshold")
+
+
+def lemma_sherman_morrison() -> Outcome:
+    """``(A + u v^T)^{-1} = A^{-1} - A^{-1} u v^T A^{-1} / (1 + v^T A^{-1} u)`` (general d,
+    non-commutative symbols; ``s = v^T A^{-1} u`` a scalar): the RLS update."""
+    A, U, V = sp.symbols("A U V", commutative=False)
+    s = sp.Symbol("s")
+    inv = A**-1 - A**-1 * U * V * A**-1 / (1 + s)
+    e = sp.expand((A + U * V) * inv)
+    e = sp.expand(e.subs(V * A**-1 * U, s))
+    ok = sp.simplify(e - 1) == 0
+    return Outcome(ok, "(A + u v^T) (A^-1 - A^-1 u v^T A^-1/(1 + v^T A^-1 u)) = I" if ok else "SM identity failed")
+
+
+def lemma_newton_reciprocal() -> Outcome:
+    """One Newton step ``r' = r (2 - c r)`` squares the error: ``1 - c r' = (1 - c r)^2``."""
+    c, r = sp.symbols("c r")
+    ok = sp.expand(1 - c * r * (2 - c * r) - (1 - c * r) ** 2) == 0
+    return Outcome(ok, "1 - c r(2 - c r) = (1 - c r)^2" if ok else "Newton reciprocal identity failed")
+
+
+def lemma_newton_schulz() -> Outcome:
+    """Newton-Schulz squares the error: ``I - M' A = (I - M A)^2`` for ``M' = 2M - M A M``."""
+    M, A = sp.symbols("M A", commutative=False)
+    ok = sp.expand((1 - (2 * M - M * A * M) * A) - (1 - M * A) ** 2) == 0
+    return Outcome(ok, "I - (2M - MAM)A = (I - MA)^2" if ok else "Newton-Schulz identity failed")
