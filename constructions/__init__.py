@@ -15,6 +15,7 @@ from .errors import ConstructionError
 from .layout import Readout, ResidualLayout
 from .bai import lasso_ista, logistic_gd, relu_gd, ridge_select
 from .linear_gd import gd, gd_plus_plus, preconditioned_gd
+from .raw import RawConfig, raw_gd
 from .ridge import ridge_newton
 from .sherman_morrison import ridge_sherman_morrison
 from .transformer import AttentionSpec, BlockSpec, MLPSpec, Transformer
@@ -24,7 +25,7 @@ __version__ = "0.1.0"
 _FACTORIES = {
     f.__name__: f
     for f in (gd, gd_plus_plus, preconditioned_gd, relu_gd, lasso_ista, logistic_gd, ridge_select, ridge_newton,
-              ridge_sherman_morrison)
+              ridge_sherman_morrison, raw_gd)
 }
 
 
@@ -47,5 +48,5 @@ def build(name: str, **params) -> Construction:
 
 __all__ = [
     "Construction", "ConstructionError", "ResidualLayout", "Readout", "Transformer",
-    "AttentionSpec", "BlockSpec", "MLPSpec", "names", "build", *_FACTORIES,
+    "AttentionSpec", "BlockSpec", "MLPSpec", "RawConfig", "names", "build", *_FACTORIES,
 ]

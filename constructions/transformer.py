@@ -25,6 +25,10 @@ with q = h W_Q, k = h W_K, v = h W_V and the attention kind A:
 * ``relu``:    z_i = (1/n) sum_j relu(q_i . k_j) v_j
 * ``softmax``: z_i = sum_j softmax_j(q_i . k_j) v_j   (no 1/sqrt(E): put any scale in W_Q)
 
+Options (Akyurek et al.'s decoder, :mod:`constructions.raw`): ``causal`` attention
+(keys j <= i); ``null_score`` adds one softmax logit with value 0 ("attend to
+nothing"); an MLP with ``layernorm`` reads ``LayerNorm(h)`` (no affine).
+
 The keys j run over the n context tokens only (``mask_query=True``, the
 default): query tokens never act as keys or values.  With ``mask_query=False``
 every token is a key (kept for the negative control of claims.md sec. 11.2);
@@ -60,10 +64,14 @@ class AttentionSpec:
     W_K: np.ndarray  # [H, D, E]
     W_V: np.ndarray  # [H, D, E]
     W_O: np.ndarray  # [H, E, D]
+    causal: bool = False  # token i attends to keys j <= i only
+    null_score: float | None = None  # softmax only: an extra logit with value 0 ("attend to nothing")
 
     def __post_init__(self):
         if self.kind not in ATTENTION_KINDS:
             raise ConstructionError(f"attention kind must be one of {ATTENTION_KINDS}, got {self.kind!r}")
+        if self.null_score is not None and self.kind != "softmax":
+            raise ConstructionError("null_score (attend to nothing) needs softmax attention")
         for k in ("W_Q", "W_K", "W_V", "W_O"):
             setattr(self, k, np.asarray(getattr(self, k), dtype=np.float64))
         H, D, E = self.W_Q.shape
@@ -77,7 +85,7 @@ class AttentionSpec:
         return self.W_Q.shape[0]
 
     @classmethod
-    def from_heads(cls, kind: str, heads: list[dict]) -> "AttentionSpec":
+    def from_heads(cls, kind: str, heads: list[dict], **options) -> "AttentionSpec":
         """Stack heads given as dicts of ``W_Q [D,e], W_K [D,e], W_V [D,e'], W_O [e',D]``,
         zero-padding every head to the common width E = max(e, e')."""
         E = max(max(h["W_Q"].shape[1], h["W_V"].shape[1]) for h in heads)
@@ -94,6 +102,7 @@ class AttentionSpec:
             np.stack([np.pad(h["W_O"], ((0, E - h["W_O"].shape[0]), (0, 0))) for h in heads]).reshape(
                 len(heads), E, D
             ),
+            **options,
         )
 
 
@@ -104,6 +113,8 @@ class MLPSpec:
     b_in: np.ndarray  # [F]
     W_out: np.ndarray  # [F, D]
     b_out: np.ndarray  # [D]
+    layernorm: bool = False  # the MLP reads LayerNorm(h) (no affine; variance eps below) instead of h
+    ln_eps: float = 0.0
 
     def __post_init__(self):
         if self.act not in ACTIVATIONS:
@@ -128,7 +139,7 @@ def _param(a: np.ndarray) -> nn.Parameter:
 class Attention(nn.Module):
     def __init__(self, spec: AttentionSpec):
         super().__init__()
-        self.kind = spec.kind
+        self.kind, self.causal, self.null_score = spec.kind, spec.causal, spec.null_score
         self.W_Q, self.W_K, self.W_V, self.W_O = (_param(getattr(spec, k)) for k in ("W_Q", "W_K", "W_V", "W_O"))
 
     def forward(self, h: torch.Tensor, n_context: int, mask_query: bool = True, norm: int | None = None) -> torch.Tensor:
@@ -137,15 +148,22 @@ class Attention(nn.Module):
         q = torch.einsum("btd,hde->bhte", h, self.W_Q)
         k = torch.einsum("bsd,hde->bhse", keys, self.W_K)
         v = torch.einsum("bsd,hde->bhse", keys, self.W_V)
-        if self.kind == "linear":
+        if self.kind == "linear" and not self.causal:
             # (K^T V) first: O(n E^2) instead of O(n T E); the same sum in exact arithmetic.
             z = torch.einsum("bhte,bhef->bhtf", q, torch.einsum("bhse,bhsf->bhef", k, v)) / norm
         else:
             scores = torch.einsum("bhte,bhse->bhts", q, k)
+            if self.causal:
+                T, S = scores.shape[-2:]
+                future = torch.ones(T, S, dtype=torch.bool, device=scores.device).triu(1)
+                scores = scores.masked_fill(future, -torch.inf if self.kind == "softmax" else 0.0)
             if self.kind == "relu":
                 pattern = torch.relu(scores) / norm
-            else:
+            elif self.null_score is None:
                 pattern = torch.softmax(scores, dim=-1)
+            else:  # an extra key with logit null_score and value 0
+                null = torch.full_like(scores[..., :1], self.null_score)
+                pattern = torch.softmax(torch.cat([scores, null], -1), dim=-1)[..., :-1]
             z = torch.einsum("bhts,bhse->bhte", pattern, v)
         return torch.einsum("bhte,hed->btd", z, self.W_O)
 
@@ -153,10 +171,12 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, spec: MLPSpec):
         super().__init__()
-        self.act = spec.act
+        self.act, self.layernorm, self.ln_eps = spec.act, spec.layernorm, spec.ln_eps
         self.W_in, self.b_in, self.W_out, self.b_out = (_param(getattr(spec, k)) for k in ("W_in", "b_in", "W_out", "b_out"))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if self.layernorm:
+            h = torch.nn.functional.layer_norm(h, h.shape[-1:], eps=self.ln_eps)
         pre = h @ self.W_in + self.b_in
         post = torch.relu(pre) if self.act == "relu" else torch.nn.functional.gelu(pre)
         return post @ self.W_out + self.b_out
@@ -253,20 +273,28 @@ def numpy_forward(blocks: list[BlockSpec], h: np.ndarray, n_context: int, mask_q
             out = 0
             for WQ, WK, WV, WO in zip(*(convert(getattr(a, k)) for k in ("W_Q", "W_K", "W_V", "W_O"))):
                 q, k, v = h @ WQ, keys @ WK, keys @ WV
+                s = q @ k.transpose(0, 2, 1)
+                if a.causal:
+                    future = np.triu(np.ones(s.shape[-2:], dtype=bool), 1)
+                    s = np.where(future, -np.inf if a.kind == "softmax" else 0, s)
                 if a.kind == "linear":
-                    z = q @ (k.transpose(0, 2, 1) @ v) / norm
+                    z = s @ v / norm
+                elif a.kind == "relu":
+                    z = np.maximum(s, 0) @ v / norm  # int 0: exact inputs stay exact
                 else:
-                    s = q @ k.transpose(0, 2, 1)
-                    if a.kind == "relu":
-                        z = np.maximum(s, 0) @ v / norm  # int 0: exact inputs stay exact
-                    else:
-                        e = np.exp(s - s.max(-1, keepdims=True))
-                        z = e / e.sum(-1, keepdims=True) @ v
+                    if a.null_score is not None:
+                        s = np.concatenate([s, np.full(s.shape[:-1] + (1,), a.null_score)], -1)
+                    e = np.exp(s - s.max(-1, keepdims=True))
+                    z = (e / e.sum(-1, keepdims=True))[..., : k.shape[1]] @ v
                 out = out + z @ WO
             h = h + out
         if spec.mlp is not None:
             m = spec.mlp
-            pre = h @ convert(m.W_in) + convert(m.b_in)
+            x = h
+            if m.layernorm:
+                c = h - h.mean(-1, keepdims=True)
+                x = c / np.sqrt((c**2).mean(-1, keepdims=True) + m.ln_eps)
+            pre = x @ convert(m.W_in) + convert(m.b_in)
             if m.act == "relu":
                 post = np.maximum(pre, 0)
             else:

@@ -22,6 +22,8 @@ from constructions import bai, sherman_morrison
 from constructions.ridge import newton_mask_bound
 from constructions.errors import ConstructionError
 
+from . import akyurek as aky
+from . import softmax_regression as sr
 from .prompts import Prompt, PromptSpec, make_prompt, sample_fields
 from .reference import (
     GD, ISTA, GDPlusPlus, LogisticGD, NewtonSchulz, RecursiveLeastSquares, Reference, Ridge, RidgeSelect,
@@ -39,6 +41,8 @@ KNOB_RANGES = dict(
     log10_mask=(0.3, 6.0),  # B >= 2x the bound: a float32-rounded prompt moves the bound
     log10_gamma=(-3.0, 0.0),
     heads=(3, 40),
+    log10_eta=(-4.0, 0.0),
+    R=(0.5, 4.0),
 )
 
 
@@ -54,6 +58,8 @@ class Knobs:
     log10_mask: float = 1.0  # Bai's masking constant B = 10**log10_mask * (the domain's score bound)
     log10_gamma: float = -1.0  # selection slack gamma = 10**log10_gamma * mean(y^2)
     heads: int = 8  # ReLUs in a sum-of-ReLU approximation
+    log10_eta: float = -2.0  # step size / move size of the softmax-regression claims
+    R: float = 1.0  # norm bound of the softmax-regression claims (|A|, |x| <= R)
     seed: int = 0
 
     @classmethod
@@ -114,7 +120,10 @@ class Claim:
     construction: str
     reference: str
     make: Make = field(repr=False)
-    kind: str = "exact"  # "exact": every layer within tolerance; "negative": layer 1 matches, a later one must not
+    #: "exact": every layer within tolerance; "negative": layer 1 matches, a later one must not;
+    #: "bound": ``make(prompt, knobs)`` returns a Comparison of measured quantities against
+    #: stated bounds (float64: a statement about the mathematics, not a construction)
+    kind: str = "exact"
     fixed_prompt: dict = field(default_factory=dict)
     fixed_knobs: dict = field(default_factory=dict)
     #: negative claims: the first layer that must miss (earlier layers must match)
@@ -139,6 +148,9 @@ class Claim:
         """(holds, figure, comparison).  Exact claims: figure = worst ratio error/tolerance
         over all layers, holds iff <= 1.  Negative claims: figure = largest ratio at layers
         >= ``negative_from``, holds iff the earlier layers are within tolerance and figure > 1."""
+        if self.kind == "bound":
+            cmp = self.make(prompt, knobs)
+            return cmp.ok, cmp.worst, cmp
         c, ref, *rest = self.case(prompt, knobs)
         prompt = rest[0] if rest else prompt  # a case may adapt the prompt (e.g. 0/1 labels)
         if self.kind == "negative":
@@ -485,6 +497,42 @@ CLAIMS: dict[str, Claim] = {
             "gd (mask_query=False)", "GD iterates (numpy)", _gd_unmasked,
             kind="negative", fixed_prompt=dict(m=3), fixed_knobs=dict(steps=3, lr_factor=1.0),
         ),
+        Claim(
+            "li23-closeness", "Li et al. 2023", "sec. 4-5 (softmax regression vs one attention layer); claims.md sec. 5.1",
+            "one GD step x' = x - eta grad L_exp on single softmax regression moves a softmax attention layer's "
+            "output by a label shift: c(x'; b) = c(x; b~) exactly, |b~ - b| <= |A||x' - x|/2 = O(eta) "
+            "(ours; Li's M = n^1.5 exp(10R^2) is looser)",
+            "softmax attention layer (verify.softmax_regression)", "closed-form softmax regression (torch)",
+            sr.check_closeness, kind="bound", fixed_prompt=dict(n=(2, 40), d=(1, 12)),
+        ),
+        Claim(
+            "gao23-tensor-trick", "Gao, Song, Xie 2023", "tensor trick; claims.md sec. 5.2, 11.11",
+            "vec(A1 X A2^T) = (A1 (x) A2) vec_row(X) = (A2 (x) A1) vec_col(X); the attention loss is n single "
+            "regressions sharing vec(X); its closed-form gradient A1^T G A2 equals autograd",
+            "(identities)", "torch.kron, autograd", sr.check_tensor_trick, kind="bound",
+            fixed_prompt=dict(n=(2, 16), d=(1, 6)),
+        ),
+        Claim(
+            "akyurek22-primitives", "Akyurek et al. 2022", "Lemma 1, App. C (Lemmas 4, 5, 8); claims.md sec. 2.2",
+            "mov (softmax attention, position codes, null logit), aff (GeLU pass-through), mul (GeLU: "
+            "error s^2|(x+y)^4 - x^4 - y^4|/12 + O(s^4)) and div (LayerNorm padding: relative error "
+            "1 - (1 + Q/(2M^2c^2))^(-1/2), divides by |c|) are each one layer within their predicted error",
+            "raw primitives (constructions.raw)", "exact mov/aff/mul/div (numpy)", aky.check_primitives,
+            kind="bound", fixed_prompt=dict(d=(1, 6), n=(3, 40)),
+        ),
+        Claim(
+            "akyurek22-thm1", "Akyurek et al. 2022", "Thm 1, App. A; claims.md sec. 2.3",
+            "9 primitive layers on the causal prompt [x1, y1, x2] compute w'^T x2, w' = w - 2 lr (x1 (w^T x1 - y1) "
+            "+ lam w), with error O(s^2) in the mul scale: each decade of s cuts it by >= 10^1.9",
+            "raw_gd", "exact one-exemplar GD step (numpy)", aky.check_thm1, kind="bound",
+            fixed_prompt=dict(B=(1, 3), d=(1, 6)),
+        ),
+        Claim(
+            "gao23-lipschitz", "Gao, Song, Xie 2023; Li et al. 2023", "Lipschitz lemmas; claims.md sec. 5",
+            "on |A| <= R: the row softmax is |A1||A2|/2-Lipschitz in X (Frobenius) and |Hess L_exp| <= "
+            "|A|^2 (5/2 + 3|b|/2) (our constants; the papers state poly(n) exp(O(R^2)))",
+            "(bounds)", "autograd Hessian", sr.check_lipschitz, kind="bound", fixed_prompt=dict(n=(2, 16), d=(1, 6)),
+        ),
     ]
 }
 
@@ -514,7 +562,7 @@ class ClaimResult:
 def check_claim(claim: Claim, prompts: int = 100, dtype=torch.float64, rng=None, seed: int = 0) -> ClaimResult:
     """Draw ``prompts`` random prompts and knobs, evaluate, aggregate."""
     rng = rng if rng is not None else np.random.default_rng(seed)
-    holds, figure, at = True, (0.0 if claim.kind == "exact" else np.inf), (0.0, 0.0)
+    holds, figure, at = True, (0.0 if claim.kind != "negative" else np.inf), (0.0, 0.0)
     failures = []
     for _ in range(prompts):
         spec = PromptSpec.sample(rng, **claim.fixed_prompt)
@@ -523,7 +571,7 @@ def check_claim(claim: Claim, prompts: int = 100, dtype=torch.float64, rng=None,
         if not ok:
             holds = False
             failures.append((asdict(spec), asdict(knobs), cmp.report()))
-        if (fig > figure) if claim.kind == "exact" else (fig < figure):
+        if (fig > figure) if claim.kind != "negative" else (fig < figure):
             figure, at = fig, cmp.at_worst()
     name = "float32" if dtype == torch.float32 and claim.kind == "exact" else "float64"
     return ClaimResult(claim, prompts, name, holds, float(figure), at[0], at[1], failures)

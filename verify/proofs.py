@@ -37,6 +37,7 @@ from .reference import ISTA, NewtonSchulz, RecursiveLeastSquares, RidgeSelect
 from .symbolic import (
     XQ, Group, Induction, NotLiftable, Outcome, X, Y, _advance, _groups, _sizes, complete, d, exact, is_zero,
     lemma_newton_reciprocal, lemma_newton_schulz, lemma_sherman_morrison, lemma_sign_split, lemma_soft_threshold,
+    lemma_softmax_gradients, lemma_softmax_jacobian_norm,
     lift_layer, n, prove_induction,
 )
 
@@ -245,6 +246,21 @@ def fu_printed_exact() -> Outcome:
                                       f"(the fixed layer: equal exactly: {ok_fixed})")
 
 
+def tensor_trick_exact() -> Outcome:
+    """``vec(A1 X A2^T) = (A1 (x) A2) vec_row(X) = (A2 (x) A1) vec_col(X)`` in exact rational
+    arithmetic on random rational matrices (n = 4, d = 3), and the swapped order fails."""
+    rng = np.random.default_rng(0)
+    R = lambda *s: np.array([[Fraction(int(v), 7) for v in row] for row in rng.integers(-9, 10, s)], dtype=object)  # noqa: E731
+    A1, A2, Xm = R(4, 3), R(4, 3), R(3, 3)
+    S = A1 @ Xm @ A2.T
+    row = (S.reshape(-1) == np.kron(A1, A2) @ Xm.reshape(-1)).all()
+    col = (S.T.reshape(-1) == np.kron(A2, A1) @ Xm.T.reshape(-1)).all()
+    swapped = (S.reshape(-1) == np.kron(A2, A1) @ Xm.reshape(-1)).all()
+    ok = bool(row and col and not swapped)
+    return Outcome(ok, "row-major: A1 (x) A2, column-major: A2 (x) A1, exactly; the swapped order is wrong"
+                   if ok else "a Kronecker identity failed")
+
+
 # -- registry ----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Proof:
@@ -283,6 +299,15 @@ PROOFS: dict[str, Proof] = {
         ("exact ridge_sherman_morrison", sm_exact))),
     "fu23-printed-values": Proof("exact-rational", (("counterexample", fu_printed_exact),)),
     "vonoswald23-mask": Proof("general", (("two-layer counterexample", unmasked_control),)),
+    "li23-closeness": Proof("exact-rational", (("gradient formulas (symbolic, n = 3)", lemma_softmax_gradients),
+                                               ("softmax Jacobian norm <= 1/2", lemma_softmax_jacobian_norm)),
+                            note="the label-shift identity is a definition; the bound follows from the lemma"),
+    "gao23-tensor-trick": Proof("exact-rational", (("Kronecker vec identities, exact", tensor_trick_exact),)),
+    "akyurek22-primitives": Proof("none", note="approximate (softmax, GeLU, LayerNorm); the errors are checked "
+                                              "against their predicted terms numerically"),
+    "akyurek22-thm1": Proof("none", note="approximate; the O(s^2) error term is checked numerically"),
+    "gao23-lipschitz": Proof("general", (("softmax Jacobian norm <= 1/2", lemma_softmax_jacobian_norm),),
+                             note="the Hessian bound's triangle inequalities are checked numerically"),
 }
 
 

@@ -98,6 +98,8 @@ def lift_layer(build: Callable[[int], object], layer: int, named: Callable[[int]
         blk = c.blocks[layer]
         if blk.mlp is not None:
             raise NotLiftable(f"block {layer} has an MLP (outside the symbolic fragment)")
+        if blk.attn.causal or blk.attn.null_score is not None:
+            raise NotLiftable(f"block {layer} has causal or null attention (outside the symbolic fragment)")
         sizes = {s.name: _slot_size(s, dd) for s in c.layout.slots}
         heads = []
         for circ in c.circuits(layer):
@@ -454,3 +456,36 @@ def lemma_newton_schulz() -> Outcome:
     M, A = sp.symbols("M A", commutative=False)
     ok = sp.expand((1 - (2 * M - M * A * M) * A) - (1 - M * A) ** 2) == 0
     return Outcome(ok, "I - (2M - MAM)A = (I - MA)^2" if ok else "Newton-Schulz identity failed")
+
+
+# -- softmax regression (Li et al. / Gao et al.) ----------------------------------------------
+def lemma_softmax_gradients(n_: int = 3) -> Outcome:
+    """The closed-form gradients of :mod:`verify.softmax_regression` in logit space, with
+    symbolic logits z and labels b at n = 3 (so for every x and A by the chain rule
+    ``grad_x = A^T grad_z``): ``d/dz 1/2|f - b|^2 = f o c - <f, c> f`` and
+    ``d/dz 1/2|u - alpha b|^2 = u o c' - <b, c'> u``."""
+    z = sp.symbols(f"z0:{n_}", real=True)
+    b = sp.symbols(f"b0:{n_}", real=True)
+    u = [sp.exp(v) for v in z]
+    al = sum(u)
+    f = [v / al for v in u]
+    c = [fi - bi for fi, bi in zip(f, b)]
+    s = sum(fi * ci for fi, ci in zip(f, c))
+    L = sum(ci**2 for ci in c) / 2
+    cp = [ui - al * bi for ui, bi in zip(u, b)]
+    Lr = sum(v**2 for v in cp) / 2
+    sb = sum(bi * v for bi, v in zip(b, cp))
+    ok = all(sp.simplify(sp.diff(L, z[j]) - (f[j] * c[j] - s * f[j])) == 0 for j in range(n_))
+    ok &= all(sp.simplify(sp.diff(Lr, z[j]) - (u[j] * cp[j] - sb * u[j])) == 0 for j in range(n_))
+    return Outcome(ok, f"both gradient formulas equal sympy's derivative (symbolic z, b; n = {n_})"
+                   if ok else "a gradient formula differs from sympy's derivative")
+
+
+def lemma_softmax_jacobian_norm() -> Outcome:
+    """``|diag(f) - f f^T|_2 <= 1/2`` for every distribution f: by Gershgorin, row i's disc
+    lies in ``[0, 2 f_i (1 - f_i)]`` (it is symmetric PSD), and
+    ``1/2 - 2 f (1 - f) = (2f - 1)^2 / 2 >= 0``."""
+    f = sp.Symbol("f", real=True)
+    ok = sp.expand(sp.Rational(1, 2) - 2 * f * (1 - f) - (2 * f - 1) ** 2 / 2) == 0
+    return Outcome(ok, "1/2 - 2f(1 - f) = (2f - 1)^2/2: the softmax Jacobian has norm <= 1/2"
+                   if ok else "Jacobian bound identity failed")

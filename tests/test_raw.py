@@ -1,0 +1,100 @@
+"""Akyurek et al.'s primitives (constructions.raw) and the transformer options they use."""
+import numpy as np
+import pytest
+import torch
+
+import constructions
+from constructions.errors import ConstructionError
+from constructions.raw import RawConfig, aff, div, mov, mul, raw_gd
+from constructions.transformer import Transformer, numpy_forward
+from verify import akyurek
+from verify.tolerance import C, eps
+
+
+def _stream(k=2, seed=0):
+    rng = np.random.default_rng(seed)
+    lay = akyurek._layout(k)
+    h = np.zeros((2, 3, lay.width))
+    h[:, :, lay["a"].index] = np.tanh(rng.normal(size=(2, 3, k)))
+    h[:, :, lay["b"].index] = np.tanh(rng.normal(size=(2, 3, k)))
+    h[:, :, lay["c"].start] = rng.choice([-1, 1], size=(2, 3)) * rng.uniform(0.2, 1, size=(2, 3))
+    h[:, :, lay["pos"].index] = np.eye(3)
+    return lay, h
+
+
+@pytest.mark.parametrize("name", ["mov", "aff", "mul", "div"])
+def test_torch_and_numpy_forward_agree_on_causal_null_and_layernorm_blocks(name):
+    lay, h = _stream()
+    cfg = RawConfig(attn_gap=20.0, ln_pad=100.0, mul_scale=1e-2)
+    block = dict(mov=lambda: mov(lay, "a", "dst", 0, 2, cfg), aff=lambda: aff(lay, {"a": np.eye(2)}, 0.5, "dst", cfg),
+                 mul=lambda: mul(lay, "a", "c", "dst", 2, 1, 1, cfg), div=lambda: div(lay, "a", ("c", 0), "dst", cfg))[name]()
+    with torch.no_grad():
+        t = Transformer([block])(torch.from_numpy(h), 3).numpy()
+    n = numpy_forward([block], h, 3, mask_query=True)[-1]
+    scale = 1 + np.abs(t).max() * cfg.ln_pad
+    assert np.abs(t - n).max() <= C * eps(torch.float64) * lay.width * scale
+
+
+def test_causal_attention_never_reads_the_future():
+    lay, h = _stream()
+    block = mov(lay, "a", "dst", 0, 2, RawConfig())
+    h2 = h.copy()
+    h2[:, 2, lay["a"].index] += 5.0  # change the last token only
+    with torch.no_grad():
+        a = Transformer([block])(torch.from_numpy(h), 3).numpy()
+        b = Transformer([block])(torch.from_numpy(h2), 3).numpy()
+    assert np.array_equal(a[:, :2], b[:, :2])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_primitives_within_their_predicted_errors(seed):
+    lay, h = _stream(k=3 - seed % 2, seed=seed)
+    for name, (err, bound) in akyurek.primitive_errors(h, RawConfig(attn_gap=30, passthrough=6, mul_scale=3e-2,
+                                                                    ln_pad=300), 3 - seed % 2).items():
+        assert (err <= bound).all(), name
+
+
+def test_mul_error_is_the_predicted_taylor_term():
+    """Two decades of s: the measured error tracks s^2 |q4|/12 (ratio -> 1), i.e. the O(s^2) rate."""
+    lay, h = _stream(k=2, seed=4)
+    x, y = h[:, :, lay["a"].index], h[:, :, lay["c"].start][..., None]
+    lead = np.abs((x + y) ** 4 - x**4 - y**4).max() / 12
+    for s in (1e-1, 1e-2, 1e-3):
+        err = akyurek.primitive_errors(h, RawConfig(mul_scale=s), 2)["mul"][0].max()
+        assert 0.8 < err / (s**2 * lead) <= 1.0 + 1e-3
+
+
+def test_raw_gd_error_is_its_predicted_s2_term():
+    rng = np.random.default_rng(1)
+    x1, x2, w0 = (np.tanh(rng.normal(size=(2, 3))) * 0.5 for _ in range(3))
+    y1 = np.tanh(rng.normal(size=2))
+    err, pred = akyurek.thm1_errors(x1, y1, x2, w0, 0.1, 0.05, (1e-1, 1e-2, 1e-3))
+    assert (np.abs(err - pred) <= np.array([1e-4, 1e-8, 1e-11])[:, None]).all()
+    assert (np.abs(pred[1:]) > 10 * np.abs(err[1:] - pred[1:])).all()  # the s^2 term dominates the remainder
+
+
+def test_a_wrong_gelu_constant_is_caught():
+    lay, h = _stream()
+    cfg = RawConfig(mul_scale=1e-2)
+    bad = mul(lay, "a", "c", "dst", 2, 1, 1, cfg)
+    bad.mlp.W_out *= 1.01
+    with torch.no_grad():
+        r = Transformer([bad])(torch.from_numpy(h), 3).numpy()
+    x, y = h[:, :, lay["a"].index], h[:, :, lay["c"].start][..., None]
+    assert np.abs(r[:, :, lay["dst"].index] - x * y).max() > akyurek.primitive_errors(h, cfg, 2)["mul"][1].max()
+
+
+def test_raw_gd_validates_its_input():
+    c = raw_gd(2, [0.1, 0.2], 0.1)
+    with pytest.raises(ConstructionError, match="one exemplar"):
+        c.predict(np.ones((2, 2)), np.ones(2), np.ones((1, 2)))
+    with pytest.raises(ConstructionError, match="tokens"):
+        c.predict(np.ones((1, 2)), np.ones(1), np.ones((2, 2)))
+    with pytest.raises(ConstructionError, match="w0"):
+        raw_gd(2, [0.1], 0.1)
+    lay, _ = _stream()
+    with pytest.raises(ConstructionError, match="mov"):
+        mov(lay, "a", "dst", 2, 0, RawConfig())
+    with pytest.raises(ConstructionError, match="null_score"):
+        constructions.AttentionSpec("linear", *np.zeros((3, 1, 2, 1)), np.zeros((1, 1, 2)), null_score=1.0)
+    assert constructions.build("raw_gd", d=2, w0=[0.0, 0.0], lr=0.1).resources["layers"] == 9

@@ -1,0 +1,271 @@
+"""Softmax regression (Li et al. 2023; Gao, Song, Xie 2023): losses, gradients, Hessian,
+the tensor trick, Lipschitz bounds, and the softmax self-attention layer they describe.
+
+Notation (claims.md sec. 5): ``A [n, d]``, ``b [n]``, ``x [d]``; ``u(x) = exp(Ax)``,
+``alpha(x) = <u, 1>``, ``f(x) = u/alpha`` (a softmax over the n rows), ``c(x) = f - b``.
+Multiple (attention) regression: ``A1, A2 [n, d]``, ``B [n, n]``, ``X [d, d]``,
+``S = A1 X A2^T``, ``D(X) = diag(exp(S) 1)``, ``F = D^{-1} exp(S)`` (row softmax).
+
+Losses (with the toolkit's factor 1/2; the papers' losses are twice these, so their
+gradients are twice ours):
+
+* normalised  ``L_exp(x)  = 1/2 |f(x) - b|^2``
+* rescaled    ``L_resc(x) = 1/2 |u(x) - alpha(x) b|^2``
+* attention   ``L_att(X)  = 1/2 |D^{-1} exp(S) - B|_F^2``,
+  rescaled    ``L_att_resc(X) = 1/2 |exp(S) - D B|_F^2``.
+
+Everything here is float64 torch (so that autograd checks the closed forms); the
+closed forms are written from the derivation in each docstring, not from autograd.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+T = torch.Tensor
+
+
+def _mv(A: T, v: T) -> T:
+    """``A v`` for ``A [..., p, q]``, ``v [..., q]`` (batched or not)."""
+    return (A @ v[..., None])[..., 0]
+
+
+def _mtv(A: T, v: T) -> T:
+    return _mv(A.transpose(-1, -2), v)
+
+
+# -- single softmax regression ------------------------------------------------------------
+def softmax_parts(A: T, b: T, x: T):
+    """``(f, c, s)`` with ``s = <f, c>``."""
+    f = torch.softmax(_mv(A, x), dim=-1)
+    c = f - b
+    return f, c, (f * c).sum(-1, keepdim=True)
+
+
+def loss(A: T, b: T, x: T) -> T:
+    f, c, _ = softmax_parts(A, b, x)
+    return 0.5 * (c**2).sum(-1)
+
+
+def loss_rescaled(A: T, b: T, x: T) -> T:
+    u = torch.exp(_mv(A, x))
+    return 0.5 * ((u - u.sum(-1, keepdim=True) * b) ** 2).sum(-1)
+
+
+def grad(A: T, b: T, x: T) -> T:
+    """``grad L_exp = A^T (f o c - <f, c> f)``: ``df/dz = J = diag(f) - f f^T`` (z = Ax), and
+    ``J c = f o c - <f, c> f``."""
+    f, c, s = softmax_parts(A, b, x)
+    return _mtv(A, f * c - s * f)
+
+
+def grad_rescaled(A: T, b: T, x: T) -> T:
+    """``grad L_resc = A^T (u o c' - <b, c'> u)`` with ``c' = u - alpha b``: ``du/dz = diag(u)``,
+    ``dalpha/dz = u^T``, so ``dc'/dz = diag(u) - b u^T``."""
+    u = torch.exp(_mv(A, x))
+    cp = u - u.sum(-1, keepdim=True) * b
+    return _mtv(A, u * cp - (b * cp).sum(-1, keepdim=True) * u)
+
+
+def hessian(A: T, b: T, x: T) -> T:
+    """``Hess L_exp = A^T G A`` with ``G = diag(c - s + f) J - f (J (c + f))^T``: differentiate
+    ``g_i = f_i (c_i - s)`` using ``df/dz = dc/dz = J`` and ``ds/dz = (J (c + f))^T``."""
+    f, c, s = softmax_parts(A, b, x)
+    J = torch.diag_embed(f) - f[..., :, None] * f[..., None, :]
+    Jcf = _mv(J, c + f)
+    G = torch.diag_embed(c - s + f) @ J - f[..., :, None] * Jcf[..., None, :]
+    return A.transpose(-1, -2) @ G @ A
+
+
+def hessian_bound(A: T, b: T) -> T:
+    """``|Hess L_exp|_2 <= |A|_2^2 (5/2 + 3|b|/2)`` (ours): ``|J|_2 <= 1/2``, ``|f|_2 <= 1``,
+    ``|c| <= 1 + |b|``, ``|s| <= |f||c|``, so ``|diag(c - s + f) J| <= (3 + 2|b|)/2`` and
+    ``|f (J (c + f))^T| <= |c + f|/2 <= (2 + |b|)/2``."""
+    return torch.linalg.matrix_norm(A, 2) ** 2 * (2.5 + 1.5 * torch.linalg.vector_norm(b, dim=-1))
+
+
+# -- multiple softmax regression (attention) ----------------------------------------------------
+def attention_loss(A1: T, A2: T, B: T, X: T) -> T:
+    F = torch.softmax(A1 @ X @ A2.transpose(-1, -2), dim=-1)
+    return 0.5 * ((F - B) ** 2).sum((-1, -2))
+
+
+def attention_loss_rescaled(A1: T, A2: T, B: T, X: T) -> T:
+    E = torch.exp(A1 @ X @ A2.transpose(-1, -2))
+    return 0.5 * ((E - E.sum(-1, keepdim=True) * B) ** 2).sum((-1, -2))
+
+
+def attention_grad(A1: T, A2: T, B: T, X: T, rescaled: bool = False) -> T:
+    """``dL/dX = A1^T G A2`` where row j of G is the single-regression ``dL/dz`` of row j
+    (``S = A1 X A2^T``, so ``dL/dX = A1^T (dL/dS) A2``)."""
+    S = A1 @ X @ A2.transpose(-1, -2)
+    if rescaled:
+        u = torch.exp(S)
+        cp = u - u.sum(-1, keepdim=True) * B
+        G = u * cp - (B * cp).sum(-1, keepdim=True) * u
+    else:
+        F = torch.softmax(S, dim=-1)
+        C = F - B
+        G = F * C - (F * C).sum(-1, keepdim=True) * F
+    return A1.transpose(-1, -2) @ G @ A2
+
+
+def vec(X: T, order: str = "row") -> T:
+    """Row-major (C order) or column-major (Fortran order) vectorisation of ``[..., p, q]``."""
+    return X.flatten(-2) if order == "row" else X.transpose(-1, -2).flatten(-2)
+
+
+def kron(P: T, Q: T) -> T:
+    return torch.kron(P, Q) if P.ndim == 2 else torch.stack([torch.kron(p, q) for p, q in zip(P, Q)])
+
+
+def tensor_trick(A1: T, A2: T, order: str = "row") -> T:
+    """``cal A`` with ``vec(A1 X A2^T) = cal A vec(X)``: ``A1 (x) A2`` for row-major vec,
+    ``A2 (x) A1`` for column-major (claims.md sec. 11.11)."""
+    return kron(A1, A2) if order == "row" else kron(A2, A1)
+
+
+def attention_as_single(A1: T, A2: T, B: T, X: T) -> T:
+    """The attention loss as n decoupled single softmax regressions sharing ``x = vec_row(X)``:
+    row j uses ``cal A_j = (A1)_j (x) A2`` (``[n, d^2]``) and labels ``B_j``."""
+    x = vec(X)
+    n = A1.shape[-2]
+    rows = [loss(kron(A1[..., j : j + 1, :], A2), B[..., j, :], x) for j in range(n)]
+    return torch.stack(rows).sum(0)
+
+
+# -- Lipschitz bounds --------------------------------------------------------------------------
+def li_constant(n: int, R: float) -> float:
+    """Li et al.'s ``M = n^1.5 exp(10 R^2)`` (claims.md sec. 5.1, as restated; [MEM])."""
+    return n**1.5 * float(np.exp(10 * R**2))
+
+
+def softmax_lipschitz(A: T) -> T:
+    """Our constant: ``|f(x) - f(y)| <= |A|_2 |x - y| / 2`` (the softmax Jacobian
+    ``diag(f) - f f^T`` has spectral norm at most 1/2)."""
+    return 0.5 * torch.linalg.matrix_norm(A, 2)
+
+
+# -- the softmax self-attention layer whose output is f ---------------------------------------------
+def attention_layer(d: int, n: int):
+    """One softmax self-attention layer (the toolkit's transformer) whose query output is the
+    softmax-regression prediction: keys are the n rows ``a_i`` of A, the query token holds x,
+    the score is ``x . a_i`` and the value of key i is ``e_i``, so the query's ``f`` slot
+    becomes ``f(x) = softmax(A x)``.  Returns ``(model, layout, embed)``; ``embed(A, x)``
+    builds the stream ``[B, n + 1, D]`` (n must be the built n)."""
+    from constructions.layout import Readout, ResidualLayout
+    from constructions.transformer import AttentionSpec, BlockSpec, Transformer
+
+    lay = ResidualLayout.of([("a", d, "x"), ("x", d, "x"), ("pos", n, "zero"), ("f", n, "zero"),
+                             ("out", 1, "zero")], Readout("out"))
+    head = dict(W_Q=lay.read({"x": np.eye(d)}, d), W_K=lay.read({"a": np.eye(d)}, d),
+                W_V=lay.read({"pos": np.eye(n)}, n), W_O=lay.write({"f": np.eye(n)}, n))
+    model = Transformer([BlockSpec(AttentionSpec.from_heads("softmax", [head]))])
+
+    def embed(A: T, x: T) -> T:
+        Bsz = A.shape[0]
+        h = torch.zeros(Bsz, n + 1, lay.width, dtype=torch.float64)
+        h[:, :n, lay["a"].index] = A
+        h[:, :n, lay["pos"].index] = torch.eye(n, dtype=torch.float64)
+        h[:, n, lay["x"].index] = x
+        return h
+
+    def run(A: T, x: T) -> T:
+        """The layer's output at the query: ``f(x)`` ``[B, n]``."""
+        with torch.no_grad():
+            return model(embed(A, x), n)[:, n, lay["f"].index]
+
+    return model, lay, run
+
+
+# -- claim checks: each returns a verify.tolerance.Comparison (measured vs 0, tol = bound) -------
+def _instance(prompt, knobs):
+    """A softmax-regression instance from a prompt: ``A = X`` scaled to spectral norm R,
+    ``x`` = the first query scaled to norm R, ``b = softmax(y)`` (a distribution)."""
+    A = torch.from_numpy(prompt.X).to(torch.float64)
+    A = A * (knobs.R / torch.linalg.matrix_norm(A, 2)[:, None, None])
+    x = torch.from_numpy(prompt.Xq[:, 0]).to(torch.float64)
+    x = x * (knobs.R / torch.linalg.vector_norm(x, dim=-1, keepdim=True))
+    b = torch.softmax(torch.from_numpy(prompt.y).to(torch.float64), dim=-1)
+    return A, b, x
+
+
+def _cmp(measured, bound, roundoff):
+    from .tolerance import Comparison
+
+    m = torch.stack(measured, -1).numpy()[None]  # [1, B, k]
+    t = (torch.stack(bound, -1) + torch.stack(roundoff, -1)).numpy()[None]
+    return Comparison(m, np.zeros_like(m), t, t)
+
+
+def check_closeness(prompt, knobs):
+    """Li et al.: one GD step ``x' = x - eta grad L_exp(x)`` moves the softmax attention
+    layer's output by ``f(x') - f(x)``, which is exactly a label shift: ``c(x'; b) = c(x; b~)``
+    with ``b~ = b - (f(x') - f(x))``; and ``|b~ - b| <= |A| |x' - x| / 2`` (ours; Li's
+    ``M = n^1.5 exp(10 R^2)`` is far looser).  Measured: the layer vs the closed form, the
+    label-shift identity, and the shift vs our bound."""
+    from .tolerance import C, eps
+
+    A, b, x = _instance(prompt, knobs)
+    eta = 10.0**knobs.log10_eta
+    x1 = x - eta * grad(A, b, x)
+    n = A.shape[-2]
+    _, _, run = attention_layer(A.shape[-1], n)
+    f0, f1 = run(A, x), run(A, x1)
+    u = C * eps(torch.float64) * (n + A.shape[-1]) * torch.ones_like(eta * f0[..., 0])  # f is a distribution
+    b_t = b - (f1 - f0)
+    shift = torch.linalg.vector_norm(b_t - b, dim=-1)
+    layer_err = torch.maximum((f0 - torch.softmax(_mv(A, x), -1)).abs().amax(-1),
+                              (f1 - torch.softmax(_mv(A, x1), -1)).abs().amax(-1))
+    ident = ((f1 - b) - (f0 - b_t)).abs().amax(-1)
+    ours = softmax_lipschitz(A) * torch.linalg.vector_norm(x1 - x, dim=-1)
+    return _cmp([layer_err, ident, shift], [0 * u, 0 * u, ours], [u, u, u])
+
+
+def check_tensor_trick(prompt, knobs):
+    """Gao et al.'s tensor trick: ``vec(A1 X A2^T) = (A1 (x) A2) vec_row(X)`` and
+    ``(A2 (x) A1) vec_col(X)``; the attention loss equals n single regressions sharing
+    ``vec(X)``; its closed-form gradient equals autograd.  Tolerance: the model's
+    ``C eps (d^2 + n) scale``."""
+    from .tolerance import C, eps
+
+    A1, b, x = _instance(prompt, knobs)
+    g = torch.Generator().manual_seed(knobs.seed)
+    A2 = torch.randn(A1.shape, generator=g, dtype=torch.float64)
+    A2 = A2 * (knobs.R / torch.linalg.matrix_norm(A2, 2)[:, None, None])
+    d, n = A1.shape[-1], A1.shape[-2]
+    X = torch.randn((A1.shape[0], d, d), generator=g, dtype=torch.float64) * knobs.R / d
+    B = torch.softmax(torch.randn((A1.shape[0], n, n), generator=g, dtype=torch.float64), -1)
+    S = A1 @ X @ A2.transpose(-1, -2)
+    row = (vec(S) - _mv(tensor_trick(A1, A2), vec(X))).abs().amax(-1)
+    col = (vec(S, "col") - _mv(tensor_trick(A1, A2, "col"), vec(X, "col"))).abs().amax(-1)
+    split = (attention_loss(A1, A2, B, X) - attention_as_single(A1, A2, B, X)).abs()
+    Xg = X.clone().requires_grad_(True)
+    auto, = torch.autograd.grad(attention_loss(A1, A2, B, Xg).sum(), Xg)
+    gerr = (auto - attention_grad(A1, A2, B, X)).abs().amax((-1, -2))
+    u = C * eps(torch.float64) * (d * d + n)
+    scale = torch.linalg.matrix_norm(A1, 2) * torch.linalg.matrix_norm(A2, 2) * torch.linalg.matrix_norm(X)
+    zero = 0 * scale
+    return _cmp([row, col, split, gerr], [zero] * 4, [u * scale, u * scale, u * n * (1 + scale), u * (1 + scale)])
+
+
+def check_lipschitz(prompt, knobs):
+    """Lipschitz and Hessian bounds on ``|A| <= R``, ``|x| <= R`` (ours, tight up to the
+    constants; the papers' are ``poly(n) exp(O(R^2))``): the row softmax
+    ``|F(X) - F(Y)|_F <= |A1| |A2| |X - Y|_F / 2`` and ``|Hess L_exp| <= |A|^2 (5/2 + 3|b|/2)``."""
+    from .tolerance import C, eps
+
+    A1, b, x = _instance(prompt, knobs)
+    g = torch.Generator().manual_seed(knobs.seed)
+    A2 = torch.randn(A1.shape, generator=g, dtype=torch.float64)
+    A2 = A2 * (knobs.R / torch.linalg.matrix_norm(A2, 2)[:, None, None])
+    d = A1.shape[-1]
+    X = torch.randn((A1.shape[0], d, d), generator=g, dtype=torch.float64) * knobs.R / d
+    Y = X + torch.randn(X.shape, generator=g, dtype=torch.float64) * 10.0**knobs.log10_eta
+    F = lambda Z: torch.softmax(A1 @ Z @ A2.transpose(-1, -2), -1)  # noqa: E731
+    moved = torch.linalg.matrix_norm(F(X) - F(Y))
+    bound = 0.5 * torch.linalg.matrix_norm(A1, 2) * torch.linalg.matrix_norm(A2, 2) * torch.linalg.matrix_norm(X - Y)
+    H = torch.stack([torch.autograd.functional.hessian(lambda z: loss(a, bb, z), z0) for a, bb, z0 in zip(A1, b, x)])
+    hn = torch.linalg.matrix_norm(H, 2)
+    u = C * eps(torch.float64) * (d + A1.shape[-2])
+    return _cmp([moved, hn], [bound, hessian_bound(A1, b)], [u * torch.ones_like(moved), u * hessian_bound(A1, b)])
