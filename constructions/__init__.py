@@ -12,6 +12,7 @@ Every construction is a factory ``constructions.<name>(**params)`` returning a
 """
 from .construction import Construction
 from .errors import ConstructionError
+from .io import load
 from .layout import Readout, ResidualLayout
 from .bai import lasso_ista, logistic_gd, relu_gd, ridge_select
 from .linear_gd import gd, gd_plus_plus, preconditioned_gd
@@ -48,5 +49,5 @@ def build(name: str, **params) -> Construction:
 
 __all__ = [
     "Construction", "ConstructionError", "ResidualLayout", "Readout", "Transformer",
-    "AttentionSpec", "BlockSpec", "MLPSpec", "RawConfig", "names", "build", *_FACTORIES,
+    "AttentionSpec", "BlockSpec", "MLPSpec", "RawConfig", "names", "build", "load", *_FACTORIES,
 ]

@@ -133,6 +133,12 @@ class Construction:
         new.model = copy.deepcopy(self.model).to(dtype=dtype, device=device)
         return new
 
+    def save(self, path):
+        """Write this construction to a safetensors file (:func:`constructions.io.save`)."""
+        from .io import save
+
+        return save(self, path)
+
     # -- resources ---------------------------------------------------------
     @property
     def resources(self) -> dict:

@@ -166,7 +166,7 @@ class InterleavedConstruction(Construction):
         return 2 * n  # the query token is the last one
 
 
-def raw_gd(d: int, w0, lr: float, lam: float = 0.0, config: RawConfig = RawConfig()) -> Construction:
+def raw_gd(d: int, w0, lr: float, lam: float = 0.0, config: RawConfig | dict = RawConfig()) -> Construction:
     """One gradient step on one exemplar from Akyurek et al.'s primitives (Thm 1).
 
     **Theorem** (Akyurek et al. 2022, Thm 1 / App. A, claims.md sec. 2.3).  On the causal
@@ -197,7 +197,7 @@ def raw_gd(d: int, w0, lr: float, lam: float = 0.0, config: RawConfig = RawConfi
     w0 = np.asarray(w0, dtype=np.float64)
     if w0.shape != (d,) or not np.isfinite(w0).all():
         raise ConstructionError(f"w0 must be a finite vector of shape ({d},), got {w0.shape}")
-    cfg = config
+    cfg = RawConfig(**config) if isinstance(config, dict) else config  # a dict: from saved params
     lay = ResidualLayout.of([("x", d, "x"), ("y", 1, "y"), ("pos", 3, "zero"), ("x1", d, "zero"), ("p", 1, "zero"),
                              ("e", 1, "zero"), ("g", d, "zero"), ("w", d, "zero"), ("r", d, "zero"),
                              ("wn", d, "zero"), ("wq", d, "zero"), ("out", 1, "zero")], Readout("out"))
@@ -219,5 +219,5 @@ def raw_gd(d: int, w0, lr: float, lam: float = 0.0, config: RawConfig = RawConfi
             raise ConstructionError(f"raw_gd takes one exemplar (n=1), got n={n}")
         return n
 
-    return InterleavedConstruction("raw_gd", dict(d=d, w0=w0.tolist(), lr=lr, lam=lam, config=cfg.__dict__),
+    return InterleavedConstruction("raw_gd", dict(d=d, w0=w0.tolist(), lr=lr, lam=lam, config=dict(cfg.__dict__)),
                                    blocks, lay, d, mask_query=False, split=split, step_blocks=9)
