@@ -54,6 +54,7 @@ from torch import nn
 from .errors import ConstructionError
 
 ATTENTION_KINDS = ("linear", "relu", "softmax")
+CHUNK_ELEMENTS = 2**20
 ACTIVATIONS = ("relu", "gelu")
 
 
@@ -145,27 +146,66 @@ class Attention(nn.Module):
     def forward(self, h: torch.Tensor, n_context: int, mask_query: bool = True, norm: int | None = None) -> torch.Tensor:
         keys = h[:, :n_context] if mask_query else h
         norm = n_context if norm is None else norm
-        q = torch.einsum("btd,hde->bhte", h, self.W_Q)
-        k = torch.einsum("bsd,hde->bhse", keys, self.W_K)
-        v = torch.einsum("bsd,hde->bhse", keys, self.W_V)
+        H, D, E = self.W_Q.shape
+        B, T, S = h.shape[0], h.shape[1], keys.shape[1]
+        if self.kind == "linear" and not self.causal and self.folded_cost(T, S) <= FOLD_GAIN * self.cost(T, S):
+            # folded circuits: h (sum_h QK_h (keys^T keys / n) OV_h), the same sums reassociated;
+            # D x D GEMMs run ~1.5x faster than the per-head skinny ones (docs/performance.md)
+            G = keys.transpose(1, 2) @ keys / norm
+            QK = self.W_Q @ self.W_K.transpose(1, 2)
+            OV = self.W_V @ self.W_O
+            return h @ (QK[:, None] @ G[None] @ OV[:, None]).sum(0)
+        # all heads in one GEMM each: [D, H E] maps (the same sums as the per-head einsums)
+        cat = lambda W: W.permute(1, 0, 2).reshape(D, H * E)  # noqa: E731
+        q = (h @ cat(self.W_Q)).view(B, T, H, E)
+        k = (keys @ cat(self.W_K)).view(B, S, H, E)
+        v = (keys @ cat(self.W_V)).view(B, S, H, E)
         if self.kind == "linear" and not self.causal:
             # (K^T V) first: O(n E^2) instead of O(n T E); the same sum in exact arithmetic.
-            z = torch.einsum("bhte,bhef->bhtf", q, torch.einsum("bhse,bhsf->bhef", k, v)) / norm
+            kv = torch.einsum("bshe,bshf->bhef", k, v) / norm
+            z = torch.einsum("bthe,bhef->bthf", q, kv)
         else:
-            scores = torch.einsum("bhte,bhse->bhts", q, k)
+            scores = torch.einsum("bthe,bshe->bhts", q, k)
             if self.causal:
-                T, S = scores.shape[-2:]
                 future = torch.ones(T, S, dtype=torch.bool, device=scores.device).triu(1)
                 scores = scores.masked_fill(future, -torch.inf if self.kind == "softmax" else 0.0)
             if self.kind == "relu":
                 pattern = torch.relu(scores) / norm
+            elif self.kind == "linear":
+                pattern = scores / norm
             elif self.null_score is None:
                 pattern = torch.softmax(scores, dim=-1)
             else:  # an extra key with logit null_score and value 0
                 null = torch.full_like(scores[..., :1], self.null_score)
                 pattern = torch.softmax(torch.cat([scores, null], -1), dim=-1)[..., :-1]
-            z = torch.einsum("bhts,bhse->bhte", pattern, v)
-        return torch.einsum("bhte,hed->btd", z, self.W_O)
+            z = torch.einsum("bhts,bshe->bthe", pattern, v)
+        return z.reshape(B, T, H * E) @ self.W_O.reshape(H * E, D)
+
+
+    def cost(self, T: int, S: int) -> int:
+        """FLOPs per prompt of the per-head evaluation order."""
+        H, D, E = self.W_Q.shape
+        if self.kind == "linear" and not self.causal:
+            mix = 2 * H * E * E * (S + T)  # K^T V, then Q (K^T V)
+        else:
+            mix = 4 * H * T * S * E  # scores, then pattern @ V
+        return 2 * H * E * D * (T + 2 * S) + mix + 2 * H * T * E * D
+
+    def folded_cost(self, T: int, S: int) -> int:
+        """FLOPs per prompt of the folded order (linear attention): keys^T keys, the per-head
+        D x D products, and h @ M."""
+        H, D, _ = self.W_Q.shape
+        return 2 * S * D * D + 4 * H * D**3 + 2 * T * D * D
+
+    def flops(self, T: int, S: int) -> int:
+        """FLOPs per prompt in the order :meth:`forward` uses."""
+        folded = self.kind == "linear" and not self.causal and self.folded_cost(T, S) <= FOLD_GAIN * self.cost(T, S)
+        return self.folded_cost(T, S) if folded else self.cost(T, S)
+
+
+#: the folded order is used when its FLOPs are at most this factor above the per-head
+#: order's: its D x D GEMMs run faster (measured by ``icl-verify bench``, docs/performance.md)
+FOLD_GAIN = 1.6
 
 
 class MLP(nn.Module):
@@ -203,6 +243,9 @@ class Transformer(nn.Module):
         self.width = widths.pop()
         self.blocks = nn.ModuleList(Block(b) for b in blocks)
         self.mask_query = mask_query
+        #: on CPU the batch runs in chunks of about this many stream entries (cache-sized;
+        #: measured by ``icl-verify bench``, docs/performance.md)
+        self.chunk_elements = CHUNK_ELEMENTS
 
     @property
     def n_layers(self) -> int:
@@ -220,6 +263,11 @@ class Transformer(nn.Module):
             raise ConstructionError(f"residual stream must be [B, T, {self.width}], got {tuple(h.shape)}")
         if not 1 <= n_context <= h.shape[1]:
             raise ConstructionError(f"n_context must be in [1, T={h.shape[1]}], got {n_context}")
+        chunk = max(1, self.chunk_elements // (h.shape[1] * h.shape[2]))
+        if cache is None and not hooks and h.device.type == "cpu" and h.shape[0] > chunk:
+            # prompts are independent: run all blocks on cache-sized chunks of the batch
+            return torch.cat([self.forward(h[i : i + chunk], n_context, start=start, stop=stop, norm=norm)
+                              for i in range(0, h.shape[0], chunk)])
 
         def point(name, x):
             if hooks and name in hooks:

@@ -144,7 +144,7 @@ class Claim:
         """(construction, unfitted reference[, adapted prompt]) for one prompt."""
         return self.make(prompt, knobs)
 
-    def evaluate(self, prompt: Prompt, knobs: Knobs, dtype=torch.float64) -> tuple[bool, float, Comparison]:
+    def evaluate(self, prompt: Prompt, knobs: Knobs, dtype=torch.float64, device=None) -> tuple[bool, float, Comparison]:
         """(holds, figure, comparison).  Exact claims: figure = worst ratio error/tolerance
         over all layers, holds iff <= 1.  Negative claims: figure = largest ratio at layers
         >= ``negative_from``, holds iff the earlier layers are within tolerance and figure > 1."""
@@ -157,7 +157,7 @@ class Claim:
             # A mismatch of relative size ~|x_q|^2/n can hide under float32 round-off; a
             # negative control is a statement about the algebra, so it runs in float64.
             dtype = torch.float64
-        c = c.to(dtype)
+        c = c.to(dtype, device)
         cmp = compare_trace(c, ref, *prompt.arrays)
         if self.bounds is not None:
             cmp = cmp.join(self.bounds(prompt.rounded(dtype), knobs, c))
@@ -559,7 +559,8 @@ class ClaimResult:
     failures: list = field(default_factory=list)  # (PromptSpec, Knobs, report) of failing cases
 
 
-def check_claim(claim: Claim, prompts: int = 100, dtype=torch.float64, rng=None, seed: int = 0) -> ClaimResult:
+def check_claim(claim: Claim, prompts: int = 100, dtype=torch.float64, rng=None, seed: int = 0,
+                device=None) -> ClaimResult:
     """Draw ``prompts`` random prompts and knobs, evaluate, aggregate."""
     rng = rng if rng is not None else np.random.default_rng(seed)
     holds, figure, at = True, (0.0 if claim.kind != "negative" else np.inf), (0.0, 0.0)
@@ -567,7 +568,7 @@ def check_claim(claim: Claim, prompts: int = 100, dtype=torch.float64, rng=None,
     for _ in range(prompts):
         spec = PromptSpec.sample(rng, **claim.fixed_prompt)
         knobs = Knobs.sample(rng, **claim.fixed_knobs)
-        ok, fig, cmp = claim.evaluate(make_prompt(spec), knobs, dtype)
+        ok, fig, cmp = claim.evaluate(make_prompt(spec), knobs, dtype, device)
         if not ok:
             holds = False
             failures.append((asdict(spec), asdict(knobs), cmp.report()))

@@ -4,7 +4,8 @@ Usage::
 
     icl-verify                                   # check every claim (float64, 100 prompts each)
     icl-verify list                              # the registry
-    icl-verify check [ID ...] [--prompts N] [--dtype float32] [--seed S]
+    icl-verify check [ID ...] [--prompts N] [--dtype float32] [--seed S] [--device cuda]
+    icl-verify bench [--device cuda] [--quick]   # throughput vs the matmul peak (verify.bench)
     icl-verify prove [ID ...] [-v]               # symbolic / exact-rational proofs (verify.proofs)
     icl-verify docs [--out docs/claims.md]       # regenerate the claims table
 
@@ -57,12 +58,13 @@ def cmd_check(args) -> int:
     chosen = registry.get(args.ids)
     print(f"icl-verify: {len(chosen)} claim(s), {args.prompts} random prompts each, {args.dtype}, seed {seed} "
           f"(rerun with --seed {seed})")
+    _device(args.device)
     rng = np.random.default_rng(seed)
     rows = [["claim", "construction", "source", "prompts", "dtype", "worst error", "tolerance", "ratio", "verdict"]]
     failed = []
     t0 = time.perf_counter()
     for claim in chosen:
-        r = registry.check_claim(claim, args.prompts, dtype, rng=rng)
+        r = registry.check_claim(claim, args.prompts, dtype, rng=rng, device=args.device)
         ratio = f"{r.figure:.3g}" + (" (min miss)" if claim.kind == "negative" else "")
         rows.append([claim.id, claim.construction, f"{claim.paper}, {claim.section}", str(r.prompts), r.dtype,
                      f"{r.err:.2e}", f"{r.tol:.2e}", ratio, VERDICT[r.holds]])
@@ -79,6 +81,21 @@ def cmd_check(args) -> int:
         for spec, knobs, report in r.failures[:3]:
             print(f"  prompt {spec}\n  knobs  {knobs}\n  -> {report}")
     return 1 if failed else 0
+
+
+def _device(name: str) -> None:
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise registry.ConstructionError("--device cuda: no CUDA device is available here (torch "
+                                         f"{torch.__version__}); run on a machine with a GPU or use --device cpu")
+
+
+def cmd_bench(args) -> int:
+    from . import bench
+
+    _device(args.device)
+    rows = bench.run(args.device, quick=args.quick)
+    print(bench.report(rows, args.device))
+    return 0
 
 
 def cmd_prove(args) -> int:
@@ -127,6 +144,10 @@ def main(argv=None) -> int:
     check.add_argument("--prompts", type=int, default=100, help="random prompts per claim (default 100)")
     check.add_argument("--dtype", choices=["float64", "float32"], default="float64")
     check.add_argument("--seed", type=int, default=None, help="RNG seed (default: fresh, printed)")
+    check.add_argument("--device", default="cpu", help="torch device for the models (cpu, cuda)")
+    bench = sub.add_parser("bench", help="throughput of the constructions vs the machine's matmul peak")
+    bench.add_argument("--device", default="cpu", help="cpu or cuda")
+    bench.add_argument("--quick", action="store_true", help="fewer sizes (about 20 s)")
     prove = sub.add_parser("prove", help="prove claims symbolically or in exact arithmetic (default: all)")
     prove.add_argument("ids", nargs="*", help="claim ids (default: all)")
     prove.add_argument("-v", "--verbose", action="store_true", help="full details and premises")
@@ -139,7 +160,8 @@ def main(argv=None) -> int:
     try:
         if args.cmd == "check" and args.prompts < 1:
             parser.error("--prompts must be >= 1")
-        return {"list": cmd_list, "check": cmd_check, "prove": cmd_prove, "docs": cmd_docs}[args.cmd](args)
+        return {"list": cmd_list, "check": cmd_check, "prove": cmd_prove, "bench": cmd_bench,
+                "docs": cmd_docs}[args.cmd](args)
     except registry.ConstructionError as e:
         print(f"icl-verify: error: {e}", file=sys.stderr)
         return 2

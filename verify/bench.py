@@ -1,0 +1,164 @@
+"""``icl-verify bench``: throughput of the constructions against the machine's limits.
+
+Notation: B batch, n context examples, m = 1 query, d input dim, D width, L layers.
+For each construction (d = 20, n = 40 by default) the forward pass on a prepared
+residual stream ``[B, T, D]`` is timed (embedding and validation excluded, as a
+training or evaluation loop would batch them once); the figures are
+
+* prompts.layers/s: ``B L / t``;
+* achieved FLOP rate: the forward pass's FLOPs (:func:`flops`, counted from the
+  weight shapes and the evaluation order the transformer uses) over t, next to the
+  measured matmul peak of the same dtype (a square GEMM), and their ratio;
+* the closed-form reference on the same prompts (a batched GD loop for GD-like
+  constructions, ``torch.linalg.solve`` for the ridge ones) and the ratio of times;
+* peak memory: CUDA's allocator peak, or on CPU the size of the largest live
+  activations ``[B, T, max(D, H E)]`` times the dtype size (the process RSS is
+  printed too).
+"""
+from __future__ import annotations
+
+import resource
+import time
+
+import numpy as np
+import torch
+
+import constructions
+
+from .prompts import PromptSpec, make_prompt
+
+DEFAULTS = dict(
+    gd=dict(steps=10, lr=0.01), gd_plus_plus=dict(steps=10, lr=0.01, gamma=0.001),
+    preconditioned_gd=dict(steps=10), relu_gd=dict(steps=10, lr=0.01), lasso_ista=dict(steps=10, lr=0.01, lam=0.01),
+    ridge_newton=dict(lam=0.5, iters=10, x_bound=10.0),
+)
+
+
+def _timeit(fn, min_time: float = 0.2, sync=None) -> float:
+    fn()
+    if sync:
+        sync()
+    reps, t0 = 0, time.perf_counter()
+    while True:
+        fn()
+        reps += 1
+        if sync:
+            sync()
+        t = time.perf_counter() - t0
+        if t >= min_time and reps >= 2:
+            return t / reps
+
+
+def matmul_peak(dtype, device, size: int = 1024) -> float:
+    """FLOP/s of a square ``size x size`` GEMM (the compute-bound limit of this machine)."""
+    a = torch.randn(size, size, dtype=dtype, device=device)
+    b = torch.randn(size, size, dtype=dtype, device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    return 2 * size**3 / _timeit(lambda: a @ b, sync=sync)
+
+
+def flops(c, n_keys: int, T: int) -> int:
+    """FLOPs of one prompt through every block, in the evaluation order the transformer uses
+    (:meth:`constructions.transformer.Attention.flops`)."""
+    total = 0
+    for b in c.model.blocks:
+        if b.attn is not None:
+            total += b.attn.flops(T, T if not c.model.mask_query else n_keys)
+        if b.mlp is not None:
+            D, F = b.mlp.W_in.shape
+            total += 4 * T * D * F
+    return total
+
+
+def _case(name: str, d: int, n: int, B: int, dtype, device):
+    p = make_prompt(PromptSpec(B=B, n=n, m=1, d=d, seed=0))
+    X = torch.from_numpy(p.X / np.linalg.norm(p.X, axis=-1).max())  # |x| <= 1
+    y, Xq = torch.from_numpy(p.y), torch.from_numpy(p.Xq)
+    kw = dict(DEFAULTS[name])
+    if name == "preconditioned_gd":
+        kw["precond"] = 0.01 * np.eye(d)
+    c = constructions.build(name, d=d, **kw)
+    if name == "ridge_newton":
+        c = constructions.ridge_newton(d, mask_const=1e12, **kw)
+    c = c.to(dtype, device)
+    prep = c.prepare(X, y, Xq, check=False)
+    h = c.embed(prep)
+    return c, prep, h
+
+
+def _reference(name: str, prep, c) -> callable:
+    X, y = prep.X, prep.y
+    n, d = X.shape[1], X.shape[2]
+    if name == "ridge_newton":
+        lam = c.params["lam"]
+
+        def solve():
+            A = X.transpose(1, 2) @ X / n + lam * torch.eye(d, dtype=X.dtype, device=X.device)
+            return torch.linalg.solve(A, (X.transpose(1, 2) @ y[..., None]) / n)
+
+        return solve
+    steps, lr = c.steps, c.params.get("lr", 0.01)
+
+    def gd_loop():
+        w = torch.zeros(X.shape[0], d, 1, dtype=X.dtype, device=X.device)
+        for _ in range(steps):
+            w = w - lr * (X.transpose(1, 2) @ (X @ w - y[..., None])) / n
+        return w
+
+    return gd_loop
+
+
+def bench_one(name: str, d: int = 20, n: int = 40, B: int = 1024, dtype=torch.float64, device="cpu") -> dict:
+    device = torch.device(device)
+    c, prep, h = _case(name, d, n, B, dtype, device)
+    nk = c.n_keys(n)
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    with torch.no_grad():
+        t = _timeit(lambda: c.model(h, nk, norm=n), sync=sync)
+        t_ref = _timeit(_reference(name, prep, c), sync=sync)
+    L, T = c.model.n_layers, h.shape[1]
+    f = flops(c, nk, T) * B
+    if device.type == "cuda":
+        mem = torch.cuda.max_memory_allocated()
+    else:
+        widest = max(max(b.attn.W_Q.shape[0] * b.attn.W_Q.shape[2] if b.attn is not None else 0,
+                         b.mlp.W_in.shape[1] if b.mlp is not None else 0, c.layout.width) for b in c.blocks)
+        mem = 4 * B * T * widest * torch.finfo(dtype).bits // 8
+    return dict(name=name, d=d, n=n, B=B, dtype=str(dtype).replace("torch.", ""), device=device.type, layers=L,
+                seconds=t, prompt_layers_per_s=B * L / t, flop_rate=f / t, ref_seconds=t_ref, mem_bytes=mem)
+
+
+def run(device: str = "cpu", quick: bool = False) -> list[dict]:
+    rows = []
+    bench_one("gd", device=device)  # warm-up: thread pool, allocator, first-call dispatch
+    batches = (64, 1024) if quick else (1, 64, 1024, 4096)
+    for dtype in (torch.float64, torch.float32):
+        for name in DEFAULTS:
+            rows.append(bench_one(name, dtype=dtype, device=device))
+        for B in batches:
+            rows.append(bench_one("gd", B=B, dtype=dtype, device=device))
+        if not quick:
+            for n_, d_ in ((10, 20), (160, 20), (40, 5), (40, 50)):
+                rows.append(bench_one("gd", d=d_, n=n_, dtype=dtype, device=device))
+    return rows
+
+
+def report(rows: list[dict], device: str = "cpu") -> str:
+    dev = torch.device(device)
+    peaks = {dt: matmul_peak(getattr(torch, dt), dev) for dt in ("float64", "float32")}
+    lines = [f"device {device} ({torch.get_num_threads()} threads), torch {torch.__version__}; matmul peak (1024^3 GEMM): "
+             + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in peaks.items()),
+             "",
+             "| construction | d | n | B | dtype | layers | prompts.layers/s | GFLOP/s | % of matmul peak | "
+             "reference time / model time | peak memory (MiB) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        pct = 100 * r["flop_rate"] / peaks[r["dtype"]]
+        lines.append(f"| {r['name']} | {r['d']} | {r['n']} | {r['B']} | {r['dtype']} | {r['layers']} | "
+                     f"{r['prompt_layers_per_s']:.3g} | {r['flop_rate'] / 1e9:.2f} | {pct:.1f} | "
+                     f"{r['ref_seconds'] / r['seconds']:.3g} | {r['mem_bytes'] / 2**20:.1f} |")
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    lines.append(f"\nprocess peak RSS: {rss:.0f} MiB")
+    return "\n".join(lines)
