@@ -6,6 +6,7 @@ Usage::
     icl-verify list                              # the registry
     icl-verify check [ID ...] [--prompts N] [--dtype float32] [--seed S] [--device cuda]
     icl-verify bench [--device cuda] [--quick]   # throughput vs the matmul peak (verify.bench)
+    icl-verify reproduce vonoswald23 [--quick]   # train and compare with the constructions (verify.train)
     icl-verify prove [ID ...] [-v]               # symbolic / exact-rational proofs (verify.proofs)
     icl-verify docs [--out docs/claims.md]       # regenerate the claims table
 
@@ -98,6 +99,13 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_reproduce(args) -> int:
+    from . import train
+
+    print(train.reproduce_vonoswald(quick=args.quick, out=args.out, seed=args.seed))
+    return 0
+
+
 def cmd_prove(args) -> int:
     from . import proofs  # sympy is imported only here
 
@@ -151,6 +159,11 @@ def main(argv=None) -> int:
     prove = sub.add_parser("prove", help="prove claims symbolically or in exact arithmetic (default: all)")
     prove.add_argument("ids", nargs="*", help="claim ids (default: all)")
     prove.add_argument("-v", "--verbose", action="store_true", help="full details and premises")
+    rep = sub.add_parser("reproduce", help="train transformers and compare them with the constructions")
+    rep.add_argument("paper", choices=["vonoswald23"])
+    rep.add_argument("--quick", action="store_true", help="fewer steps and sizes (under 2 minutes on 2 cores)")
+    rep.add_argument("--out", default="reproduce-vonoswald23", help="folder for plots and the checkpoint")
+    rep.add_argument("--seed", type=int, default=0)
     docs = sub.add_parser("docs", help="write the claims table (docs/claims.md)")
     docs.add_argument("--out", default="docs/claims.md", help="output path, '-' for stdout")
     args = parser.parse_args(argv)
@@ -161,7 +174,7 @@ def main(argv=None) -> int:
         if args.cmd == "check" and args.prompts < 1:
             parser.error("--prompts must be >= 1")
         return {"list": cmd_list, "check": cmd_check, "prove": cmd_prove, "bench": cmd_bench,
-                "docs": cmd_docs}[args.cmd](args)
+                "reproduce": cmd_reproduce, "docs": cmd_docs}[args.cmd](args)
     except registry.ConstructionError as e:
         print(f"icl-verify: error: {e}", file=sys.stderr)
         return 2
