@@ -154,7 +154,10 @@ class Attention(nn.Module):
             G = keys.transpose(1, 2) @ keys / norm
             QK = self.W_Q @ self.W_K.transpose(1, 2)
             OV = self.W_V @ self.W_O
-            return h @ (QK[:, None] @ G[None] @ OV[:, None]).sum(0)
+            M = (QK[0] @ G) @ OV[0]
+            for i in range(1, H):  # a loop over heads: broadcasting all heads at once copies G
+                M = M + (QK[i] @ G) @ OV[i]
+            return h @ M
         # all heads in one GEMM each: [D, H E] maps (the same sums as the per-head einsums)
         cat = lambda W: W.permute(1, 0, 2).reshape(D, H * E)  # noqa: E731
         q = (h @ cat(self.W_Q)).view(B, T, H, E)
