@@ -14,7 +14,7 @@ from .construction import Construction
 from .errors import ConstructionError
 from .io import load
 from .layout import Readout, ResidualLayout
-from .bai import lasso_ista, logistic_gd, relu_gd, ridge_select
+from .bai import binary_test, lasso_ista, logistic_gd, relu_gd, ridge_select
 from .linear_gd import gd, gd_plus_plus, preconditioned_gd
 from .raw import RawConfig, raw_gd
 from .ridge import ridge_newton
@@ -26,7 +26,7 @@ __version__ = "0.1.0"
 _FACTORIES = {
     f.__name__: f
     for f in (gd, gd_plus_plus, preconditioned_gd, relu_gd, lasso_ista, logistic_gd, ridge_select, ridge_newton,
-              ridge_sherman_morrison, raw_gd)
+              ridge_sherman_morrison, raw_gd, binary_test)
 }
 
 

@@ -393,3 +393,49 @@ def ridge_select(d: int, lams, steps: int, lr: float, n_train: int, n_val: int, 
                              mask_const=mask_const),
         blocks, lay, d, n_readout=5, mask_query=False, split=split, domain=domain,
     )
+
+
+def binary_psi_knots(eps: float) -> list[tuple[float, float, float]]:
+    """The 6 ReLUs ``c relu(y + b)`` of Bai et al.'s psi (Lemma 18): triangular bumps of height 1
+    and half-width eps at 0 and at 1, ``(1/eps)[relu(y - t + eps) - 2 relu(y - t) + relu(y - t - eps)]``."""
+    return [(c / eps, -t + s) for t in (0.0, 1.0) for c, s in ((1.0, eps), (-2.0, 0.0), (1.0, -eps))]
+
+
+def binary_test(d: int, eps: float = 0.1, threshold: float = 0.5) -> Construction:
+    """Pre-ICL testing: are all labels binary? (Bai et al. 2023, Lemma 18 and Cor. H.1).
+
+    **Theorem** (Bai et al. 2023, sec. 4.5 / App. H.3, claims.md sec. 4.5).  Layer 1 (6 ReLU heads)
+    writes ``Psi = (1/n) sum_i psi(y_i)`` into every token, psi the sum of 6 ReLUs
+    (:func:`binary_psi_knots`): 1 at y in {0, 1}, 0 farther than eps from both.  Layer 2
+    (2 ReLU heads) writes ``clip((Psi - threshold)/(1 - threshold), 0, 1)`` into the query's
+    ``test`` slot: 1 when every label is exactly 0 or 1, 0 when at most a fraction
+    ``threshold`` of them is within eps of {0, 1}.  To flag one non-binary label among n,
+    build with ``threshold = 1 - 1/(2n)`` (then Psi <= 1 - 1/n stays clear of it).
+
+    **Resources.**  2 layers, 6 heads, width ``d + 4``, ReLU attention normalised by n; no MLP.
+
+    **Exactness.**  Exact (float64 round-off): psi is exactly a sum of ReLUs; checked by
+    ``bai23-binary-test`` against the same function in numpy.
+
+    **Domain.**  ``eps in (0, 1/2]``, ``threshold in [0, 1)``; query tokens are not keys
+    (the query mask), so no gate is needed.
+    """
+    d = _positive_int(d, "d")
+    eps = _real(eps, "eps")
+    if eps > 0.5:
+        raise ConstructionError(f"eps must be in (0, 1/2] (the bumps at 0 and 1 must not overlap), got {eps}")
+    threshold = _real(threshold, "threshold", strict=False)
+    if threshold >= 1:
+        raise ConstructionError(f"threshold must be in [0, 1), got {threshold}")
+    lay = ResidualLayout.of([("x", d, "x"), ("y", 1, "y"), ("one", 1, "one"), ("psi", 1, "zero"),
+                             ("test", 1, "zero")], Readout("test", 1.0))
+    # score relu(y_j + b) (key reads y and one, query reads one), value one, output c into psi
+    psi = [dict(W_Q=lay.read({"one": [[1.0]]}, 1), W_K=lay.read({"y": [[1.0]], "one": [[b]]}, 1),
+                W_V=lay.read({"one": [[1.0]]}, 1), W_O=lay.write({"psi": [[c]]}, 1)) for c, b in binary_psi_knots(eps)]
+    s = 1.0 / (1.0 - threshold)
+    # score relu(s (Psi_i - t)) and relu(s (Psi_i - 1)) (query reads psi and one, key reads one)
+    thr = [dict(W_Q=lay.read({"psi": [[s]], "one": [[-s * t]]}, 1), W_K=lay.read({"one": [[1.0]]}, 1),
+                W_V=lay.read({"one": [[1.0]]}, 1), W_O=lay.write({"test": [[sign]]}, 1))
+           for t, sign in ((threshold, 1.0), (1.0, -1.0))]
+    blocks = [BlockSpec(AttentionSpec.from_heads("relu", psi)), BlockSpec(AttentionSpec.from_heads("relu", thr))]
+    return Construction("binary_test", dict(d=d, eps=eps, threshold=threshold), blocks, lay, d, step_blocks=2)

@@ -176,3 +176,20 @@ def test_bai_resources():
     assert constructions.logistic_gd(4, 2, 0.1, 10, 2.0).resources["heads"] == 12
     r = constructions.ridge_select(4, [0.1, 1, 10], 3, 0.1, 6, 3, 0.1).resources
     assert (r["layers"], r["heads"], r["width"], r["mlp_width"]) == (8, 9, (3 + 1) * 4 + 5 * 3 + 4, 6)
+
+
+def test_binary_test_flags_one_non_binary_label_and_validates():
+    import numpy as np
+
+    from constructions.errors import ConstructionError
+
+    n = 8
+    c = constructions.binary_test(2, eps=0.1, threshold=1 - 0.5 / n)
+    X, Xq = np.ones((n, 2)), np.ones((1, 2))
+    y = np.r_[np.zeros(4), np.ones(4)]
+    assert c.predict(X, y, Xq)[0] == 1.0
+    y[0] = 0.5  # one label far from {0, 1}
+    assert c.predict(X, y, Xq)[0] == 0.0
+    for bad in (dict(eps=0.6), dict(eps=0.0), dict(threshold=1.0)):
+        with pytest.raises(ConstructionError):
+            constructions.binary_test(2, **bad)

@@ -12,6 +12,7 @@ import constructions
 from constructions.errors import ConstructionError
 
 SMALL = {
+    "binary_test": dict(d=3, eps=0.1, threshold=0.5),
     "gd": dict(d=3, steps=2, lr=0.1, lam=0.05),
     "gd_plus_plus": dict(d=3, steps=2, lr=0.1, gamma=0.05),
     "preconditioned_gd": dict(d=3, steps=2, precond=[[0.1, 0.02, 0], [0, 0.1, 0], [0.01, 0, 0.1]]),

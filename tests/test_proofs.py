@@ -101,6 +101,8 @@ def test_exact_rational_checks_catch_a_perturbed_weight():
     assert not proofs.selection_exact(_tampered(sel, 1, "W_O")).holds
     sm = constructions.ridge_sherman_morrison(2, lam=4.0, n=2, x_bound=1.0)
     assert not proofs.sm_exact(_tampered(sm, 3, "W_O")).holds
+    bt = constructions.binary_test(3, eps=0.125, threshold=0.5)
+    assert proofs.binary_exact(bt).holds and not proofs.binary_exact(_tampered(bt, 0, "W_O", factor=1.001)).holds
 
 
 def test_soft_threshold_lemma_reads_the_mlp():

@@ -8,7 +8,7 @@ from verify.claims import CLAIMS
 
 def test_names_build_and_attribute_agree():
     assert constructions.names() == [
-        "gd", "gd_plus_plus", "lasso_ista", "logistic_gd", "preconditioned_gd", "raw_gd", "relu_gd", "ridge_newton",
+        "binary_test", "gd", "gd_plus_plus", "lasso_ista", "logistic_gd", "preconditioned_gd", "raw_gd", "relu_gd", "ridge_newton",
         "ridge_select", "ridge_sherman_morrison",
     ]
     for name in constructions.names():

@@ -26,7 +26,7 @@ from . import akyurek as aky
 from . import softmax_regression as sr
 from .prompts import Prompt, PromptSpec, make_prompt, sample_fields
 from .reference import (
-    GD, ISTA, GDPlusPlus, LogisticGD, NewtonSchulz, RecursiveLeastSquares, Reference, Ridge, RidgeSelect,
+    GD, ISTA, BinaryTest, GDPlusPlus, LogisticGD, NewtonSchulz, RecursiveLeastSquares, Reference, Ridge, RidgeSelect,
     lasso_objective, lasso_solution,
 )
 from .tolerance import Comparison, compare_trace, solve_tolerance, tolerance
@@ -272,6 +272,21 @@ def _glm(p: Prompt, k: Knobs):
     return c, LogisticGD(k.steps, lr, knots), p01
 
 
+def _binary(p: Prompt, k: Knobs):
+    """Labels by the knobs' seed: exactly binary (y > 0), binary with one label moved by up to
+    2 eps, or the prompt's real-valued labels; threshold 1 - 1/(2n) flags one non-binary label."""
+    eps = 0.1
+    kind = k.seed % 3
+    y = p.y.copy()
+    if kind < 2:
+        y = (p.y > 0).astype(np.float64)
+        if kind == 1:
+            y[:, 0] += np.random.default_rng(k.seed).uniform(-2 * eps, 2 * eps, size=y.shape[0])
+    threshold = 1.0 - 0.5 / p.spec.n
+    return (constructions.binary_test(p.spec.d, eps, threshold), BinaryTest(eps, threshold),
+            Prompt(p.X, y, p.Xq, p.w_star, p.spec))
+
+
 def glm_fit_error(heads: int, radius: float) -> float:
     """``sup_{[-R, R]} |sigma - sigma_hat| <= h^2 max|sigma''| / 8``, ``h = 2R/(heads-1)``,
     ``max|sigma''| = 1/(6 sqrt 3)`` (linear-interpolation error bound)."""
@@ -511,6 +526,12 @@ CLAIMS: dict[str, Claim] = {
             "regressions sharing vec(X); its closed-form gradient A1^T G A2 equals autograd",
             "(identities)", "torch.kron, autograd", sr.check_tensor_trick, kind="bound",
             fixed_prompt=dict(n=(2, 16), d=(1, 6)),
+        ),
+        Claim(
+            "bai23-binary-test", "Bai et al. 2023", "Lemma 18, Cor. H.1 (pre-ICL testing); claims.md sec. 4.5",
+            "one ReLU layer with 6 heads writes Psi = (1/n) sum_i psi(y_i) (psi: two triangular bumps of width eps at "
+            "0 and 1, exactly 6 ReLUs), a 2-head layer thresholds it: 1 iff all labels are binary",
+            "binary_test", "the same psi and threshold (numpy)", _binary, fixed_prompt=dict(n=(2, 40)),
         ),
         Claim(
             "akyurek22-primitives", "Akyurek et al. 2022", "Lemma 1, App. C (Lemmas 4, 5, 8); claims.md sec. 2.2",

@@ -261,6 +261,21 @@ def tensor_trick_exact() -> Outcome:
                    if ok else "a Kronecker identity failed")
 
 
+def binary_exact(c=None) -> Outcome:
+    """The binary test in exact arithmetic (eps = 1/8, threshold = 1/2) on binary, nearly binary
+    and real-valued labels."""
+    from .reference import BinaryTest
+
+    c = c or constructions.binary_test(3, eps=0.125, threshold=0.5)
+    ok = True
+    for i, (X, y, Xq) in enumerate(_prompts(seeds=(0, 1, 2), B=2, n=6, d=3, m=1)):
+        y = (y > 0).astype(float) + (np.array([0.0625, 0.0])[:, None] * (np.arange(6) == 0) if i == 1 else 0)
+        y = y if i < 2 else np.round(y * 16) / 16
+        ref = BinaryTest(Fraction(1, 8), Fraction(1, 2))
+        ok &= _exact_equal(c, ref, X, y, Xq)
+    return Outcome(ok, "binary_test(d=3) = psi-and-threshold exactly on binary, nearly binary and real labels")
+
+
 # -- registry ----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Proof:
@@ -303,6 +318,7 @@ PROOFS: dict[str, Proof] = {
                                                ("softmax Jacobian norm <= 1/2", lemma_softmax_jacobian_norm)),
                             note="the label-shift identity is a definition; the bound follows from the lemma"),
     "gao23-tensor-trick": Proof("exact-rational", (("Kronecker vec identities, exact", tensor_trick_exact),)),
+    "bai23-binary-test": Proof("exact-rational", (("exact binary_test", binary_exact),)),
     "akyurek22-primitives": Proof("none", note="approximate (softmax, GeLU, LayerNorm); the errors are checked "
                                               "against their predicted terms numerically"),
     "akyurek22-thm1": Proof("none", note="approximate; the O(s^2) error term is checked numerically"),

@@ -371,3 +371,30 @@ class RecursiveLeastSquares(Reference):
         mags.append(_norm(w, axis=-1))
         self.iterates_, self.magnitude_ = np.stack(ws), np.stack(mags)
         return self
+
+
+class BinaryTest(Reference):
+    """Bai et al.'s pre-ICL binary test: ``Psi = (1/n) sum_i psi(y_i)`` with psi the two
+    triangular bumps of half-width eps at 0 and 1, then ``clip((Psi - t)/(1 - t), 0, 1)``.
+    ``trace(Xq)`` is ``[1, B, m]`` (one step); ``scale`` the size of the summed terms,
+    ``(1/(1 - t)) (8/eps) (max|y| + 2)``."""
+
+    def __init__(self, eps: float, threshold: float):
+        self.eps, self.threshold = eps, threshold
+
+    def fit(self, X, y) -> "BinaryTest":
+        X, y = _batch(X, y)
+        bump = lambda v: np.maximum(1 - np.abs(v) / self.eps, 0)  # noqa: E731
+        self.psi_ = (bump(y) + bump(y - 1)).mean(-1)
+        self.test_ = np.clip((self.psi_ - self.threshold) / (1 - self.threshold), 0, 1)
+        self.size_ = 8 / self.eps * (np.abs(y).max(-1) + 2) / (1 - self.threshold)
+        return self
+
+    def trace(self, Xq) -> np.ndarray:
+        return np.broadcast_to(self.test_[None, :, None], (1, len(self.test_), self._q(Xq).shape[1])).copy()
+
+    def predict(self, Xq) -> np.ndarray:
+        return self.trace(Xq)[-1]
+
+    def scale(self, Xq) -> np.ndarray:
+        return np.broadcast_to(self.size_[None, :, None], self.trace(Xq).shape).copy()
