@@ -20,7 +20,7 @@ import numpy as np
 import constructions
 from constructions.ridge import newton_mask_bound
 from verify.prompts import PromptSpec, make_prompt
-from verify.reference import GD, Ridge
+from verify.reference import Ridge
 
 D, N, TARGET = 20, 40, 1e-10
 DOC = Path(__file__).resolve().parent.parent / "docs" / "ridge.md"

@@ -7,7 +7,6 @@ Tables go between the ``<!-- measured -->`` markers of each page.
 """
 from __future__ import annotations
 
-import math
 import re
 import sys
 from pathlib import Path

@@ -45,7 +45,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 
 from .bai import sign_split
 from .construction import Construction

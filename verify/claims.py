@@ -26,7 +26,7 @@ from . import akyurek as aky
 from . import softmax_regression as sr
 from .prompts import Prompt, PromptSpec, make_prompt, sample_fields
 from .reference import (
-    GD, ISTA, BinaryTest, GDPlusPlus, LogisticGD, NewtonSchulz, RecursiveLeastSquares, Reference, Ridge, RidgeSelect,
+    GD, ISTA, BinaryTest, GDPlusPlus, LogisticGD, NewtonSchulz, RecursiveLeastSquares, Ridge, RidgeSelect,
     lasso_objective, lasso_solution,
 )
 from .tolerance import Comparison, compare_trace, solve_tolerance, tolerance

@@ -23,7 +23,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Callable
 
 import numpy as np
 import sympy as sp
@@ -268,11 +267,11 @@ def binary_exact(c=None) -> Outcome:
 
     c = c or constructions.binary_test(3, eps=0.125, threshold=0.5)
     ok = True
-    for i, (X, y, Xq) in enumerate(_prompts(seeds=(0, 1, 2), B=2, n=6, d=3, m=1)):
+    for i, (Xc, y, Xq) in enumerate(_prompts(seeds=(0, 1, 2), B=2, n=6, d=3, m=1)):
         y = (y > 0).astype(float) + (np.array([0.0625, 0.0])[:, None] * (np.arange(6) == 0) if i == 1 else 0)
         y = y if i < 2 else np.round(y * 16) / 16
         ref = BinaryTest(Fraction(1, 8), Fraction(1, 2))
-        ok &= _exact_equal(c, ref, X, y, Xq)
+        ok &= _exact_equal(c, ref, Xc, y, Xq)
     return Outcome(ok, "binary_test(d=3) = psi-and-threshold exactly on binary, nearly binary and real labels")
 
 

@@ -191,8 +191,6 @@ def compare(f, g, task: TaskConfig, B: int = 2000, seed: int = 1, noise=None) ->
 def best_gd_lr(task: TaskConfig, steps: int = 1, B: int = 10_000, seed: int = 2) -> tuple[float, float]:
     """The GD step size with the lowest query loss (golden-section search on 10^4 tasks, as
     von Oswald's line search): ``(lr, loss)``."""
-    import constructions
-
     gen = torch.Generator().manual_seed(seed)
     X, y, Xq, yq = sample_tasks(task, B, gen)
 
@@ -202,8 +200,8 @@ def best_gd_lr(task: TaskConfig, steps: int = 1, B: int = 10_000, seed: int = 2)
             w = w - lr * X.transpose(1, 2) @ (X @ w - y[..., None]) / task.n
         return float(0.5 * (((Xq @ w)[..., 0] - yq) ** 2).mean())
 
-    a, b = 0.0, 4.0 / float((X.transpose(1, 2) @ X / task.n).diagonal(dim1=1, dim2=2).sum(-1).mean())
-    a, b = 0.0, max(b, 1.0) * 4
+    # bracket: a few times 2 / (mean trace of X^T X/n) covers the stable range of every step count
+    a, b = 0.0, 4 * max(1.0, 4.0 / float((X.transpose(1, 2) @ X / task.n).diagonal(dim1=1, dim2=2).sum(-1).mean()))
     phi = (math.sqrt(5) - 1) / 2
     for _ in range(60):
         c1, c2 = b - phi * (b - a), a + phi * (b - a)
@@ -212,7 +210,6 @@ def best_gd_lr(task: TaskConfig, steps: int = 1, B: int = 10_000, seed: int = 2)
         else:
             a = c1
     lr = (a + b) / 2
-    del constructions
     return lr, loss(lr)
 
 
