@@ -460,7 +460,8 @@ def lemma_newton_schulz() -> Outcome:
 
 # -- softmax regression (Li et al. / Gao et al.) ----------------------------------------------
 def lemma_softmax_gradients(n_: int = 3) -> Outcome:
-    """The closed-form gradients of :mod:`verify.softmax_regression` in logit space, with
+    """The closed-form gradients (and the normalised loss's Hessian) of
+    :mod:`verify.softmax_regression` in logit space, with
     symbolic logits z and labels b at n = 3 (so for every x and A by the chain rule
     ``grad_x = A^T grad_z``): ``d/dz 1/2|f - b|^2 = f o c - <f, c> f`` and
     ``d/dz 1/2|u - alpha b|^2 = u o c' - <b, c'> u``."""
@@ -477,8 +478,13 @@ def lemma_softmax_gradients(n_: int = 3) -> Outcome:
     sb = sum(bi * v for bi, v in zip(b, cp))
     ok = all(sp.simplify(sp.diff(L, z[j]) - (f[j] * c[j] - s * f[j])) == 0 for j in range(n_))
     ok &= all(sp.simplify(sp.diff(Lr, z[j]) - (u[j] * cp[j] - sb * u[j])) == 0 for j in range(n_))
-    return Outcome(ok, f"both gradient formulas equal sympy's derivative (symbolic z, b; n = {n_})"
-                   if ok else "a gradient formula differs from sympy's derivative")
+    # the Hessian in logit space: G = diag(c - s + f) J - f (J (c + f))^T, J = diag(f) - f f^T
+    J = [[(f[i] if i == j else 0) - f[i] * f[j] for j in range(n_)] for i in range(n_)]
+    Jcf = [sum(J[j][k] * (c[k] + f[k]) for k in range(n_)) for j in range(n_)]
+    ok &= all(sp.simplify(sp.diff(L, z[i], z[j]) - ((c[i] - s + f[i]) * J[i][j] - f[i] * Jcf[j])) == 0
+              for i in range(n_) for j in range(n_))
+    return Outcome(ok, f"both gradient formulas and the Hessian G equal sympy's derivatives (symbolic z, b; "
+                       f"n = {n_})" if ok else "a gradient or Hessian formula differs from sympy's derivative")
 
 
 def lemma_softmax_jacobian_norm() -> Outcome:
