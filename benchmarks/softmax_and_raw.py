@@ -78,31 +78,9 @@ def raw_table() -> str:
         for v in values:
             cfg = RawConfig(**{field: v})
             e64 = akyurek.primitive_errors(h, cfg, 2)[name][0][0]
-            e32 = _primitive_float32(h, cfg, name)
+            e32 = akyurek.primitive_errors(h, cfg, 2, dtype=torch.float32)[name][0][0]
             rows.append(f"| {name}: {sym} | {v:g} | {e64:.2e} | {e32:.2e} |")
     return "\n".join(rows)
-
-
-def _primitive_float32(h, cfg, name):
-    """The same primitive run with a float32 model on float32-rounded operands."""
-    from constructions.raw import aff, div, mov, mul
-    from constructions.transformer import Transformer
-
-    lay = akyurek._layout(2)
-    a, b, c, dst = (lay[s].index for s in ("a", "b", "c", "dst"))
-    block = dict(mov=lambda: mov(lay, "a", "dst", 0, 2, cfg),
-                 aff=lambda: aff(lay, {"a": 2 * np.eye(2), "b": -np.eye(2)}, 0.5, "dst", cfg),
-                 mul=lambda: mul(lay, "a", "c", "dst", 2, 1, 1, cfg),
-                 div=lambda: div(lay, "a", ("c", 0), "dst", cfg))[name]()
-    h32 = h.astype(np.float32).astype(np.float64)
-    with torch.no_grad():
-        r = Transformer([block]).to(torch.float32)(torch.from_numpy(h32).float(), 3).double().numpy()
-    want = dict(mov=None, aff=2 * h32[:, :, a] - h32[:, :, b] + 0.5, mul=h32[:, :, a] * h32[:, :, c],
-                div=h32[:, :, a] / np.abs(h32[:, :, c]))[name]
-    if name == "mov":
-        want = np.zeros_like(r[:, :, dst])
-        want[:, 2] = h32[:, 0, a]
-    return float(np.abs(r[:, :, dst] - want).max())
 
 
 def _write(page: Path, table: str) -> None:

@@ -21,6 +21,7 @@ Akyurek       ``[0; x_i]``, ``[y_i; 0_d]`` interleaved,     a unit of the last  
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from .errors import ConstructionError
 
@@ -50,11 +51,14 @@ def from_garg(z, n: int):
     return z[:, 0 : 2 * n : 2], z[:, 1 : 2 * n : 2, 0], z[:, 2 * n :: 2]
 
 
-def to_von_oswald(X, y, Xq) -> np.ndarray:
-    X, y, Xq = _check(X, y, Xq)
-    ctx = np.concatenate([X, y[..., None]], -1)
-    qry = np.concatenate([Xq, np.zeros(Xq.shape[:2] + (1,))], -1)
-    return np.concatenate([ctx, qry], 1)
+def to_von_oswald(X, y, Xq):
+    """numpy in, numpy out; torch tensors in, torch out (differentiable: ``verify.train``)."""
+    if isinstance(X, torch.Tensor):
+        cat, zeros = torch.cat, torch.zeros_like
+    else:
+        X, y, Xq = _check(X, y, Xq)
+        cat, zeros = np.concatenate, np.zeros_like
+    return cat([cat([X, y[..., None]], -1), cat([Xq, zeros(Xq[..., :1])], -1)], 1)
 
 
 def from_von_oswald(E, n: int):
@@ -62,9 +66,9 @@ def from_von_oswald(E, n: int):
     return E[:, :n, :-1], E[:, :n, -1], E[:, n:, :-1]
 
 
-def read_von_oswald(E, n: int) -> np.ndarray:
-    """Prediction from tokens after the layers: minus the query's y entry."""
-    return SIGNS["von_oswald"] * np.asarray(E)[..., n:, -1]
+def read_von_oswald(E, n: int):
+    """Prediction from tokens after the layers (numpy or torch): minus the query's y entry."""
+    return SIGNS["von_oswald"] * E[..., n:, -1]
 
 
 def to_ahn(X, y, Xq) -> np.ndarray:

@@ -55,22 +55,29 @@ def test_primitives_within_their_predicted_errors(seed):
 
 
 def test_mul_error_is_the_predicted_taylor_term():
-    """Two decades of s: the measured error tracks s^2 |q4|/12 (ratio -> 1), i.e. the O(s^2) rate."""
+    """Every product's signed error is ``-s^2 q4/12`` up to the next Taylor order and round-off
+    (Lemma 4's expansion), over three decades of s: the O(s^2) rate with its constant."""
     lay, h = _stream(k=2, seed=4)
     x, y = h[:, :, lay["a"].index], h[:, :, lay["c"].start][..., None]
-    lead = np.abs((x + y) ** 4 - x**4 - y**4).max() / 12
+    q4, q6 = (x + y) ** 4 - x**4 - y**4, (x + y) ** 6 - x**6 - y**6
     for s in (1e-1, 1e-2, 1e-3):
-        err = akyurek.primitive_errors(h, RawConfig(mul_scale=s), 2)["mul"][0].max()
-        assert 0.8 < err / (s**2 * lead) <= 1.0 + 1e-3
+        with torch.no_grad():
+            r = Transformer([mul(lay, "a", "c", "dst", 2, 1, 1, RawConfig(mul_scale=s))])(torch.from_numpy(h), 3).numpy()
+        err = r[:, :, lay["dst"].index] - x * y
+        remainder = s**4 * (np.abs(q6) / 80 + 1) + C * eps(torch.float64) * (1 + (np.abs(x) + np.abs(y)) ** 2) / s
+        assert (np.abs(err + s**2 * q4 / 12) <= remainder).all()
+        assert (s**2 * np.abs(q4) / 12 > remainder).any()  # the s^2 term is resolved, not noise
 
 
 def test_raw_gd_error_is_its_predicted_s2_term():
     rng = np.random.default_rng(1)
     x1, x2, w0 = (np.tanh(rng.normal(size=(2, 3))) * 0.5 for _ in range(3))
     y1 = np.tanh(rng.normal(size=2))
-    err, pred = akyurek.thm1_errors(x1, y1, x2, w0, 0.1, 0.05, (1e-1, 1e-2, 1e-3))
-    assert (np.abs(err - pred) <= np.array([1e-4, 1e-8, 1e-11])[:, None]).all()
-    assert (np.abs(pred[1:]) > 10 * np.abs(err[1:] - pred[1:])).all()  # the s^2 term dominates the remainder
+    scales = (1e-1, 1e-2, 1e-3)
+    err, pred = akyurek.thm1_errors(x1, y1, x2, w0, 0.1, 0.05, scales)
+    rem = akyurek.thm1_remainder(x1, y1, x2, w0, scales)
+    assert (np.abs(err - pred) <= rem).all()
+    assert (np.abs(pred[-1]) > rem[-1]).all()  # at s = 1e-3 the s^2 term is resolved above the remainder
 
 
 def test_a_wrong_gelu_constant_is_caught():

@@ -54,16 +54,17 @@ def test_vectorisation_order_matters():
     g = torch.Generator().manual_seed(0)
     A1, A2, X = (torch.randn(s, generator=g, dtype=torch.float64) for s in ((4, 3), (4, 3), (3, 3)))
     S = A1 @ X @ A2.T
-    assert torch.allclose(sr.vec(S), sr.tensor_trick(A1, A2) @ sr.vec(X), rtol=0, atol=1e-13)
-    assert torch.allclose(sr.vec(S, "col"), sr.tensor_trick(A1, A2, "col") @ sr.vec(X, "col"), rtol=0, atol=1e-13)
-    assert not torch.allclose(sr.vec(S), sr.tensor_trick(A1, A2, "col") @ sr.vec(X), atol=1e-3)  # claims.md 11.11
+    tol = U * (3 * 3 + 4) * torch.linalg.matrix_norm(A1, 2) * torch.linalg.matrix_norm(A2, 2) * torch.linalg.matrix_norm(X)
+    assert (sr.vec(S) - sr.tensor_trick(A1, A2) @ sr.vec(X)).abs().max() <= tol
+    assert (sr.vec(S, "col") - sr.tensor_trick(A1, A2, "col") @ sr.vec(X, "col")).abs().max() <= tol
+    assert (sr.vec(S) - sr.tensor_trick(A1, A2, "col") @ sr.vec(X)).abs().max() > tol  # claims.md 11.11
 
 
 def test_attention_layer_outputs_the_softmax_prediction():
     g = torch.Generator().manual_seed(1)
     A, x = torch.randn((3, 6, 4), generator=g, dtype=torch.float64), torch.randn((3, 4), generator=g, dtype=torch.float64)
     _, _, run = sr.attention_layer(4, 6)
-    assert ((run(A, x) - torch.softmax((A @ x[..., None])[..., 0], -1)).abs() <= U * 10).all()
+    assert ((run(A, x) - torch.softmax((A @ x[..., None])[..., 0], -1)).abs() <= U * (6 + 4)).all()
 
 
 def test_label_shift_is_first_order_in_eta():

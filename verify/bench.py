@@ -83,9 +83,9 @@ def _case(name: str, d: int, n: int, B: int, dtype, device):
     kw = dict(DEFAULTS[name])
     if name == "preconditioned_gd":
         kw["precond"] = 0.01 * np.eye(d)
-    c = constructions.build(name, d=d, **kw)
     if name == "ridge_newton":
-        c = constructions.ridge_newton(d, mask_const=1e12, **kw)
+        kw["mask_const"] = 1e12  # above every gated score of these |x| <= 1 prompts
+    c = constructions.build(name, d=d, **kw)
     c = c.to(dtype, device)
     prep = c.prepare(X, y, Xq, check=False)
     h = c.embed(prep)

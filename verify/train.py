@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from constructions.formats import read_von_oswald, to_von_oswald
 from constructions.transformer import AttentionSpec, BlockSpec, MLPSpec, Transformer
 
 
@@ -52,17 +53,19 @@ def sample_tasks(cfg: TaskConfig, B: int, gen: torch.Generator, noise=None):
     return xs[:, :n], ys[:, :n], xs[:, n:], ys[:, n:]
 
 
-def embed(X, y, Xq):
-    """von Oswald's tokens ``[B, n+1, d+1]``."""
-    ctx = torch.cat([X, y[..., None]], -1)
-    return torch.cat([ctx, torch.cat([Xq, torch.zeros_like(Xq[..., :1])], -1)], 1)
+def layout(d: int):
+    """The trained models' residual layout: von Oswald's token ``(x, y)``, readout ``-y``; the
+    same layout as the ``gd`` construction."""
+    from constructions.linear_gd import _layout
+
+    return _layout(d, ridge=False)
 
 
 # -- models ----------------------------------------------------------------------------
 def lsa_model(d: int, layers: int, seed: int = 0, init_std: float = 0.002) -> Transformer:
     """Trainable linear self-attention: 1 square head per layer, query masked, no MLP."""
     g = np.random.default_rng(seed)
-    D = d + 1
+    D = layout(d).width
     blocks = [BlockSpec(AttentionSpec("linear", *(g.normal(0, init_std / layers, (4, 1, D, D))))) for _ in range(layers)]
     return _trainable(Transformer(blocks))
 
@@ -70,7 +73,7 @@ def lsa_model(d: int, layers: int, seed: int = 0, init_std: float = 0.002) -> Tr
 def softmax_model(d: int, layers: int = 2, heads: int = 2, mlp: int = 32, seed: int = 0, init_std: float = 0.1):
     """A small trainable softmax transformer (heads of width D, ReLU MLPs, no LayerNorm)."""
     g = np.random.default_rng(seed)
-    D = d + 1
+    D = layout(d).width
     blocks = [BlockSpec(AttentionSpec("softmax", *(g.normal(0, init_std, (4, heads, D, D)))),
                         MLPSpec("relu", g.normal(0, init_std, (D, mlp)), np.zeros(mlp), g.normal(0, init_std, (mlp, D)),
                                 np.zeros(D))) for _ in range(layers)]
@@ -87,7 +90,7 @@ def model_predictor(model: Transformer, stop: int | None = None):
     """``f(X, y, Xq) = -y`` slot of the query after ``stop`` layers (default: all)."""
     def f(X, y, Xq):
         n = X.shape[1]
-        return -model(embed(X, y, Xq), n, stop=stop)[:, n:, -1]
+        return read_von_oswald(model(to_von_oswald(X, y, Xq), n, stop=stop), n)
 
     return f
 
@@ -222,7 +225,8 @@ def weights_vs_gd(model: Transformer, lr: float, d: int) -> dict:
     a = model.blocks[0].attn
     QK = (a.W_Q[0] @ a.W_K[0].T).detach()
     OV = (a.W_V[0] @ a.W_O[0]).detach()
-    eff = QK[:d, :d] * OV[d, d]
+    x, y = layout(d)["x"].index, layout(d)["y"].start
+    eff = QK[x, x] * OV[y, y]
     gd = -lr * torch.eye(d, dtype=eff.dtype)
     scale = float(eff.diagonal().mean())
     return dict(effective_lr=-scale, rel_dist=float((eff - gd).norm() / gd.norm()),
