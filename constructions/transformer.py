@@ -54,7 +54,13 @@ from torch import nn
 from .errors import ConstructionError
 
 ATTENTION_KINDS = ("linear", "relu", "softmax")
-CHUNK_ELEMENTS = 2**20
+CHUNK_BYTES = 2**21
+#: on CPU the stream is zero-padded inside the forward pass, per dtype, to ``multiple`` when
+#: that grows the D x D GEMMs' FLOPs, (Dp/D)^2, by at most ``max_growth``: MKL's batched
+#: GEMMs run up to 2x faster at these widths (``python benchmarks/padding.py``,
+#: docs/performance.md).  Padding adds exact zeros only; hooks, the cache and the output
+#: see the D real columns.
+PADDING = {torch.float64: dict(multiple=24, max_growth=1.35), torch.float32: dict(multiple=8, max_growth=1.25)}
 ACTIVATIONS = ("relu", "gelu")
 
 
@@ -143,26 +149,48 @@ class Attention(nn.Module):
         self.kind, self.causal, self.null_score = spec.kind, spec.causal, spec.null_score
         self.W_Q, self.W_K, self.W_V, self.W_O = (_param(getattr(spec, k)) for k in ("W_Q", "W_K", "W_V", "W_O"))
 
-    def forward(self, h: torch.Tensor, n_context: int, mask_query: bool = True, norm: int | None = None) -> torch.Tensor:
+    def folded(self, T: int, S: int) -> bool:
+        """Whether :meth:`forward` uses the folded order (linear attention, cheaper in FLOPs)."""
+        return self.kind == "linear" and not self.causal and self.folded_cost(T, S) <= FOLD_GAIN * self.cost(T, S)
+
+    def weights(self, pad: int, norm: int, folded: bool) -> dict:
+        """The maps :meth:`forward` multiplies by, with ``pad`` zero rows/columns for a padded
+        stream: folded, ``QK [H, Dp, Dp]`` (with the 1/norm) and ``OV [H, Dp, Dp]``; per head,
+        all heads side by side, ``W_Q, W_K, W_V [Dp, H E]`` and ``W_O [H E, Dp]``."""
+        H, D, E = self.W_Q.shape
+        if folded:
+            return dict(QK=_pad(self.W_Q @ self.W_K.transpose(1, 2) / norm, pad, pad),
+                        OV=_pad(self.W_V @ self.W_O, pad, pad))
+        cat = lambda W: _pad(W.permute(1, 0, 2).reshape(D, H * E), pad, 0)  # noqa: E731
+        return dict(W_Q=cat(self.W_Q), W_K=cat(self.W_K), W_V=cat(self.W_V), W_O=_pad(self.W_O.reshape(H * E, D), 0, pad))
+
+    def forward(self, h: torch.Tensor, n_context: int, mask_query: bool = True, norm: int | None = None,
+                weights: dict | None = None, scratch: dict | None = None) -> torch.Tensor:
+        """Attention output ``[B, T, Dp]`` for a stream ``h [B, T, Dp]`` whose last ``Dp - D``
+        columns are zero padding (:data:`PADDING`); the output's padding columns are zero.
+        ``weights``: :meth:`weights` computed once for many calls (else computed here).
+        ``scratch``: preallocated outputs ``G, A, P, M [B, Dp, Dp]``, ``Z [B, T, Dp]`` for the
+        folded order (no autograd): the same kernels, so the same bits, without allocations."""
         keys = h[:, :n_context] if mask_query else h
         norm = n_context if norm is None else norm
         H, D, E = self.W_Q.shape
         B, T, S = h.shape[0], h.shape[1], keys.shape[1]
-        if self.kind == "linear" and not self.causal and self.folded_cost(T, S) <= FOLD_GAIN * self.cost(T, S):
-            # folded circuits: h (sum_h QK_h (keys^T keys / n) OV_h), the same sums reassociated;
-            # D x D GEMMs run ~1.5x faster than the per-head skinny ones (docs/performance.md)
-            G = keys.transpose(1, 2) @ keys / norm
-            QK = self.W_Q @ self.W_K.transpose(1, 2)
-            OV = self.W_V @ self.W_O
-            M = (QK[0] @ G) @ OV[0]
+        folded = self.folded(T, S)
+        w = self.weights(h.shape[-1] - D, norm, folded) if weights is None else weights
+        if folded:
+            # folded circuits: h (sum_h (QK_h / n) (keys^T keys) OV_h), the same sums reassociated;
+            # D x D GEMMs run faster than the per-head skinny ones (docs/performance.md)
+            mm = (lambda a, b, name: a @ b) if scratch is None else (lambda a, b, name: torch.matmul(a, b, out=scratch[name]))
+            G = mm(keys.transpose(1, 2), keys, "G")
+            M = mm(mm(w["QK"][0], G, "A"), w["OV"][0], "M")
             for i in range(1, H):  # a loop over heads: broadcasting all heads at once copies G
-                M = M + (QK[i] @ G) @ OV[i]
-            return h @ M
-        # all heads in one GEMM each: [D, H E] maps (the same sums as the per-head einsums)
-        cat = lambda W: W.permute(1, 0, 2).reshape(D, H * E)  # noqa: E731
-        q = (h @ cat(self.W_Q)).view(B, T, H, E)
-        k = (keys @ cat(self.W_K)).view(B, S, H, E)
-        v = (keys @ cat(self.W_V)).view(B, S, H, E)
+                P = mm(mm(w["QK"][i], G, "A"), w["OV"][i], "P")
+                M = M + P if scratch is None else M.add_(P)
+            return mm(h, M, "Z")
+        # all heads in one GEMM each: [Dp, H E] maps (the same sums as the per-head einsums)
+        q = (h @ w["W_Q"]).view(B, T, H, E)
+        k = (keys @ w["W_K"]).view(B, S, H, E)
+        v = (keys @ w["W_V"]).view(B, S, H, E)
         if self.kind == "linear" and not self.causal:
             # (K^T V) first: O(n E^2) instead of O(n T E); the same sum in exact arithmetic.
             kv = torch.einsum("bshe,bshf->bhef", k, v) / norm
@@ -182,8 +210,7 @@ class Attention(nn.Module):
                 null = torch.full_like(scores[..., :1], self.null_score)
                 pattern = torch.softmax(torch.cat([scores, null], -1), dim=-1)[..., :-1]
             z = torch.einsum("bhts,bshe->bthe", pattern, v)
-        return z.reshape(B, T, H * E) @ self.W_O.reshape(H * E, D)
-
+        return z.reshape(B, T, H * E) @ w["W_O"]
 
     def cost(self, T: int, S: int) -> int:
         """FLOPs per prompt of the per-head evaluation order."""
@@ -201,14 +228,21 @@ class Attention(nn.Module):
         return 2 * S * D * D + 4 * H * D**3 + 2 * T * D * D
 
     def flops(self, T: int, S: int) -> int:
-        """FLOPs per prompt in the order :meth:`forward` uses."""
-        folded = self.kind == "linear" and not self.causal and self.folded_cost(T, S) <= FOLD_GAIN * self.cost(T, S)
-        return self.folded_cost(T, S) if folded else self.cost(T, S)
+        """FLOPs per prompt in the order :meth:`forward` uses (of the D-wide maps: the
+        padding's multiplications by zero are not counted)."""
+        return self.folded_cost(T, S) if self.folded(T, S) else self.cost(T, S)
 
 
 #: the folded order is used when its FLOPs are at most this factor above the per-head
 #: order's: its D x D GEMMs run faster (measured by ``icl-verify bench``, docs/performance.md)
 FOLD_GAIN = 1.6
+
+
+def _pad(W: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """``W [..., r, c]`` (or ``[c]``) with ``rows`` zero rows and ``cols`` zero columns appended."""
+    if not (rows or cols):
+        return W
+    return torch.nn.functional.pad(W, (0, cols) if W.ndim == 1 else (0, cols, 0, rows))
 
 
 class MLP(nn.Module):
@@ -217,12 +251,21 @@ class MLP(nn.Module):
         self.act, self.layernorm, self.ln_eps = spec.act, spec.layernorm, spec.ln_eps
         self.W_in, self.b_in, self.W_out, self.b_out = (_param(getattr(spec, k)) for k in ("W_in", "b_in", "W_out", "b_out"))
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        if self.layernorm:
-            h = torch.nn.functional.layer_norm(h, h.shape[-1:], eps=self.ln_eps)
-        pre = h @ self.W_in + self.b_in
-        post = torch.relu(pre) if self.act == "relu" else torch.nn.functional.gelu(pre)
-        return post @ self.W_out + self.b_out
+    def weights(self, pad: int) -> dict:
+        """``W_in [Dp, F]`` (unpadded under LayerNorm, which reads the D real columns), ``b_in``,
+        ``W_out [F, Dp]``, ``b_out [Dp]`` for a stream with ``pad`` zero columns."""
+        return dict(W_in=self.W_in if self.layernorm else _pad(self.W_in, pad, 0), b_in=self.b_in,
+                    W_out=_pad(self.W_out, 0, pad), b_out=_pad(self.b_out, 0, pad))
+
+    def forward(self, h: torch.Tensor, weights: dict | None = None) -> torch.Tensor:
+        """MLP output ``[B, T, Dp]`` for a zero-padded stream ``h [B, T, Dp]`` (as in :class:`Attention`)."""
+        D = self.W_in.shape[0]
+        w = self.weights(h.shape[-1] - D) if weights is None else weights
+        if self.layernorm:  # normalise over the D real columns only
+            h = torch.nn.functional.layer_norm(h[..., :D], (D,), eps=self.ln_eps)
+        post = h @ w["W_in"] + w["b_in"]
+        post = torch.relu(post) if self.act == "relu" else torch.nn.functional.gelu(post)
+        return post @ w["W_out"] + w["b_out"]
 
 
 class Block(nn.Module):
@@ -246,9 +289,18 @@ class Transformer(nn.Module):
         self.width = widths.pop()
         self.blocks = nn.ModuleList(Block(b) for b in blocks)
         self.mask_query = mask_query
-        #: on CPU the batch runs in chunks of about this many stream entries (cache-sized;
-        #: measured by ``icl-verify bench``, docs/performance.md)
-        self.chunk_elements = CHUNK_ELEMENTS
+        #: on CPU the batch runs in chunks whose padded stream takes about this many bytes
+        #: (cache-sized; measured by ``icl-verify bench``, docs/performance.md)
+        self.chunk_bytes = CHUNK_BYTES
+        self.padding = {k: dict(v) for k, v in PADDING.items()}
+
+    def compute_width(self, h: torch.Tensor) -> int:
+        """The width Dp >= D the forward pass computes in for ``h`` (:data:`PADDING`)."""
+        D, rule = self.width, self.padding.get(h.dtype)
+        if h.device.type != "cpu" or rule is None:
+            return D
+        Dp = -(-D // rule["multiple"]) * rule["multiple"]
+        return Dp if (Dp / D) ** 2 <= rule["max_growth"] else D
 
     @property
     def n_layers(self) -> int:
@@ -266,31 +318,66 @@ class Transformer(nn.Module):
             raise ConstructionError(f"residual stream must be [B, T, {self.width}], got {tuple(h.shape)}")
         if not 1 <= n_context <= h.shape[1]:
             raise ConstructionError(f"n_context must be in [1, T={h.shape[1]}], got {n_context}")
-        chunk = max(1, self.chunk_elements // (h.shape[1] * h.shape[2]))
-        if cache is None and not hooks and h.device.type == "cpu" and h.shape[0] > chunk:
-            # prompts are independent: run all blocks on cache-sized chunks of the batch
-            return torch.cat([self.forward(h[i : i + chunk], n_context, start=start, stop=stop, norm=norm)
-                              for i in range(0, h.shape[0], chunk)])
+        D, Dp = self.width, self.compute_width(h)
+        B, T = h.shape[:2]
+        S = n_context if self.mask_query else T
+        norm = n_context if norm is None else norm
+        stop = self.n_layers if stop is None else stop
+        blocks = [self.blocks[l] for l in range(start, stop)]
+        # the padded maps, once per call (not per chunk)
+        weights = [(b.attn.weights(Dp - D, norm, b.attn.folded(T, S)) if b.attn is not None else None,
+                    b.mlp.weights(Dp - D) if b.mlp is not None else None) for b in blocks]
 
-        def point(name, x):
+        def point(name, x):  # hooks and the cache see the D real columns
             if hooks and name in hooks:
-                out = hooks[name](x)
-                x = x if out is None else out
+                out = hooks[name](x[..., :D])
+                x = x if out is None else _pad(out, 0, Dp - D)
             if cache is not None:
-                cache[name] = x
+                cache[name] = x[..., :D]
             return x
 
-        stop = self.n_layers if stop is None else stop
-        for l in range(start, stop):
-            block, p = self.blocks[l], f"blocks.{l}."
+        if cache is None and not hooks and not (torch.is_grad_enabled() and (
+                h.requires_grad or any(q.requires_grad for q in self.parameters()))):
+            return self._fast(h, n_context, norm, blocks, weights, Dp)
+
+        h = _pad(h, 0, Dp - D)
+        for l, block, (wa, wm) in zip(range(start, stop), blocks, weights):
+            p = f"blocks.{l}."
             h = point(p + "hook_resid_pre", h)
             if block.attn is not None:
-                h = h + point(p + "hook_attn_out", block.attn(h, n_context, self.mask_query, norm))
+                h = h + point(p + "hook_attn_out", block.attn(h, n_context, self.mask_query, norm, wa))
             h = point(p + "hook_resid_mid", h)
             if block.mlp is not None:
-                h = h + point(p + "hook_mlp_out", block.mlp(h))
+                h = h + point(p + "hook_mlp_out", block.mlp(h, wm))
             h = point(p + "hook_resid_post", h)
-        return h
+        return h[..., :D]
+
+    def _fast(self, h, n_context, norm, blocks, weights, Dp):
+        """The forward pass without hooks or autograd: the same operations on preallocated
+        buffers (a padded stream pair and the folded order's scratch), reused across layers
+        and, on CPU, across cache-sized chunks of the batch (prompts are independent)."""
+        (B, T, D), S = h.shape, (n_context if self.mask_query else h.shape[1])
+        chunk = max(1, self.chunk_bytes // (T * Dp * h.element_size())) if h.device.type == "cpu" else B
+        chunk = min(chunk, B)
+        new = lambda *shape: h.new_empty(chunk, *shape)  # noqa: E731
+        x_buf, y_buf, out = new(T, Dp), new(T, Dp), h.new_empty(B, T, D)
+        scratch = None
+        if any(b.attn is not None and b.attn.folded(T, S) for b in blocks):
+            scratch = dict(G=new(Dp, Dp), A=new(Dp, Dp), P=new(Dp, Dp), M=new(Dp, Dp), Z=new(T, Dp))
+        for i in range(0, B, chunk):
+            b = min(chunk, B - i)
+            x, y = x_buf[:b], y_buf[:b]
+            x[..., :D] = h[i : i + b]
+            x[..., D:] = 0
+            s = None if scratch is None else {k: v[:b] for k, v in scratch.items()}
+            for block, (wa, wm) in zip(blocks, weights):
+                if block.attn is not None:
+                    a = block.attn(x, n_context, self.mask_query, norm, wa, s if block.attn.folded(T, S) else None)
+                    x, y = torch.add(x, a, out=y), x
+                if block.mlp is not None:
+                    x, y = torch.add(x, block.mlp(x, wm), out=y), x
+            out[i : i + b] = x[..., :D]
+        return out
 
     def residuals(self, h: torch.Tensor, n_context: int, stop: int | None = None, norm: int | None = None) -> torch.Tensor:
         """Residual streams ``[stop+1, B, T, D]``: the input, then after each of the first

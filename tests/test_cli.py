@@ -1,9 +1,14 @@
+import math
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
+import torch
 from hypothesis import given
+
+from constructions import transformer
 
 from verify import claims as registry
 from verify.cli import main
@@ -21,6 +26,24 @@ def test_every_registered_claim_holds_on_random_prompts(claim_id, p, k):
     spec, k = claim.adapt(p.spec, k)
     holds, figure, cmp = claim.evaluate(make_prompt(spec), k)
     assert holds, f"{claim_id}: figure {figure}; {cmp.report()}"
+
+
+FORCED = {dt: dict(multiple=8, max_growth=math.inf) for dt in (torch.float64, torch.float32)}
+#: float64 exact claims with padding forced: tests/test_fast_path.py
+_PADDED = [(c, torch.float64) for c, v in registry.CLAIMS.items() if v.kind != "exact"] + [
+    (c, torch.float32) for c, v in registry.CLAIMS.items() if v.kind == "exact"]
+
+
+@pytest.mark.parametrize("claim_id, dtype", _PADDED, ids=[f"{c}-{str(dt)[6:]}" for c, dt in _PADDED])
+@given(p=prompts(), k=knobs())
+def test_every_claim_holds_with_the_stream_padded(claim_id, dtype, p, k):
+    """The padded forward pass (constructions.transformer.PADDING, on by default only at the
+    widths where it is faster) forced on every width: every claim still holds, layer by layer."""
+    claim = registry.CLAIMS[claim_id]
+    spec, k = claim.adapt(p.spec, k)
+    with mock.patch.dict(transformer.PADDING, FORCED):
+        holds, figure, cmp = claim.evaluate(make_prompt(spec), k, dtype)
+    assert holds, f"{claim_id} ({dtype}): figure {figure}; {cmp.report()}"
 
 
 def test_check_prints_the_table_and_exits_zero(capsys):

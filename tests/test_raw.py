@@ -22,14 +22,19 @@ def _stream(k=2, seed=0):
     return lay, h
 
 
+@pytest.mark.parametrize("padded", [False, True])
 @pytest.mark.parametrize("name", ["mov", "aff", "mul", "div"])
-def test_torch_and_numpy_forward_agree_on_causal_null_and_layernorm_blocks(name):
+def test_torch_and_numpy_forward_agree_on_causal_null_and_layernorm_blocks(name, padded):
     lay, h = _stream()
     cfg = RawConfig(attn_gap=20.0, ln_pad=100.0, mul_scale=1e-2)
     block = dict(mov=lambda: mov(lay, "a", "dst", 0, 2, cfg), aff=lambda: aff(lay, {"a": np.eye(2)}, 0.5, "dst", cfg),
                  mul=lambda: mul(lay, "a", "c", "dst", 2, 1, 1, cfg), div=lambda: div(lay, "a", ("c", 0), "dst", cfg))[name]()
+    model = Transformer([block])
+    if padded:  # zero columns appended to the stream: LayerNorm must still see the D real ones
+        model.padding = {torch.float64: dict(multiple=8, max_growth=float("inf"))}
+        assert model.compute_width(torch.from_numpy(h)) > lay.width
     with torch.no_grad():
-        t = Transformer([block])(torch.from_numpy(h), 3).numpy()
+        t = model(torch.from_numpy(h), 3).numpy()
     n = numpy_forward([block], h, 3, mask_query=True)[-1]
     scale = 1 + np.abs(t).max() * cfg.ln_pad
     assert np.abs(t - n).max() <= C * eps(torch.float64) * lay.width * scale

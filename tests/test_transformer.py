@@ -1,4 +1,6 @@
 """The transformer against a direct, loop-by-loop evaluation of its defining formulas."""
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -6,6 +8,15 @@ import torch
 from constructions import ConstructionError
 from constructions.transformer import AttentionSpec, BlockSpec, MLPSpec, Transformer
 from verify.tolerance import tolerance
+
+#: zero padding forced on every width and dtype (the default pads only where it is faster)
+FORCED = {dt: dict(multiple=8, max_growth=math.inf) for dt in (torch.float64, torch.float32)}
+
+
+def _padded(model, padded):
+    if padded:
+        model.padding = FORCED
+    return model
 
 
 def _rand_attention(rng, kind, H=2, D=5, E=3):
@@ -46,12 +57,13 @@ def _unsigned(spec, h, n, mask_query):
     return np.abs(h).max() + total
 
 
+@pytest.mark.parametrize("padded", [False, True])
 @pytest.mark.parametrize("kind", ["linear", "relu", "softmax"])
 @pytest.mark.parametrize("mask_query", [True, False])
-def test_attention_matches_its_formula(kind, mask_query):
+def test_attention_matches_its_formula(kind, mask_query, padded):
     rng = np.random.default_rng(1)
     spec = _rand_attention(rng, kind)
-    model = Transformer([BlockSpec(spec)], mask_query=mask_query)
+    model = _padded(Transformer([BlockSpec(spec)], mask_query=mask_query), padded)
     h = rng.normal(size=(2, 6, 5))
     got = model(torch.from_numpy(h), n_context=4).numpy()
     want = h + _naive_attention(spec, h, 4, mask_query)
@@ -71,12 +83,13 @@ def test_queries_do_not_influence_context_tokens_when_masked():
     np.testing.assert_array_equal(a[:, :4], b[:, :4])
 
 
+@pytest.mark.parametrize("padded", [False, True])
 @pytest.mark.parametrize("act", ["relu", "gelu"])
-def test_mlp_matches_its_formula(act):
+def test_mlp_matches_its_formula(act, padded):
     rng = np.random.default_rng(3)
     D, F = 4, 6
     mlp = MLPSpec(act, rng.normal(size=(D, F)), rng.normal(size=F), rng.normal(size=(F, D)), rng.normal(size=D))
-    model = Transformer([BlockSpec(None, mlp)])
+    model = _padded(Transformer([BlockSpec(None, mlp)]), padded)
     h = rng.normal(size=(2, 3, D))
     pre = h @ mlp.W_in + mlp.b_in
     from math import erf, sqrt
@@ -99,9 +112,10 @@ def test_relu_pair_mlp_is_an_exact_linear_map():
     np.testing.assert_array_equal(model(torch.from_numpy(h), 5).numpy(), h + 2 * h)
 
 
-def test_hooks_cache_and_intervene():
+@pytest.mark.parametrize("padded", [False, True])
+def test_hooks_cache_and_intervene(padded):
     rng = np.random.default_rng(5)
-    model = Transformer([BlockSpec(_rand_attention(rng, "linear"))] * 3)
+    model = _padded(Transformer([BlockSpec(_rand_attention(rng, "linear"))] * 3), padded)
     h = torch.from_numpy(rng.normal(size=(1, 5, 5)))
     cache = {}
     out = model(h, 3, cache=cache)
@@ -112,6 +126,8 @@ def test_hooks_cache_and_intervene():
     torch.testing.assert_close(zeroed, h, rtol=0, atol=0)
     res = model.residuals(h, 3)
     assert res.shape == (4, 1, 5, 5)
+    doubled = model(h, 3, stop=1, hooks={"blocks.0.hook_resid_pre": lambda x: 2 * x})  # a replaced stream
+    torch.testing.assert_close(doubled, model(2 * h, 3, stop=1), rtol=0, atol=0)
 
 
 def test_shape_errors():
@@ -127,3 +143,41 @@ def test_shape_errors():
         model(torch.zeros(1, 3, 4), 2)
     with pytest.raises(ConstructionError, match="n_context"):
         model(torch.zeros(1, 3, 5), 0)
+
+
+def _integer_block(rng, kind, D=5, H=2, E=3, F=6):
+    """A block with small-integer weights: on integer streams with n a power of two every
+    linear/ReLU sum is exact (below 2^53), so padding (adding exact zeros) must not change a bit."""
+    ints = lambda *s: rng.integers(-2, 3, size=s).astype(float)  # noqa: E731
+    mlp = MLPSpec("relu", ints(D, F), ints(F), ints(F, D), ints(D))
+    return BlockSpec(AttentionSpec(kind, ints(H, D, E), ints(H, D, E), ints(H, D, E), ints(H, E, D)), mlp)
+
+
+@pytest.mark.parametrize("kind", ["linear", "relu"])
+@pytest.mark.parametrize("mask_query", [True, False])
+def test_padding_changes_no_bit_of_exact_sums_nor_of_their_gradients(kind, mask_query):
+    rng = np.random.default_rng(7)
+    blocks = [_integer_block(rng, kind)]
+    plain, padded = Transformer(blocks, mask_query), _padded(Transformer(blocks, mask_query), True)
+    h = torch.from_numpy(rng.integers(-2, 3, size=(3, 6, 5)).astype(float))
+    x = torch.tensor([1.0, -1.0, 0.5, 2.0, 0.25], dtype=torch.float64)
+    outs, grads = [], []
+    for model in (plain, padded):
+        assert model.compute_width(h) == (5 if model is plain else 8)
+        model.blocks[0].attn.W_Q.requires_grad_(True)
+        out = model(h, 4)
+        (out @ x).sum().backward()  # an exact, nonzero gradient
+        outs.append(out.detach())
+        grads.append(model.blocks[0].attn.W_Q.grad)
+    assert torch.equal(outs[0], outs[1]) and torch.equal(grads[0], grads[1])
+    assert grads[0].abs().sum() > 0
+
+
+@pytest.mark.parametrize("dtype, D, want", [(torch.float64, 21, 24), (torch.float64, 23, 24), (torch.float64, 20, 20),
+                                            (torch.float64, 45, 48), (torch.float64, 40, 40), (torch.float32, 23, 24),
+                                            (torch.float32, 21, 21), (torch.float32, 31, 32), (torch.float16, 21, 21)])
+def test_default_padding_rule(dtype, D, want):
+    """PADDING pads to a multiple only when (Dp/D)^2 stays within max_growth (docs/performance.md)."""
+    model = Transformer([BlockSpec(_rand_attention(np.random.default_rng(0), "linear", D=D))])
+    assert model.compute_width(torch.zeros(1, 2, D, dtype=dtype)) == want
+    assert model.compute_width(torch.zeros(1, 2, D, dtype=dtype, device="meta")) == D  # CPU only
