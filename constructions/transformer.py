@@ -37,6 +37,15 @@ A construction may add fixed *extra key tokens* after the context (e.g. ridge's
 ``sqrt(n lam) e_k`` tokens): then ``n_context`` counts them as keys and
 ``norm`` (the divisor) stays the number of examples.
 
+How it is evaluated (docs/performance.md).  The weights are folded and zero-padded once
+per call (:meth:`Attention.weights`).  On CPU the stream is computed at a padded width Dp >= D
+where MKL's small GEMMs run faster (:data:`PADDING`); the padding columns hold exact zeros,
+so hooks, the cache and the output see the same D columns.  Without hooks, cache or autograd
+the pass runs on preallocated buffers in cache-sized chunks of the batch (:data:`CHUNK_BYTES`).
+That pass and the hooked pass give the same bits on the same batch.  A prompt's result may
+change in its last bits with the batch (or chunk) it runs in, since MKL picks kernels by
+matrix size; the tolerance model covers that (tests/test_fast_path.py).
+
 Hook points (the public way to read intermediate values), for block l:
 ``blocks.{l}.hook_resid_pre``, ``blocks.{l}.hook_attn_out``,
 ``blocks.{l}.hook_resid_mid``, ``blocks.{l}.hook_mlp_out``,
@@ -54,10 +63,12 @@ from torch import nn
 from .errors import ConstructionError
 
 ATTENTION_KINDS = ("linear", "relu", "softmax")
+#: the no-hook pass runs the batch in chunks of about this many bytes of padded stream
+#: (cache-sized: ``python benchmarks/tuning.py --only chunks``, docs/performance.md)
 CHUNK_BYTES = 2**21
 #: on CPU the stream is zero-padded inside the forward pass, per dtype, to ``multiple`` when
 #: that grows the D x D GEMMs' FLOPs, (Dp/D)^2, by at most ``max_growth``: MKL's batched
-#: GEMMs run up to 2x faster at these widths (``python benchmarks/padding.py``,
+#: GEMMs run up to 2x faster at these widths (``python benchmarks/tuning.py``,
 #: docs/performance.md).  Padding adds exact zeros only; hooks, the cache and the output
 #: see the D real columns.
 PADDING = {torch.float64: dict(multiple=24, max_growth=1.35), torch.float32: dict(multiple=8, max_growth=1.25)}
@@ -357,8 +368,7 @@ class Transformer(nn.Module):
         buffers (a padded stream pair and the folded order's scratch), reused across layers
         and, on CPU, across cache-sized chunks of the batch (prompts are independent)."""
         (B, T, D), S = h.shape, (n_context if self.mask_query else h.shape[1])
-        chunk = max(1, self.chunk_bytes // (T * Dp * h.element_size())) if h.device.type == "cpu" else B
-        chunk = min(chunk, B)
+        chunk = self._chunk(B, T, Dp, h)
         new = lambda *shape: h.new_empty(chunk, *shape)  # noqa: E731
         x_buf, y_buf, out = new(T, Dp), new(T, Dp), h.new_empty(B, T, D)
         scratch = None
@@ -378,6 +388,28 @@ class Transformer(nn.Module):
                     x, y = torch.add(x, block.mlp(x, wm), out=y), x
             out[i : i + b] = x[..., :D]
         return out
+
+    def _chunk(self, B: int, T: int, Dp: int, h: torch.Tensor) -> int:
+        """Prompts per chunk of the no-hook pass: :attr:`chunk_bytes` of padded stream on CPU."""
+        return min(B, max(1, self.chunk_bytes // (T * Dp * h.element_size()))) if h.device.type == "cpu" else B
+
+    def fast_pass_bytes(self, h: torch.Tensor, n_context: int) -> int:
+        """Bytes the no-hook forward pass allocates for ``h [B, T, D]``: the output, its
+        buffers, and the largest temporaries of one block on one chunk (the input not counted)."""
+        (B, T, D), S = h.shape, (n_context if self.mask_query else h.shape[1])
+        Dp = self.compute_width(h)
+        c = self._chunk(B, T, Dp, h)
+        temps = [0]
+        for b in self.blocks:
+            if b.attn is not None and b.attn.folded(T, S):
+                temps.append(4 * Dp * Dp + T * Dp)  # the scratch G, A, P, M, Z
+            elif b.attn is not None:
+                H, _, E = b.attn.W_Q.shape
+                mix = 2 * H * E * E if b.attn.kind == "linear" and not b.attn.causal else 2 * H * T * S
+                temps.append((T + 2 * S) * H * E + mix + T * H * E + T * Dp)  # q, k, v; kv or scores; z; out
+            if b.mlp is not None:
+                temps.append(2 * T * b.mlp.W_in.shape[1] + T * Dp)  # pre, post, out
+        return h.element_size() * (B * T * D + 2 * c * T * Dp + c * max(temps))
 
     def residuals(self, h: torch.Tensor, n_context: int, stop: int | None = None, norm: int | None = None) -> torch.Tensor:
         """Residual streams ``[stop+1, B, T, D]``: the input, then after each of the first

@@ -15,6 +15,14 @@ def test_bench_one_reports_every_figure():
     assert "matmul peak" in text and "% of matmul peak" in text and "| gd | 4 | 8 | 16 |" in text
 
 
+@pytest.mark.parametrize("name", list(bench.DEFAULTS))
+def test_every_construction_has_a_bench_row(name):
+    assert set(bench.DEFAULTS) == set(constructions.names())
+    r = bench.bench_one(name, d=3, n=8, B=4)
+    assert r["seconds"] > 0 and r["ref_seconds"] > 0 and r["flop_rate"] > 0 and r["mem_bytes"] > 0
+    assert r["n"] == (1 if name == "raw_gd" else 8)
+
+
 def test_flop_count_follows_the_evaluation_order():
     a = constructions.gd(20, 1, 0.01).model.blocks[0].attn  # D = 21, H = 1, E = 20
     T, S = 41, 40
