@@ -329,6 +329,10 @@ class Transformer(nn.Module):
             raise ConstructionError(f"residual stream must be [B, T, {self.width}], got {tuple(h.shape)}")
         if not 1 <= n_context <= h.shape[1]:
             raise ConstructionError(f"n_context must be in [1, T={h.shape[1]}], got {n_context}")
+        w = next(self.parameters())
+        if h.dtype != w.dtype or h.device != w.device:
+            raise ConstructionError(f"residual stream is {h.dtype} on {h.device} but the model is {w.dtype} on "
+                                    f"{w.device}: convert the stream, or the model with .to(dtype, device)")
         D, Dp = self.width, self.compute_width(h)
         B, T = h.shape[:2]
         S = n_context if self.mask_query else T

@@ -142,7 +142,9 @@ def test_shape_errors():
     with pytest.raises(ConstructionError, match="residual stream"):
         model(torch.zeros(1, 3, 4), 2)
     with pytest.raises(ConstructionError, match="n_context"):
-        model(torch.zeros(1, 3, 5), 0)
+        model(torch.zeros(1, 3, 5, dtype=torch.float64), 0)
+    with pytest.raises(ConstructionError, match=r"float32 on cpu but the model is torch.float64.*\.to\(dtype"):
+        model(torch.zeros(1, 3, 5, dtype=torch.float32), 2)
 
 
 def _integer_block(rng, kind, D=5, H=2, E=3, F=6):
