@@ -395,7 +395,8 @@ class Transformer(nn.Module):
 
     def _chunk(self, B: int, T: int, Dp: int, h: torch.Tensor) -> int:
         """Prompts per chunk of the no-hook pass: :attr:`chunk_bytes` of padded stream on CPU."""
-        return min(B, max(1, self.chunk_bytes // (T * Dp * h.element_size()))) if h.device.type == "cpu" else B
+        chunk = self.chunk_bytes // (T * Dp * h.element_size()) if h.device.type == "cpu" else B
+        return max(1, min(B, chunk))
 
     def fast_pass_bytes(self, h: torch.Tensor, n_context: int) -> int:
         """Bytes the no-hook forward pass allocates for ``h [B, T, D]``: the output, its

@@ -126,6 +126,7 @@ def test_hooks_cache_and_intervene(padded):
     torch.testing.assert_close(zeroed, h, rtol=0, atol=0)
     res = model.residuals(h, 3)
     assert res.shape == (4, 1, 5, 5)
+    assert model(h[:0], 3).shape == (0, 5, 5)  # an empty batch
     doubled = model(h, 3, stop=1, hooks={"blocks.0.hook_resid_pre": lambda x: 2 * x})  # a replaced stream
     torch.testing.assert_close(doubled, model(2 * h, 3, stop=1), rtol=0, atol=0)
 
