@@ -7,8 +7,10 @@
   FLOP growth (Dp/D)^2, the speedup (time unpadded / time padded) and whether the default
   rule pads.
 * ``constructions.transformer.CHUNK_BYTES``: prompts.layers/s against the chunk size.
+* ``constructions.transformer.FOLD_GAIN``: for linear attention, the time of the per-head order
+  over the folded one, against their FLOP ratio (``gd`` at n = 10, d from 20 to 80).
 
-    python benchmarks/tuning.py [--dims 4 8 13 ...] [--rounds 2] [--only padding|chunks]
+    python benchmarks/tuning.py [--dims 4 8 13 ...] [--rounds 2] [--only padding|chunks|fold]
 
 Timings on a shared 2-core VM vary from run to run: compare neighbouring rows, not single digits.
 """
@@ -17,6 +19,7 @@ import math
 
 import torch
 
+from constructions import transformer
 from constructions.transformer import CHUNK_BYTES, PADDING
 from verify.bench import _case, _timeit, flops, matmul_peak
 
@@ -58,14 +61,36 @@ def chunk_sweep(dtype, d: int = 20, rounds: int = 2, n: int = 40, B: int = 1024)
     return [dict(bytes=k, rate=B * model.n_layers / t, pct=100 * f / t / peak) for k, t in times.items()]
 
 
+def fold_sweep(dtype, dims=(20, 30, 40, 50, 60, 80), rounds: int = 2, n: int = 10, B: int = 1024):
+    """Per d: folded/per-head FLOPs of the layer and the speedup of folding (time per-head / time folded)."""
+    rows, default = [], transformer.FOLD_GAIN
+    for d in dims:
+        c, _, h = _case("gd", d, n, B, dtype, torch.device("cpu"))
+        nk, model, a = c.n_keys(n), c.model, c.model.blocks[0].attn
+        times = {}
+        try:
+            for _ in range(rounds):
+                for gain in (0.0, math.inf):  # never fold / always fold
+                    transformer.FOLD_GAIN = gain
+                    with torch.no_grad():
+                        t = _timeit(lambda: model(h, nk, norm=n), min_time=0.05, repeats=3)
+                    times[gain] = min(times.get(gain, math.inf), t)
+        finally:
+            transformer.FOLD_GAIN = default
+        rows.append(dict(d=d, ratio=a.folded_cost(h.shape[1], nk) / a.cost(h.shape[1], nk),
+                         speedup=times[0.0] / times[math.inf]))
+    return rows
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dims", type=int, nargs="+", default=DIMS, help="residual widths D = d + 1")
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--only", choices=("padding", "chunks"))
+    ap.add_argument("--only", choices=("padding", "chunks", "fold"))
     a = ap.parse_args(argv)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; gd, n = 40, B = 1024, 10 layers\n")
-    if a.only != "chunks":
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; gd, B = 1024, 10 layers; "
+          "n = 40 (padding, chunks), n = 10 (fold)\n")
+    if a.only in (None, "padding"):
         print("| dtype | D | padded width | FLOP growth | speedup from padding | default rule pads |")
         print("|---|---|---|---|---|---|")
         for dtype in (torch.float64, torch.float32):
@@ -74,13 +99,20 @@ def main(argv=None):
                     print(f"| {str(dtype)[6:]} | {r['D']} | {r['Dp']} | {r['growth']:.2f} | {r['speedup']:.2f} | "
                           f"{'yes' if r['default'] else 'no'} |")
         print()
-    if a.only != "padding":
+    if a.only in (None, "chunks"):
         print(f"| dtype | d | chunk (bytes of padded stream) | prompts.layers/s | % of matmul peak |  (default {CHUNK_BYTES})")
         print("|---|---|---|---|---|")
         for dtype in (torch.float64, torch.float32):
             for d in (20, 50):
                 for r in chunk_sweep(dtype, d, a.rounds):
                     print(f"| {str(dtype)[6:]} | {d} | 2^{r['bytes'].bit_length() - 1} | {r['rate']:.3g} | {r['pct']:.1f} |")
+    if a.only in (None, "fold"):
+        print(f"\n| dtype | d | folded / per-head FLOPs | speedup of folding | folded by default (FOLD_GAIN {transformer.FOLD_GAIN}) |")
+        print("|---|---|---|---|---|")
+        for dtype in (torch.float64, torch.float32):
+            for r in fold_sweep(dtype, rounds=a.rounds):
+                print(f"| {str(dtype)[6:]} | {r['d']} | {r['ratio']:.2f} | {r['speedup']:.2f} | "
+                      f"{'yes' if r['ratio'] <= transformer.FOLD_GAIN else 'no'} |")
 
 
 if __name__ == "__main__":

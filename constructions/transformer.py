@@ -245,7 +245,8 @@ class Attention(nn.Module):
 
 
 #: the folded order is used when its FLOPs are at most this factor above the per-head
-#: order's: its D x D GEMMs run faster (measured by ``icl-verify bench``, docs/performance.md)
+#: order's: its D x D GEMMs can run faster (``python benchmarks/tuning.py --only fold``: the
+#: crossover lies between FLOP ratios 1.07 and 1.69, by dtype; docs/performance.md)
 FOLD_GAIN = 1.6
 
 

@@ -9,9 +9,11 @@ training or evaluation loop would batch them once); the figures are
 * achieved FLOP rate: the forward pass's FLOPs (:func:`flops`, counted from the
   weight shapes and the evaluation order the transformer uses) over t, next to the
   measured matmul peak of the same dtype (a square GEMM), and their ratio;
-* the closed-form reference on the same prompts (a batched GD loop for GD-like
-  constructions, ``torch.linalg.solve`` for the ridge ones) and the ratio of times;
-* peak memory: CUDA's allocator peak, or on CPU the bytes the forward pass
+* the algorithm run directly on the same prompts, batched in torch (:func:`_reference`:
+  a GD loop for GD-like constructions, ``torch.linalg.solve`` for the ridge ones, the
+  label test, the one step) and the ratio of times; a torch baseline on the same device,
+  which the numpy references of :mod:`verify.reference` are not;
+* memory: CUDA's allocator peak, or on CPU the bytes the forward pass
   allocates (its output, chunk buffers and one block's temporaries:
   ``Transformer.fast_pass_bytes``; the process RSS is printed too).
 """
