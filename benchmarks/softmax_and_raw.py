@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from constructions import raw as akyurek
+from constructions import softmax_regression as sr
 from constructions.raw import RawConfig, raw_gd
-from verify import akyurek, softmax_regression as sr
-from verify.claims import KNOB_RANGES, Knobs
+from verify.knobs import KNOB_RANGES, Knobs
 from verify.prompts import PromptSpec, make_prompt
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -66,7 +67,7 @@ def raw_table() -> str:
         e32 = abs(c.to(torch.float32).predict(x1, y1, x2)[0] - ref)
         rows.append(f"| raw_gd: mul scale s | {s:g} | {e64:.2e} | {e32:.2e} |")
     # single primitives on fixed operands (k = 2), each knob swept with the others tight
-    lay = akyurek._layout(2)
+    lay = akyurek.primitive_layout(2)
     h = np.zeros((1, 3, lay.width))
     h[0, :, lay["a"].index] = [[0.7, -0.4], [0.2, 0.9], [-0.5, 0.3]]
     h[0, :, lay["b"].index] = [[0.1, 0.5], [-0.3, 0.6], [0.8, -0.2]]

@@ -13,8 +13,7 @@ import argparse
 import numpy as np
 import torch
 
-from verify.claims import CLAIMS, Knobs
-from verify.prompts import PromptSpec, make_prompt
+from constructions import registry
 
 
 def main():
@@ -24,15 +23,15 @@ def main():
     ap.add_argument("claims", nargs="*")
     args = ap.parse_args()
     print(f"{'claim':<26}{'dtype':<9}{'median':>10}{'p99':>10}{'max':>10}   (ratio error/tolerance, {args.prompts} prompts, seed {args.seed})")
-    for cid, claim in CLAIMS.items():
-        if claim.kind != "exact" or (args.claims and cid not in args.claims):
+    for claim in registry.claims(args.claims):
+        cid = claim.id
+        if claim.kind != "exact":
             continue
         for dtype in (torch.float64, torch.float32):
             rng = np.random.default_rng(args.seed)
             ratios = []
             for _ in range(args.prompts):
-                p = make_prompt(PromptSpec.sample(rng, **claim.fixed_prompt))
-                k = Knobs.sample(rng, **claim.fixed_knobs)
+                p, k = claim.sample(rng)
                 ratios.append(claim.evaluate(p, k, dtype)[1])
             r = np.array(ratios)
             print(f"{cid:<26}{str(dtype)[6:]:<9}{np.median(r):>10.2e}{np.quantile(r, 0.99):>10.2e}{r.max():>10.2e}")

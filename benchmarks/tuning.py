@@ -1,13 +1,13 @@
 """The measurements behind the forward pass's two constants, for ``gd`` at n = 40, B = 1024
 (D = d + 1, 10 layers), CPU:
 
-* ``constructions.transformer.PADDING``: how much faster (or slower) the pass runs when the
+* ``constructions.fastpath.PADDING``: how much faster (or slower) the pass runs when the
   stream is zero-padded from width D to the rule's multiple, per dtype.  Each case is timed
   with padding off and forced (best of ``--rounds`` interleaved rounds); the table prints the
   FLOP growth (Dp/D)^2, the speedup (time unpadded / time padded) and whether the default
   rule pads.
-* ``constructions.transformer.CHUNK_BYTES``: prompts.layers/s against the chunk size.
-* ``constructions.transformer.FOLD_GAIN``: for linear attention, the time of the per-head order
+* ``constructions.fastpath.CHUNK_BYTES``: prompts.layers/s against the chunk size.
+* ``constructions.fastpath.FOLD_GAIN``: for linear attention, the time of the per-head order
   over the folded one, against their FLOP ratio (``gd`` at n = 10, d from 20 to 80).
 
     python benchmarks/tuning.py [--dims 4 8 13 ...] [--rounds 2] [--only padding|chunks|fold]
@@ -19,8 +19,8 @@ import math
 
 import torch
 
-from constructions import transformer
-from constructions.transformer import CHUNK_BYTES, PADDING
+from constructions import fastpath
+from constructions.fastpath import CHUNK_BYTES, PADDING
 from verify.bench import _case, _timeit, flops, matmul_peak
 
 DIMS = (4, 8, 13, 16, 19, 20, 21, 22, 23, 24, 28, 29, 31, 37, 40, 41, 43, 45, 51, 53, 54)
@@ -63,7 +63,7 @@ def chunk_sweep(dtype, d: int = 20, rounds: int = 2, n: int = 40, B: int = 1024)
 
 def fold_sweep(dtype, dims=(20, 30, 40, 50, 60, 80), rounds: int = 2, n: int = 10, B: int = 1024):
     """Per d: folded/per-head FLOPs of the layer and the speedup of folding (time per-head / time folded)."""
-    rows, default = [], transformer.FOLD_GAIN
+    rows, default = [], fastpath.FOLD_GAIN
     for d in dims:
         c, _, h = _case("gd", d, n, B, dtype, torch.device("cpu"))
         nk, model, a = c.n_keys(n), c.model, c.model.blocks[0].attn
@@ -71,12 +71,12 @@ def fold_sweep(dtype, dims=(20, 30, 40, 50, 60, 80), rounds: int = 2, n: int = 1
         try:
             for _ in range(rounds):
                 for gain in (0.0, math.inf):  # never fold / always fold
-                    transformer.FOLD_GAIN = gain
+                    fastpath.FOLD_GAIN = gain
                     with torch.no_grad():
                         t = _timeit(lambda: model(h, nk, norm=n), min_time=0.05, repeats=3)
                     times[gain] = min(times.get(gain, math.inf), t)
         finally:
-            transformer.FOLD_GAIN = default
+            fastpath.FOLD_GAIN = default
         rows.append(dict(d=d, ratio=a.folded_cost(h.shape[1], nk) / a.cost(h.shape[1], nk),
                          speedup=times[0.0] / times[math.inf]))
     return rows
@@ -107,12 +107,12 @@ def main(argv=None):
                 for r in chunk_sweep(dtype, d, a.rounds):
                     print(f"| {str(dtype)[6:]} | {d} | 2^{r['bytes'].bit_length() - 1} | {r['rate']:.3g} | {r['pct']:.1f} |")
     if a.only in (None, "fold"):
-        print(f"\n| dtype | d | folded / per-head FLOPs | speedup of folding | folded by default (FOLD_GAIN {transformer.FOLD_GAIN}) |")
+        print(f"\n| dtype | d | folded / per-head FLOPs | speedup of folding | folded by default (FOLD_GAIN {fastpath.FOLD_GAIN}) |")
         print("|---|---|---|---|---|")
         for dtype in (torch.float64, torch.float32):
             for r in fold_sweep(dtype, rounds=a.rounds):
                 print(f"| {str(dtype)[6:]} | {r['d']} | {r['ratio']:.2f} | {r['speedup']:.2f} | "
-                      f"{'yes' if r['ratio'] <= transformer.FOLD_GAIN else 'no'} |")
+                      f"{'yes' if r['ratio'] <= fastpath.FOLD_GAIN else 'no'} |")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """Hand-set transformer weights that carry out in-context learning algorithms.
 
 Every construction is a factory ``constructions.<name>(**params)`` returning a
-:class:`~constructions.construction.Construction`; ``names()`` lists them and
-``build(name, **params)`` builds one by name.
+:class:`~constructions.construction.Construction`, declared once, with its claims, by its
+module (:func:`register`); ``names()`` lists them and ``build(name, **params)`` builds one
+by name.  The building blocks are :mod:`constructions.parts`; docs/extending.md shows how
+to declare a construction of your own.
 
 >>> import numpy as np, constructions
 >>> c = constructions.gd(d=2, steps=3, lr=0.5)
@@ -10,44 +12,36 @@ Every construction is a factory ``constructions.<name>(**params)`` returning a
 >>> c.trace(X, y, np.array([[1.0, 1.0]])).shape
 (3, 1)
 """
+from . import parts, registry
 from .construction import Construction
 from .errors import ConstructionError
 from .io import load
 from .layout import Readout, ResidualLayout
-from .bai import binary_test, lasso_ista, logistic_gd, relu_gd, ridge_select
-from .linear_gd import gd, gd_plus_plus, preconditioned_gd
-from .raw import RawConfig, raw_gd
-from .ridge import ridge_newton
-from .sherman_morrison import ridge_sherman_morrison
-from .transformer import AttentionSpec, BlockSpec, MLPSpec, Transformer
+from .registry import Bench, add_claim, build, claims, entries, entry, names, register, unregister
+from .spec import AttentionSpec, BlockSpec, MLPSpec
+from .transformer import Transformer
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-_FACTORIES = {
-    f.__name__: f
-    for f in (gd, gd_plus_plus, preconditioned_gd, relu_gd, lasso_ista, logistic_gd, ridge_select, ridge_newton,
-              ridge_sherman_morrison, raw_gd, binary_test)
-}
+# the toolkit's construction families: importing a module registers its constructions and claims
+from . import linear_gd, momentum, bai, ridge, sherman_morrison, raw, softmax_regression  # noqa: E402,F401
+from .raw import RawConfig  # noqa: E402
 
 
-def names() -> list[str]:
-    """Names of all registered constructions."""
-    return sorted(_FACTORIES)
-
-
-def build(name: str, **params) -> Construction:
-    """Build the construction ``name`` with its factory's keyword arguments."""
+def __getattr__(name: str):
+    """``constructions.<name>``: the factory of a registered construction (a user's too)."""
     try:
-        factory = _FACTORIES[name]
+        return registry._ENTRIES[name].factory
     except KeyError:
-        raise ConstructionError(f"unknown construction {name!r}; known: {names()}") from None
-    try:
-        return factory(**params)
-    except TypeError as e:
-        raise ConstructionError(f"{name}: {e}") from None
+        raise AttributeError(f"module 'constructions' has no attribute {name!r}") from None
+
+
+def __dir__():
+    return sorted(set(globals()) | set(registry._ENTRIES))
 
 
 __all__ = [
-    "Construction", "ConstructionError", "ResidualLayout", "Readout", "Transformer",
-    "AttentionSpec", "BlockSpec", "MLPSpec", "RawConfig", "names", "build", "load", *_FACTORIES,
+    "Construction", "ConstructionError", "ResidualLayout", "Readout", "Transformer", "AttentionSpec", "BlockSpec",
+    "MLPSpec", "RawConfig", "Bench", "parts", "registry", "register", "add_claim", "unregister", "names", "build",
+    "entry", "entries", "claims", "load",
 ]

@@ -1,12 +1,11 @@
-"""Bai et al. 2023, "Transformers as Statisticians": ReLU-attention constructions.
+"""Bai et al. 2023, "Transformers as Statisticians": ReLU-attention constructions and their claims.
 
-Notation: B batch, n context examples (N in the paper), m queries, d input
-dim, D residual width, L layers.  Architecture (Bai Defs. 1-3, claims.md
-sec. 4.1): ReLU attention divided by n, ``h_i <- h_i + sum_heads (1/n) sum_j
-relu(q_i.k_j) v_j``, summed over *all* tokens (no attention mask: the query is
-excluded by a gate inside the ReLU), then an optional ReLU MLP.
+Notation: B batch, n context examples (N in the paper), m queries, d input dim, D residual
+width, L layers.  Architecture (Bai Defs. 1-3): ReLU attention divided by n,
+``h_i <- h_i + sum_heads (1/n) sum_j relu(q_i.k_j) v_j``, summed over *all* tokens (no
+attention mask: the query is excluded by a gate inside the ReLU), then an optional ReLU MLP.
 
-Token layout (Bai's ``[x; y'; w; scratch; 1; t]``, claims.md sec. 4.1):
+Token layout (Bai's ``[x; y'; w; scratch; 1; t]``):
 
 =========  ==========================  ==================
 slot       context token i             query token
@@ -18,91 +17,43 @@ slot       context token i             query token
 ``gate``   0                           -1
 =========  ==========================  ==================
 
-``gate = t - 1`` is Bai's ``-B(1 - t_j)`` offset divided by B: a head adds
-``B * gate_j`` to its score, an exact 0 on context keys and ``-B`` on query
-keys, so ``relu`` drops query keys once B exceeds every score (claims.md
-sec. 11.15).  The iterate w is replicated in every token; the readout block
-writes ``<w, x_i>`` into every token's ``y`` slot and the prediction is
-``+y`` of the query (Bai's sign, claims.md sec. 11.1).
+``gate = t - 1`` is Bai's ``-B(1 - t_j)`` offset divided by B: a head adds ``B * gate_j`` to
+its score, an exact 0 on context keys and ``-B`` on query keys, so ``relu`` drops query keys
+once B exceeds every score (docs/pitfalls.md #15).  The iterate w is replicated in every
+token; the readout block writes ``<w, x_i>`` into every token's ``y`` slot and the
+prediction is ``+y`` of the query (Bai's sign, docs/pitfalls.md #1).
 
-Sign split (claims.md sec. 11.17): a linear score z is carried by two ReLU
-heads, ``relu(z) v`` and ``relu(-z) (-v)``; their sum is ``z v`` exactly.
+Sign split (docs/pitfalls.md #17): a linear score z is carried by two ReLU heads,
+``relu(z) v`` and ``relu(-z) (-v)``; their sum is ``z v`` exactly (:func:`parts.sign_split`).
 """
 from __future__ import annotations
+
+from fractions import Fraction
 
 import numpy as np
 import torch
 
+from verify import baselines
+from verify.bounds import slot_matches_iterates
+from verify.claims import LAM, LR, MASK, Claim, Outcome, Part, Proof, induction, lemma
+from verify.knobs import lasso_lam, masking_constant, ridge_lam, stable_lr
+from verify.prompts import Prompt, PromptSpec
+from verify.reference import (
+    GD, ISTA, BinaryTest, LogisticGD, RidgeSelect, lasso_objective, lasso_solution,
+)
+from verify.tolerance import Comparison, compare_trace, tolerance
+
+from . import parts
 from .construction import Construction
 from .errors import ConstructionError
 from .layout import Readout, ResidualLayout
-from .linear_gd import _gd_domain, _positive_int, _real
-from .transformer import AttentionSpec, BlockSpec, MLPSpec
+from .registry import Bench, register
+from .spec import BlockSpec, MLPSpec
 
 
-def _bai_layout(d: int, extra=()) -> ResidualLayout:
-    spec = [("x", d, "x"), ("y", 1, "y"), ("w", d, "zero"), *extra, ("one", 1, "one"), ("gate", 1, "train_gate")]
+def _bai_layout(d: int) -> ResidualLayout:
+    spec = [("x", d, "x"), ("y", 1, "y"), ("w", d, "zero"), ("one", 1, "one"), ("gate", 1, "train_gate")]
     return ResidualLayout.of(spec, Readout("y", 1.0))
-
-
-def gated_relu_head(lay: ResidualLayout, q: dict, k: dict, v: dict, o: dict, e: int, mask_const: float,
-                    gate: str = "gate", sign: float = 1.0) -> dict:
-    """One ReLU head with score ``sign * (q_i.k_j) + B * gate_j``.
-
-    ``gate`` is a slot of size 1, or ``(slot, i)`` for entry i of a wider slot.
-
-    ``q``/``k`` are slot reads ``[size, e]`` forming the linear score; ``v``/``o`` the
-    value read ``[size, e']`` and output write ``[e', size]``.  The gate is one extra
-    head dimension: the query reads ``one`` (times B), the key reads ``gate``.
-    ``sign = -1`` negates the score and the output (the second head of a sign split).
-    """
-    qe = {s: np.hstack([sign * np.asarray(b, float), np.zeros((np.shape(b)[0], 1))]) for s, b in q.items()}
-    qe["one"] = qe.get("one", np.zeros((1, e + 1))) + np.eye(e + 1)[e:] * mask_const
-    ke = {s: np.hstack([np.asarray(b, float), np.zeros((np.shape(b)[0], 1))]) for s, b in k.items()}
-    gslot, gi = (gate, 0) if isinstance(gate, str) else gate  # a slot, or (slot, entry) of a wider slot
-    gread = np.zeros((lay[gslot].size, e + 1))
-    gread[gi, e] = 1.0
-    ke[gslot] = ke.get(gslot, np.zeros_like(gread)) + gread
-    ev = np.shape(next(iter(v.values())))[1]
-    return dict(
-        W_Q=lay.read(qe, e + 1),
-        W_K=lay.read(ke, e + 1),
-        W_V=lay.read(v, ev),
-        W_O=lay.write({s: sign * np.asarray(b, float) for s, b in o.items()}, ev),
-    )
-
-
-def sign_split(lay, q, k, v, o, e, mask_const, gate="gate") -> list[dict]:
-    """Two gated ReLU heads whose sum is the linear head ``(q_i.k_j) v_j o`` over admitted keys."""
-    return [gated_relu_head(lay, q, k, v, o, e, mask_const, gate, s) for s in (1.0, -1.0)]
-
-
-def gd_heads(lay: ResidualLayout, lr: float, mask_const: float, w: str = "w", gate: str = "gate",
-             scale: float = 1.0) -> list[dict]:
-    """Two heads: ``w <- w - scale * lr * (1/n) sum_{admitted j} (w.x_j - y_j) x_j`` (Bai Prop. C.2,
-    square loss, ``a = (1, -1)``)."""
-    d = lay["x"].size
-    q = {w: np.eye(d, d + 1), "one": -np.eye(d + 1)[d:]}  # q_i = (w_i, -1)
-    k = {"x": np.eye(d, d + 1), "y": np.eye(d + 1)[d:]}  # k_j = (x_j, y_j)
-    return sign_split(lay, q, k, {"x": np.eye(d)}, {w: -scale * lr * np.eye(d)}, d + 1, mask_const, gate)
-
-
-def decay_head(lay: ResidualLayout, rate: float, mask_const: float, w: str = "w", gate: str = "gate") -> dict:
-    """Bai Cor. C.1's l2 head: constant score 1 on admitted keys, value ``-rate * w_j``."""
-    d = lay["x"].size
-    return gated_relu_head(lay, {"one": [[1.0]]}, {"one": [[1.0]]}, {w: np.eye(d)}, {w: -rate * np.eye(d)},
-                           1, mask_const, gate)
-
-
-def readout_heads(lay: ResidualLayout, mask_const: float, w: str = "w", out: str = "y",
-                  gate: str = "gate", scale: float = 1.0) -> list[dict]:
-    """Two heads writing ``scale * <w, x_i>`` into slot ``out`` of every token i (Bai's readout)."""
-    d = lay["x"].size
-    return sign_split(lay, {"x": np.eye(d)}, {w: np.eye(d)}, {"one": [[1.0]]}, {out: [[scale]]}, d, mask_const, gate)
-
-
-def _block(heads, mlp=None) -> BlockSpec:
-    return BlockSpec(AttentionSpec.from_heads("relu", heads), mlp)
 
 
 def score_bound(X: torch.Tensor, y: torch.Tensor, Xq: torch.Tensor, lam: float) -> torch.Tensor:
@@ -128,101 +79,72 @@ def lasso_score_bound(X: torch.Tensor, y: torch.Tensor, Xq: torch.Tensor, lam: f
     return torch.clamp((y**2).sum(-1) / (X.shape[1] * lam) * xmax, min=1.0)
 
 
-def _mask_domain(mask_const: float, bound, lam: float, check_lr=None, what="2 |w*| max|x_i|"):
-    def check(X, y, Xq):
-        if check_lr is not None:
-            check_lr(X, y, Xq)
-        for bi, v in enumerate(bound(X, y, Xq, lam).tolist()):
-            if mask_const < v:
-                raise ConstructionError(
-                    f"mask_const={mask_const:.6g} is below the score bound {v:.6g} ({what}) of prompt {bi}: "
-                    f"the gate would not exclude the query; rebuild with mask_const >= {v:.6g}"
-                )
-
-    return check
-
-
 # -- factories -------------------------------------------------------------------------------
 def relu_gd(d: int, steps: int, lr: float, lam: float = 0.0, mask_const: float = 1e9) -> Construction:
     """Gradient descent with ReLU attention (Bai et al. 2023, Prop. C.2 / Thm 13, square loss).
 
-    **Theorem** (Bai et al. 2023, sec. 4.2, Prop. C.2 with Cor. C.1 for the l2 term;
-    claims.md sec. 4.2-4.3).  After step layer t the ``w`` slot of *every* token equals
-    ``w_t`` of GD on ``L(w) = 1/(2n)|Xw - y|^2 + (lam/2)|w|^2`` from ``w_0 = 0`` with
-    step ``lr``; the readout layer writes ``<w_t, x_q>`` into the query's ``y`` slot,
-    so ``trace()[t-1] = Xq @ w_t``.
+    **Theorem** (Bai et al. 2023, sec. 4.2, Prop. C.2 with Cor. C.1 for the l2 term).  After
+    step layer t the ``w`` slot of *every* token equals ``w_t`` of GD on
+    ``L(w) = 1/(2n)|Xw - y|^2 + (lam/2)|w|^2`` from ``w_0 = 0`` with step ``lr``; the readout
+    layer writes ``<w_t, x_q>`` into the query's ``y`` slot, so ``trace()[t-1] = Xq @ w_t``.
 
-    **Proof sketch.**  The two GD heads have scores ``+-(w.x_j - y_j) + B gate_j``:
-    on context keys (gate 0) ``relu(z) - relu(-z) = z``, so with values ``-+lr x_j`` they add
-    ``-lr (1/n) sum_j (w.x_j - y_j) x_j``; on the query key (gate -1) both scores are
-    ``<= 0`` once ``B >= |<w, x_q>|``.  The l2 head (score ``1 + B gate_j``, value
-    ``-lr lam w_j``) adds ``-lr lam w`` since w is replicated.
+    **Proof sketch.**  The two GD heads have scores ``+-(w.x_j - y_j) + B gate_j``: on context
+    keys (gate 0) ``relu(z) - relu(-z) = z``, so with values ``-+lr x_j`` they add
+    ``-lr (1/n) sum_j (w.x_j - y_j) x_j``; on the query key (gate -1) both scores are ``<= 0``
+    once ``B >= |<w, x_q>|``.  The l2 head (score ``1 + B gate_j``, value ``-lr lam w_j``) adds
+    ``-lr lam w`` since w is replicated.
 
     **Resources.**  ``steps + 1`` layers (steps GD layers + 1 readout layer, as Thm 13's
     L + 1); 2 heads per GD layer (3 with ``lam > 0``), 2 in the readout; width ``2d + 3``;
     ReLU attention normalised by n; no MLP.
 
-    **Exactness.**  Exact (float64 round-off), for any ``mask_const`` above the
-    score bound.
+    **Exactness.**  Exact (float64 round-off), for any ``mask_const`` above the score bound.
 
     **Domain.**  ``lr * lambda_max(X^T X/n + lam I) <= 2`` and
-    ``mask_const >= max(1, 2 |w*| max_i |x_i|)`` (w* the ridge/min-norm solution,
-    which bounds every stable iterate by ``|w_t| <= 2 |w*|``).
+    ``mask_const >= max(1, 2 |w*| max_i |x_i|)`` (w* the ridge/min-norm solution, which bounds
+    every stable iterate by ``|w_t| <= 2 |w*|``).
     """
-    d, steps = _positive_int(d, "d"), _positive_int(steps, "steps")
-    lr, lam = _real(lr, "lr"), _real(lam, "lam", strict=False)
-    mask_const = _real(mask_const, "mask_const")
+    d, steps = parts.positive_int(d, "d"), parts.positive_int(steps, "steps")
+    lr, lam = parts.real(lr, "lr"), parts.real(lam, "lam", strict=False)
+    mask_const = parts.real(mask_const, "mask_const")
     lay = _bai_layout(d)
-    heads = gd_heads(lay, lr, mask_const) + ([decay_head(lay, lr * lam, mask_const)] if lam > 0 else [])
-    blocks = [_block(heads) for _ in range(steps)] + [_block(readout_heads(lay, mask_const))]
-    return Construction(
-        "relu_gd", dict(d=d, steps=steps, lr=lr, lam=lam, mask_const=mask_const), blocks, lay, d,
-        n_readout=1, mask_query=False, domain=_mask_domain(mask_const, score_bound, lam, _gd_domain(lr, lam)),
-    )
-
-
-def soft_threshold_mlp(lay: ResidualLayout, threshold: float, w: str = "w") -> MLPSpec:
-    """Bai Prop. C.1: ``w <- S_c(w)`` as a residual ReLU MLP with 4d hidden units:
-    ``S_c(w) - w = relu(w - c) - relu(-w - c) - relu(w) + relu(-w)``."""
-    d = lay["x"].size
-    I = np.eye(d)
-    W_in = lay.read({w: np.hstack([I, -I, I, -I])}, 4 * d)
-    b_in = np.concatenate([-threshold * np.ones(d), -threshold * np.ones(d), np.zeros(2 * d)])
-    W_out = lay.write({w: np.vstack([I, -I, -I, I])}, 4 * d)
-    return MLPSpec("relu", W_in, b_in, W_out, np.zeros(lay.width))
+    heads = parts.relu_gd_heads(lay, lr, mask_const) + ([parts.relu_decay_head(lay, lr * lam, mask_const)] if lam > 0 else [])
+    blocks = [parts.block("relu", heads) for _ in range(steps)] + [parts.block("relu", parts.relu_readout_heads(lay, mask_const))]
+    domain = parts.all_checks(parts.step_check(lr, lam), parts.mask_check(
+        mask_const, lambda X, y, Xq: score_bound(X, y, Xq, lam), "2 |w*| max|x_i|"))
+    return Construction("relu_gd", dict(d=d, steps=steps, lr=lr, lam=lam, mask_const=mask_const), blocks, lay, d,
+                        n_readout=1, mask_query=False, domain=domain)
 
 
 def lasso_ista(d: int, steps: int, lr: float, lam: float, mask_const: float = 1e9) -> Construction:
     """LASSO by proximal gradient descent (ISTA) in context (Bai et al. 2023, Thm 10, Prop. C.1).
 
-    **Theorem** (Bai et al. 2023, sec. 4.4 and App. C; claims.md sec. 4.2, 4.4).  Step
-    layer t maps the replicated iterate by ``w <- S_{lr lam}(w - lr grad L0(w))`` with
-    ``L0(w) = 1/(2n)|Xw - y|^2`` and ``S_c(v) = sign(v) max(|v| - c, 0)``: its attention
-    is the GD step of :func:`relu_gd` and its MLP is the soft threshold
-    ``relu(v - c) - relu(-v - c)`` written residually (4d ReLUs).  The iterates are
-    ISTA's; for ``lr <= 1/lambda_max(X^T X/n)`` the LASSO objective
+    **Theorem** (Bai et al. 2023, sec. 4.4 and App. C).  Step layer t maps the replicated
+    iterate by ``w <- S_{lr lam}(w - lr grad L0(w))`` with ``L0(w) = 1/(2n)|Xw - y|^2`` and
+    ``S_c(v) = sign(v) max(|v| - c, 0)``: its attention is the GD step of :func:`relu_gd` and
+    its MLP is the soft threshold ``relu(v - c) - relu(-v - c)`` written residually (4d ReLUs).
+    The iterates are ISTA's; for ``lr <= 1/lambda_max(X^T X/n)`` the LASSO objective
     ``F(w) = 1/(2n)|Xw - y|^2 + lam |w|_1`` satisfies ``F(w_L) - F* <= |w*|^2 / (2 lr L)``.
 
-    **Resources.**  ``steps + 1`` layers, 2 heads per layer, MLP width 4d, width
-    ``2d + 3``, ReLU attention and ReLU MLP.
+    **Resources.**  ``steps + 1`` layers, 2 heads per layer, MLP width 4d, width ``2d + 3``,
+    ReLU attention and ReLU MLP.
 
     **Exactness.**  Exact per step (float64 round-off); the objective gap falls as O(1/L).
 
-    **Domain.**  ``lr * lambda_max(X^T X/n) <= 2`` and ``mask_const`` above the score
-    bound ``max_i |x_i| |y|^2 / (n lam)`` (ISTA is Fejer-monotone, ``|w*|_1 <= |y|^2/(2 n lam)``).
+    **Domain.**  ``lr * lambda_max(X^T X/n) <= 2`` and ``mask_const`` above the score bound
+    ``max_i |x_i| |y|^2 / (n lam)`` (ISTA is Fejer-monotone, ``|w*|_1 <= |y|^2/(2 n lam)``).
     """
-    d, steps = _positive_int(d, "d"), _positive_int(steps, "steps")
-    lr, lam = _real(lr, "lr"), _real(lam, "lam", strict=False)
-    mask_const = _real(mask_const, "mask_const")
+    d, steps = parts.positive_int(d, "d"), parts.positive_int(steps, "steps")
+    lr, lam = parts.real(lr, "lr"), parts.real(lam, "lam", strict=False)
+    mask_const = parts.real(mask_const, "mask_const")
     lay = _bai_layout(d)
-    mlp = soft_threshold_mlp(lay, lr * lam)
-    blocks = [_block(gd_heads(lay, lr, mask_const), mlp) for _ in range(steps)]
-    blocks.append(_block(readout_heads(lay, mask_const)))
-    return Construction(
-        "lasso_ista", dict(d=d, steps=steps, lr=lr, lam=lam, mask_const=mask_const), blocks, lay, d,
-        n_readout=1, mask_query=False,
-        domain=_mask_domain(mask_const, lasso_score_bound, lam, _gd_domain(lr, 0.0), "|y|^2/(n lam) max|x_i|"),
-    )
+    mlp = parts.soft_threshold_mlp(lay, lr * lam)
+    blocks = [parts.block("relu", parts.relu_gd_heads(lay, lr, mask_const), mlp) for _ in range(steps)]
+    blocks.append(parts.block("relu", parts.relu_readout_heads(lay, mask_const)))
+    domain = parts.all_checks(parts.step_check(lr), parts.mask_check(
+        mask_const, lambda X, y, Xq: lasso_score_bound(X, y, Xq, lam), "|y|^2/(n lam) max|x_i|"))
+    return Construction("lasso_ista", dict(d=d, steps=steps, lr=lr, lam=lam, mask_const=mask_const), blocks, lay, d,
+                        n_readout=1, mask_query=False, domain=domain)
 
 
 def sigmoid_knots(heads: int, radius: float) -> tuple[np.ndarray, np.ndarray, float]:
@@ -236,36 +158,48 @@ def sigmoid_knots(heads: int, radius: float) -> tuple[np.ndarray, np.ndarray, fl
     return knots, a, float(vals[0])
 
 
+def logistic_radius(steps: int, lr: float, x_bound: float) -> float:
+    """``R = steps * lr * x_bound^2``: no iterate's score ``<w_t, x>`` can leave ``[-R, R]``,
+    since ``|w_t| <= t lr x_bound`` (every gradient has norm <= x_bound)."""
+    return steps * lr * x_bound**2
+
+
+def sigmoid_fit_error(heads: int, radius: float) -> float:
+    """``sup_{[-R, R]} |sigma - sigma_hat| <= h^2 max|sigma''| / 8``, ``h = 2R/(heads-1)``,
+    ``max|sigma''| = 1/(6 sqrt 3)`` (linear-interpolation error bound)."""
+    h = 2 * radius / (heads - 1)
+    return h**2 / (8 * 6 * np.sqrt(3))
+
+
 def logistic_gd(d: int, steps: int, lr: float, heads: int, x_bound: float, mask_const: float = 1e9) -> Construction:
     """GD on the logistic loss with the sigmoid replaced by a sum of ``heads`` ReLUs (Bai et al. 2023, Thm 13).
 
-    **Theorem** (Bai et al. 2023, sec. 4.2 Thm 13 and sec. 4.4 GLMs; claims.md sec. 4.2, 4.4).
-    Labels ``y_i in {0, 1}``; loss ``l(s, y) = -y s + log(1 + e^s)``, ``d l/ds = sigma(s) - y``.
-    The construction runs GD exactly with ``sigma`` replaced by ``sigma_hat``, the
-    piecewise-linear interpolant of sigma at ``heads`` equispaced knots on ``[-R, R]``
-    (flat outside), ``R = steps * lr * x_bound^2`` (no iterate can reach a score beyond R,
-    since ``|w_t| <= t lr x_bound``).  With ``eps = sup_{[-R, R]} |sigma - sigma_hat| <=
-    h^2 / (8 * 6 sqrt 3)``, ``h = 2R/(heads - 1)``, the iterates satisfy
+    **Theorem** (Bai et al. 2023, sec. 4.2 Thm 13 and sec. 4.4 GLMs).  Labels ``y_i in {0, 1}``;
+    loss ``l(s, y) = -y s + log(1 + e^s)``, ``d l/ds = sigma(s) - y``.  The construction runs GD
+    exactly with ``sigma`` replaced by ``sigma_hat``, the piecewise-linear interpolant of sigma at
+    ``heads`` equispaced knots on ``[-R, R]`` (flat outside), ``R = logistic_radius(steps, lr,
+    x_bound)``.  With ``eps = sup_{[-R, R]} |sigma - sigma_hat| <= h^2 / (8 * 6 sqrt 3)``,
+    ``h = 2R/(heads - 1)`` (:func:`sigmoid_fit_error`), the iterates satisfy
     ``|w_hat_t - w_t| <= eps * t * lr * x_bound`` (Thm 13's linear accumulation, by
     non-expansiveness of convex GD for ``lr <= 8 / x_bound^2``), so the error falls as heads^-2.
 
-    **Resources.**  ``steps + 1`` layers; ``heads + 2`` heads per GD layer (one per ReLU,
-    one for ``sigma(-R)``, one for the labels), 2 in the readout; width ``2d + 3``.
+    **Resources.**  ``steps + 1`` layers; ``heads + 2`` heads per GD layer (one per ReLU, one
+    for ``sigma(-R)``, one for the labels), 2 in the readout; width ``2d + 3``.
 
     **Exactness.**  Approximate, with the error bound above (exact GD with ``sigma_hat``).
     ``trace()[t-1]`` is the logit ``<w_hat_t, x_q>``.
 
-    **Domain.**  ``|x_i| <= x_bound`` for every token, ``y_i in {0, 1}``,
-    ``lr <= 8 / x_bound^2`` (2 / max curvature, curvature <= x_bound^2 / 4),
-    ``mask_const >= max(1, 2R)`` (every gated-out score is at most 2R).
+    **Domain.**  ``|x_i| <= x_bound`` for every token, ``y_i in {0, 1}``, ``lr <= 8 / x_bound^2``
+    (2 / max curvature, curvature <= x_bound^2 / 4), ``mask_const >= max(1, 2R)`` (every
+    gated-out score is at most 2R).
     """
-    d, steps, heads = _positive_int(d, "d"), _positive_int(steps, "steps"), _positive_int(heads, "heads")
+    d, steps, heads = parts.positive_int(d, "d"), parts.positive_int(steps, "steps"), parts.positive_int(heads, "heads")
     if heads < 2:
         raise ConstructionError("heads must be >= 2 (the interpolant needs two knots)")
-    lr, x_bound, mask_const = _real(lr, "lr"), _real(x_bound, "x_bound"), _real(mask_const, "mask_const")
+    lr, x_bound, mask_const = parts.real(lr, "lr"), parts.real(x_bound, "x_bound"), parts.real(mask_const, "mask_const")
     if lr > 8.0 / x_bound**2:
         raise ConstructionError(f"lr={lr:.6g} exceeds 8/x_bound^2={8 / x_bound**2:.6g}, the step limit of the error bound")
-    radius = steps * lr * x_bound**2
+    radius = logistic_radius(steps, lr, x_bound)
     if mask_const < max(1.0, 2 * radius):
         raise ConstructionError(f"mask_const={mask_const:.6g} must be >= max(1, 2R={2 * radius:.6g}) "
                                 "to gate out the query (|<w, x_q>| + |knot| <= 2R)")
@@ -273,39 +207,37 @@ def logistic_gd(d: int, steps: int, lr: float, heads: int, x_bound: float, mask_
     lay = _bai_layout(d)
     hs = []
     for s_m, a_m in zip(knots, a):  # relu(w.x_j - s_m) with value -lr a_m x_j
-        hs.append(gated_relu_head(lay, {"w": np.eye(d, d + 1), "one": -s_m * np.eye(d + 1)[d:]},
-                                  {"x": np.eye(d, d + 1), "one": np.eye(d + 1)[d:]},
-                                  {"x": np.eye(d)}, {"w": -lr * a_m * np.eye(d)}, d + 1, mask_const))
-    hs.append(gated_relu_head(lay, {"one": [[1.0]]}, {"one": [[1.0]]}, {"x": np.eye(d)},
-                              {"w": -lr * base * np.eye(d)}, 1, mask_const))  # constant sigma(-R)
-    hs.append(gated_relu_head(lay, {"one": [[1.0]]}, {"y": [[1.0]]}, {"x": np.eye(d)},
-                              {"w": lr * np.eye(d)}, 1, mask_const))  # relu(y_j) = y_j for y in {0,1}
-    blocks = [_block(hs) for _ in range(steps)] + [_block(readout_heads(lay, mask_const))]
+        hs.append(parts.gated_relu_head(lay, {"w": np.eye(d, d + 1), "one": -s_m * np.eye(d + 1)[d:]},
+                                        {"x": np.eye(d, d + 1), "one": np.eye(d + 1)[d:]},
+                                        {"x": np.eye(d)}, {"w": -lr * a_m * np.eye(d)}, d + 1, mask_const))
+    hs.append(parts.gated_relu_head(lay, {"one": [[1.0]]}, {"one": [[1.0]]}, {"x": np.eye(d)},
+                                    {"w": -lr * base * np.eye(d)}, 1, mask_const))  # constant sigma(-R)
+    hs.append(parts.gated_relu_head(lay, {"one": [[1.0]]}, {"y": [[1.0]]}, {"x": np.eye(d)},
+                                    {"w": lr * np.eye(d)}, 1, mask_const))  # relu(y_j) = y_j for y in {0,1}
+    blocks = [parts.block("relu", hs) for _ in range(steps)] + [parts.block("relu", parts.relu_readout_heads(lay, mask_const))]
+    domain = parts.all_checks(parts.norm_check(x_bound, "the sigmoid's knots cover only the scores of inputs "
+                                               "within it", queries=True), parts.label_check((0, 1), "logistic_gd"))
+    return Construction("logistic_gd", dict(d=d, steps=steps, lr=lr, heads=heads, x_bound=x_bound, mask_const=mask_const),
+                        blocks, lay, d, n_readout=1, mask_query=False, domain=domain)
 
-    def domain(X, y, Xq):
-        xmax = float(torch.cat([X, Xq], 1).norm(dim=-1).max())
-        if xmax > x_bound * (1 + 1e-6):  # slack: float32 rounding moves a norm by <= 6e-8 relative
-            raise ConstructionError(f"an input has norm {xmax:.6g} > x_bound={x_bound:.6g}; rebuild with a larger x_bound")
-        if not torch.all((y == 0) | (y == 1)):
-            raise ConstructionError("logistic_gd needs labels y_i in {0, 1}")
 
-    return Construction(
-        "logistic_gd", dict(d=d, steps=steps, lr=lr, heads=heads, x_bound=x_bound, mask_const=mask_const),
-        blocks, lay, d, n_readout=1, mask_query=False, domain=domain,
-    )
+def select_score_bound(X, y, Xq, lam: float, n_train: int) -> torch.Tensor:
+    """Per prompt, the bound on every score ridge_select's gates push below zero: GD's iterate bound
+    on the train split (:func:`score_bound`, with the validation inputs and queries among the
+    read-out tokens) plus ``max_i |y_i|`` (the validation residuals)."""
+    return score_bound(X[:, :n_train], y[:, :n_train], torch.cat([X[:, n_train:], Xq], 1), lam) + y.abs().amax(-1)
 
 
 def ridge_select(d: int, lams, steps: int, lr: float, n_train: int, n_val: int, gamma: float,
                  mask_const: float = 1e9) -> Construction:
     """In-context algorithm selection by post-ICL validation (Bai et al. 2023, sec. 4.5, Prop. 15, Thm 16).
 
-    **Theorem** (Bai et al. 2023, Prop. 15 / Thm H.1-H.3 and Thm 16; claims.md sec. 4.5).
-    The first ``n_train`` context examples are train tokens, the next ``n_val``
-    validation tokens.  For every ``lam_k`` in ``lams`` the step layers run ``steps``
-    GD steps (step ``lr``) on the train-split ridge objective
-    ``1/(2 n_train) sum_train (w.x_i - y_i)^2 + (lam_k/2)|w|^2`` in parallel heads.  The
-    readout blocks then (1) write ``f_k(x_i) = <w_k, x_i>`` into every token, (2) write
-    the exact validation losses ``L_k = (1/n_val) sum_val (f_k(x_i) - y_i)^2`` (2 ReLU
+    **Theorem** (Bai et al. 2023, Prop. 15 / Thm H.1-H.3 and Thm 16).  The first ``n_train``
+    context examples are train tokens, the next ``n_val`` validation tokens.  For every
+    ``lam_k`` in ``lams`` the step layers run ``steps`` GD steps (step ``lr``) on the train-split
+    ridge objective ``1/(2 n_train) sum_train (w.x_i - y_i)^2 + (lam_k/2)|w|^2`` in parallel
+    heads.  The readout blocks then (1) write ``f_k(x_i) = <w_k, x_i>`` into every token, (2)
+    write the exact validation losses ``L_k = (1/n_val) sum_val (f_k(x_i) - y_i)^2`` (2 ReLU
     heads per k: ``relu(r) r + relu(-r) r = r^2``), and with ReLU MLPs
     ``c_k = sum_j relu(L_k - L_j)``, ``u_k = relu(1 - c_k/gamma)``,
     ``P_k = relu(1 - sum_{j<=k} u_j)``, weights ``a_k = P_{k-1} - P_k`` (``P_0 = 1``),
@@ -313,23 +245,23 @@ def ridge_select(d: int, lams, steps: int, lr: float, n_train: int, n_val: int, 
     ``a_k > 0`` only if ``L_k <= min_j L_j + gamma``; by convexity the selected predictor's
     validation loss is at most ``min_k L_k + gamma``.
 
-    **Resources.**  ``steps + 5`` layers: ``steps`` GD layers with ``3K`` heads, then
-    readout blocks with ``2K`` (predictions), ``2K`` (losses) + MLP ``K^2``, MLP ``K``,
-    MLP ``K``, ``2K`` (aggregation) heads; width ``(K + 1) d + 5K + 4``.  ReLU attention
-    and ReLU MLPs.  Value matrices carry ``n / n_train`` and ``n / n_val`` to turn the
-    attention's 1/n into split averages (claims.md sec. 4.5), so ``n_train`` and ``n_val``
-    are fixed when the construction is built.
+    **Resources.**  ``steps + 5`` layers: ``steps`` GD layers with ``3K`` heads, then readout
+    blocks with ``2K`` (predictions), ``2K`` (losses) + MLP ``K^2``, MLP ``K``, MLP ``K``, ``2K``
+    (aggregation) heads; width ``(K + 1) d + 5K + 4``.  ReLU attention and ReLU MLPs.  Value
+    matrices carry ``n / n_train`` and ``n / n_val`` to turn the attention's 1/n into split
+    averages (docs/pitfalls.md #3), so ``n_train`` and ``n_val`` are fixed when the
+    construction is built.
 
-    **Exactness.**  Exact (float64 round-off; the selection maps are piecewise linear
-    with Lipschitz constant ``~1/gamma``).
+    **Exactness.**  Exact (float64 round-off; the selection maps are piecewise linear with
+    Lipschitz constant ``~1/gamma``).
 
     **Domain.**  ``n = n_train + n_val``; ``lr * lambda_max(X_tr^T X_tr/n_train + lam_k I) <= 2``
-    for every k; ``mask_const >= 2 |w*_k| max_i |x_i| + max_i |y_i|``.
+    for every k; ``mask_const >= 2 |w*_k| max_i |x_i| + max_i |y_i|`` (:func:`select_score_bound`).
     """
-    d, steps = _positive_int(d, "d"), _positive_int(steps, "steps")
-    n_train, n_val = _positive_int(n_train, "n_train"), _positive_int(n_val, "n_val")
-    lr, gamma, mask_const = _real(lr, "lr"), _real(gamma, "gamma"), _real(mask_const, "mask_const")
-    lams = [_real(v, "lams[k]", strict=False) for v in np.atleast_1d(np.asarray(lams, dtype=float))]
+    d, steps = parts.positive_int(d, "d"), parts.positive_int(steps, "steps")
+    n_train, n_val = parts.positive_int(n_train, "n_train"), parts.positive_int(n_val, "n_val")
+    lr, gamma, mask_const = parts.real(lr, "lr"), parts.real(gamma, "gamma"), parts.real(mask_const, "mask_const")
+    lams = [parts.real(v, "lams[k]", strict=False) for v in np.atleast_1d(np.asarray(lams, dtype=float))]
     if not lams:
         raise ConstructionError("lams must hold at least one regularisation strength")
     K, n = len(lams), n_train + n_val
@@ -341,12 +273,13 @@ def ridge_select(d: int, lams, steps: int, lr: float, n_train: int, n_val: int, 
     s_tr, s_val = n / n_train, n / n_val
     step_heads = []
     for k, lam in enumerate(lams):
-        step_heads += gd_heads(lay, lr, mask_const, w=f"w{k}", gate="tgate", scale=s_tr)
-        step_heads.append(decay_head(lay, s_tr * lr * lam, mask_const, w=f"w{k}", gate="tgate"))
+        step_heads += parts.relu_gd_heads(lay, lr, mask_const, w=f"w{k}", gate="tgate", scale=s_tr)
+        step_heads.append(parts.relu_decay_head(lay, s_tr * lr * lam, mask_const, w=f"w{k}", gate="tgate"))
     # (1) predictions f_k(x_i) = <w_k, x_i>
-    pred = [h for k in range(K) for h in readout_heads(lay, mask_const, w=f"w{k}", out=f"f{k}", gate="tgate", scale=s_tr)]
+    pred = [h for k in range(K)
+            for h in parts.relu_readout_heads(lay, mask_const, w=f"w{k}", out=f"f{k}", gate="tgate", scale=s_tr)]
     # (2) validation losses: score +-(f_k - y) on validation keys, value (f_k - y)
-    loss = [h for k in range(K) for h in sign_split(
+    loss = [h for k in range(K) for h in parts.sign_split(
         lay, {"one": [[1.0]]}, {f"f{k}": [[1.0]], "y": [[-1.0]]}, {f"f{k}": [[1.0]], "y": [[-1.0]]},
         {f"L{k}": [[s_val]]}, 1, mask_const, gate="vgate")]
     # MLP: c_k = sum_j relu(L_k - L_j)
@@ -358,36 +291,26 @@ def ridge_select(d: int, lams, steps: int, lr: float, n_train: int, n_val: int, 
         W_out[col] += lay.write({f"c{k}": [[1.0]]}, 1)[0]
     mlp_c = MLPSpec("relu", W_in, np.zeros(len(pairs)), W_out, np.zeros(lay.width))
     # MLP: u_k = relu(1 - c_k / gamma)
-    mlp_u = MLPSpec("relu", lay.read({f"c{k}": np.eye(K)[k:k + 1] * (-1 / gamma) for k in range(K)}, K), np.ones(K),
-                    lay.write({f"u{k}": np.eye(K)[:, k:k + 1] for k in range(K)}, K), np.zeros(lay.width))
+    mlp_u = MLPSpec("relu", lay.read({f"c{k}": np.eye(K)[k:k + 1] * (-1 / gamma) for k in range(K)}, K),
+                          np.ones(K), lay.write({f"u{k}": np.eye(K)[:, k:k + 1] for k in range(K)}, K),
+                          np.zeros(lay.width))
     # MLP: P_k = relu(1 - sum_{j<=k} u_j); a_k = P_{k-1} - P_k with P_0 = 1 (the bias of a_0)
     W_in = lay.read({f"u{j}": -np.triu(np.ones((K, K)))[j:j + 1] for j in range(K)}, K)
     W_out = lay.write({f"a{k}": (np.eye(K)[:, k:k + 1] - (np.eye(K, k=1)[:, k:k + 1])) * -1.0 for k in range(K)}, K)
     b_out = lay.write({"a0": [[1.0]]}, 1)[0]
     mlp_a = MLPSpec("relu", W_in, np.ones(K), W_out, b_out)
     # (3) aggregation: score +-<x_i, w_k> on train keys, value a_k: writes sum_k a_k <w_k, x_i> into y
-    agg = [h for k in range(K) for h in sign_split(
+    agg = [h for k in range(K) for h in parts.sign_split(
         lay, {"x": np.eye(d)}, {f"w{k}": np.eye(d)}, {f"a{k}": [[1.0]]}, {"y": [[s_tr]]}, d, mask_const, gate="tgate")]
-    blocks = [_block(step_heads) for _ in range(steps)] + [
-        _block(pred), _block(loss, mlp_c), BlockSpec(None, mlp_u), BlockSpec(None, mlp_a), _block(agg)]
-
-    def select_score_bound(X, y, Xq, lam):
-        return score_bound(X[:, :n_train], y[:, :n_train], torch.cat([X[:, n_train:], Xq], 1), lam) + y.abs().amax(-1)
-
-    def split(n_prompt: int) -> int:
-        if n_prompt != n:
-            raise ConstructionError(f"ridge_select was built for n = n_train + n_val = {n_train} + {n_val} = {n} "
-                                    f"context examples, got {n_prompt}; rebuild with matching n_train/n_val")
-        return n_train
-
-    lr_checks = [_gd_domain(lr, lam) for lam in lams]
-
-    def domain(X, y, Xq):
-        for chk in lr_checks:
-            chk(X[:, :n_train], y[:, :n_train], Xq)
-        for lam in lams:
-            _mask_domain(mask_const, select_score_bound, lam, what="2 |w*_k| max|x_i| + max|y_i|")(X, y, Xq)
-
+    blocks = [parts.block("relu", step_heads) for _ in range(steps)] + [
+        parts.block("relu", pred), parts.block("relu", loss, mlp_c), BlockSpec(None, mlp_u),
+        BlockSpec(None, mlp_a), parts.block("relu", agg)]
+    domain = parts.all_checks(
+        *[parts.step_check(lr, lam, rows=n_train) for lam in lams],
+        *[parts.mask_check(mask_const, lambda X, y, Xq, lam=lam: select_score_bound(X, y, Xq, lam, n_train),
+                           "2 |w*_k| max|x_i| + max|y_i|") for lam in lams])
+    split = parts.fixed_examples(n, "ridge_select", f"rebuild with n_train + n_val matching the prompt (built for "
+                                 f"n_train + n_val = {n_train} + {n_val})", n_train=n_train)
     return Construction(
         "ridge_select", dict(d=d, lams=lams, steps=steps, lr=lr, n_train=n_train, n_val=n_val, gamma=gamma,
                              mask_const=mask_const),
@@ -395,7 +318,7 @@ def ridge_select(d: int, lams, steps: int, lr: float, n_train: int, n_val: int, 
     )
 
 
-def binary_psi_knots(eps: float) -> list[tuple[float, float, float]]:
+def binary_psi_knots(eps: float) -> list[tuple[float, float]]:
     """The 6 ReLUs ``c relu(y + b)`` of Bai et al.'s psi (Lemma 18): triangular bumps of height 1
     and half-width eps at 0 and at 1, ``(1/eps)[relu(y - t + eps) - 2 relu(y - t) + relu(y - t - eps)]``."""
     return [(c / eps, -t + s) for t in (0.0, 1.0) for c, s in ((1.0, eps), (-2.0, 0.0), (1.0, -eps))]
@@ -404,27 +327,27 @@ def binary_psi_knots(eps: float) -> list[tuple[float, float, float]]:
 def binary_test(d: int, eps: float = 0.1, threshold: float = 0.5) -> Construction:
     """Pre-ICL testing: are all labels binary? (Bai et al. 2023, Lemma 18 and Cor. H.1).
 
-    **Theorem** (Bai et al. 2023, sec. 4.5 / App. H.3, claims.md sec. 4.5).  Layer 1 (6 ReLU heads)
-    writes ``Psi = (1/n) sum_i psi(y_i)`` into every token, psi the sum of 6 ReLUs
-    (:func:`binary_psi_knots`): 1 at y in {0, 1}, 0 farther than eps from both.  Layer 2
-    (2 ReLU heads) writes ``clip((Psi - threshold)/(1 - threshold), 0, 1)`` into the query's
-    ``test`` slot: 1 when every label is exactly 0 or 1, 0 when at most a fraction
-    ``threshold`` of them is within eps of {0, 1}.  To flag one non-binary label among n,
-    build with ``threshold = 1 - 1/(2n)`` (then Psi <= 1 - 1/n stays clear of it).
+    **Theorem** (Bai et al. 2023, sec. 4.5 / App. H.3).  Layer 1 (6 ReLU heads) writes
+    ``Psi = (1/n) sum_i psi(y_i)`` into every token, psi the sum of 6 ReLUs
+    (:func:`binary_psi_knots`): 1 at y in {0, 1}, 0 farther than eps from both.  Layer 2 (2 ReLU
+    heads) writes ``clip((Psi - threshold)/(1 - threshold), 0, 1)`` into the query's ``test``
+    slot: 1 when every label is exactly 0 or 1, 0 when at most a fraction ``threshold`` of them
+    is within eps of {0, 1}.  To flag one non-binary label among n, build with
+    ``threshold = 1 - 1/(2n)`` (then Psi <= 1 - 1/n stays clear of it).
 
     **Resources.**  2 layers, 6 heads, width ``d + 4``, ReLU attention normalised by n; no MLP.
 
     **Exactness.**  Exact (float64 round-off): psi is exactly a sum of ReLUs; checked by
     ``bai23-binary-test`` against the same function in numpy.
 
-    **Domain.**  ``eps in (0, 1/2]``, ``threshold in [0, 1)``; query tokens are not keys
-    (the query mask), so no gate is needed.
+    **Domain.**  ``eps in (0, 1/2]``, ``threshold in [0, 1)``; query tokens are not keys (the
+    query mask), so no gate is needed.
     """
-    d = _positive_int(d, "d")
-    eps = _real(eps, "eps")
+    d = parts.positive_int(d, "d")
+    eps = parts.real(eps, "eps")
     if eps > 0.5:
         raise ConstructionError(f"eps must be in (0, 1/2] (the bumps at 0 and 1 must not overlap), got {eps}")
-    threshold = _real(threshold, "threshold", strict=False)
+    threshold = parts.real(threshold, "threshold", strict=False)
     if threshold >= 1:
         raise ConstructionError(f"threshold must be in [0, 1), got {threshold}")
     lay = ResidualLayout.of([("x", d, "x"), ("y", 1, "y"), ("one", 1, "one"), ("psi", 1, "zero"),
@@ -437,5 +360,295 @@ def binary_test(d: int, eps: float = 0.1, threshold: float = 0.5) -> Constructio
     thr = [dict(W_Q=lay.read({"psi": [[s]], "one": [[-s * t]]}, 1), W_K=lay.read({"one": [[1.0]]}, 1),
                 W_V=lay.read({"one": [[1.0]]}, 1), W_O=lay.write({"test": [[sign]]}, 1))
            for t, sign in ((threshold, 1.0), (1.0, -1.0))]
-    blocks = [BlockSpec(AttentionSpec.from_heads("relu", psi)), BlockSpec(AttentionSpec.from_heads("relu", thr))]
+    blocks = [parts.block("relu", psi), parts.block("relu", thr)]
     return Construction("binary_test", dict(d=d, eps=eps, threshold=threshold), blocks, lay, d, step_blocks=2)
+
+
+# -- claims: cases and bounds ---------------------------------------------------------------------------
+def _torch(p: Prompt):
+    return tuple(torch.from_numpy(a) for a in p.arrays)
+
+
+def _relu_gd_case(p, k):
+    lr = stable_lr(p.X, k.lr_factor)
+    mask = masking_constant(k.log10_mask, score_bound(*_torch(p), 0.0))
+    return relu_gd(p.spec.d, k.steps, lr, mask_const=mask), GD(k.steps, lr=lr)
+
+
+def _relu_ridge_case(p, k):
+    lam = ridge_lam(p.X, k.log10_lam)
+    lr = stable_lr(p.X, k.lr_factor, lam)
+    mask = masking_constant(k.log10_mask, score_bound(*_torch(p), lam))
+    return relu_gd(p.spec.d, k.steps, lr, lam=lam, mask_const=mask), GD(k.steps, lr=lr, lam=lam)
+
+
+def _iterates_in_every_token(p, k, c):
+    """The replicated ``w`` slot of every token after step t equals GD's ``w_t``."""
+    ref = GD(k.steps, lr=c.params["lr"], lam=c.params["lam"]).fit(p.X, p.y)
+    return slot_matches_iterates(p, c, ref)
+
+
+#: duality-gap target of the LASSO reference solution (relative to max(1, F(0)))
+LASSO_GAP = 1e-12
+
+
+def _lasso_case(p, k):
+    lam = lasso_lam(p.X, p.y, k.log10_lam)
+    lr = stable_lr(p.X, k.lr_factor / 2)  # <= 1/L: the O(1/L) objective bound's step limit
+    mask = masking_constant(k.log10_mask, lasso_score_bound(*_torch(p), lam))
+    return lasso_ista(p.spec.d, k.steps, lr, lam, mask_const=mask), ISTA(k.steps, lr, lam)
+
+
+def _lasso_bounds(p, k, c) -> Comparison:
+    """ISTA's rate: ``F(w_t) - F* <= |w*|^2 / (2 lr t)``, F* certified by a duality gap."""
+    lr, lam = c.params["lr"], c.params["lam"]
+    ref = ISTA(k.steps, lr, lam).fit(p.X, p.y)
+    w_star, lower = lasso_solution(p.X, p.y, lam, gap=LASSO_GAP)
+    F = np.stack([lasso_objective(p.X, p.y, w, lam) for w in ref.iterates_[1:]])  # [S, B]
+    t = np.arange(1, k.steps + 1)[:, None]
+    F0 = np.maximum(1.0, (p.y**2).sum(-1) / (2 * p.spec.n))  # F(0): the scale of every objective value
+    roundoff = LASSO_GAP * F0 + tolerance(torch.float64, p.spec.n, p.spec.d, F0[None])[0]  # certificate + evaluation
+    allowed = (w_star**2).sum(-1)[None] / (2 * lr * t) + roundoff[None]
+    dev = np.maximum(F - lower[None], 0.0)[..., None]
+    return Comparison(dev, np.zeros_like(dev), allowed[..., None], allowed[..., None])
+
+
+def _glm_case(p, k):
+    y01 = (p.y > 0).astype(np.float64)
+    p01 = Prompt(p.X, y01, p.Xq, p.w_star, p.spec)
+    x_bound = float(np.linalg.norm(np.concatenate([p.X, p.Xq], 1), axis=-1).max())
+    lr = k.lr_factor * 4.0 / x_bound**2
+    radius = logistic_radius(k.steps, lr, x_bound)
+    c = logistic_gd(p.spec.d, k.steps, lr, k.heads, x_bound, mask_const=masking_constant(k.log10_mask, max(1.0, 2 * radius)))
+    return c, LogisticGD(k.steps, lr, sigmoid_knots(k.heads, radius)[0]), p01
+
+
+def _glm_bounds(p, k, c) -> Comparison:
+    """Bai Thm 13: ``|w_hat_t - w_t| <= eps t lr x_bound`` against exact logistic GD."""
+    lr, x_bound, heads = c.params["lr"], c.params["x_bound"], c.params["heads"]
+    eps_fit = sigmoid_fit_error(heads, logistic_radius(k.steps, lr, x_bound))
+    exact = LogisticGD(k.steps, lr).fit(p.X, p.y)
+    W = np.asarray(c.read_slot(*p.arrays, "w"), dtype=np.float64)[1:, :, -1]  # query token's w: [S, B, d]
+    dev = np.linalg.norm(W - exact.iterates_[1:], axis=-1)[..., None]
+    t = np.arange(1, k.steps + 1)[:, None, None]
+    scale = np.maximum.accumulate(exact.magnitude_, axis=0)[1:][..., None]
+    allowed = eps_fit * t * lr * x_bound + tolerance(c.dtype, p.spec.n, p.spec.d, scale)
+    return Comparison(dev, np.zeros_like(dev), allowed, scale)
+
+
+def select_split(n: int) -> int:
+    """The claims' train split: 60% of the examples (at least 1 of each)."""
+    return max(1, min(n - 1, int(np.ceil(0.6 * n))))
+
+
+def _select_case(p, k):
+    n_train = select_split(p.spec.n)
+    Xtr = p.X[:, :n_train]
+    base = ridge_lam(Xtr, k.log10_lam - 1.0)
+    lams = [base * 10.0**j for j in range(3)]
+    lr = stable_lr(Xtr, k.lr_factor, lams[-1])
+    gamma = float(10.0**k.log10_gamma * np.mean(p.y**2))
+    bound = max(float(select_score_bound(*_torch(p), lam, n_train).max()) for lam in lams)
+    c = ridge_select(p.spec.d, lams, k.steps, lr, n_train, p.spec.n - n_train, gamma,
+                     mask_const=masking_constant(k.log10_mask, bound))
+    return c, RidgeSelect(lams, k.steps, lr, n_train, gamma)
+
+
+def _select_bounds(p, k, c) -> Comparison:
+    """Validation loss of the selected predictor <= min_k L_k + gamma, after every step."""
+    n_train, gamma = c.params["n_train"], c.params["gamma"]
+    Xv, yv = p.X[:, n_train:], p.y[:, n_train:]
+    ref = RidgeSelect(c.params["lams"], k.steps, c.params["lr"], n_train, gamma).fit(p.X, p.y)
+    cmp = compare_trace(c, RidgeSelect(c.params["lams"], k.steps, c.params["lr"], n_train, gamma), p.X, p.y, Xv)
+    loss = ((cmp.model - yv[None]) ** 2).mean(-1)  # [S, B]
+    slack = 2 * np.sqrt(loss) * cmp.tol.max(-1)  # round-off of the predictions, propagated to the loss
+    dev = np.maximum(loss - ref.losses_[1:].min(-1), 0.0)[..., None]
+    allowed = (gamma + slack)[..., None]
+    return Comparison(dev, np.zeros_like(dev), allowed, allowed)
+
+
+def _binary_case(p, k):
+    """Labels by the knobs' seed: exactly binary (y > 0), binary with one label moved by up to
+    2 eps, or the prompt's real-valued labels; threshold 1 - 1/(2n) flags one non-binary label."""
+    eps = 0.1
+    kind = k.seed % 3
+    y = p.y.copy()
+    if kind < 2:
+        y = (p.y > 0).astype(np.float64)
+        if kind == 1:
+            y[:, 0] += np.random.default_rng(k.seed).uniform(-2 * eps, 2 * eps, size=y.shape[0])
+    threshold = 1.0 - 0.5 / p.spec.n
+    return binary_test(p.spec.d, eps, threshold), BinaryTest(eps, threshold), Prompt(p.X, y, p.Xq, p.w_star, p.spec)
+
+
+# -- proofs ---------------------------------------------------------------------------------------------
+def relu_gd_induction(lam: float = 0.0, lr: float = LR):
+    """Bai et al.: the iterate w replicated in every token's ``w`` slot, for symbolic d and n."""
+    import sympy as sp
+
+    from verify import symbolic as S
+
+    lr_, lm = S.exact(lr), S.exact(lam)
+    WC = sp.MatrixSymbol("w", S.d, 1)
+
+    def state(v):
+        w = v["w"]
+        return [S.context(x=S.X, y=S.Y, w=w * sp.OneMatrix(1, S.n)), S.query(x=S.XQ, y=S.Z11, w=w)]
+
+    def step(v, layer):
+        return dict(w=v["w"] - lr_ * (S.X * (S.X.T * v["w"] - S.Y.T) / S.n + lm * v["w"]))
+
+    return S.Induction(lambda dd: relu_gd(dd, 2, lr=lr, lam=lam, mask_const=MASK), dict(w=WC), state, step,
+                       dict(w=sp.ZeroMatrix(S.d, 1)), lambda v: v["w"].T * S.XQ)
+
+
+def _rational_prompts(seeds=(0, 1, 2), **spec):
+    from verify import exact as ex
+
+    for seed in seeds:
+        yield ex.rational_prompt(PromptSpec(seed=seed, **spec))
+
+
+def lasso_exact(c: Construction | None = None) -> Outcome:
+    """lasso_ista(d=3, 4 steps) equals ISTA in exact rational arithmetic (zero tolerance)."""
+    from verify import exact as ex
+
+    c = c or lasso_ista(3, 4, lr=LR, lam=LAM, mask_const=MASK)
+    ok = all(ex.trace_equals(c, ISTA(4, Fraction(LR), Fraction(LAM)), *pr) for pr in _rational_prompts(B=2, n=6, d=3, m=2))
+    return Outcome(ok, "lasso_ista(d=3, 4 steps) = ISTA exactly on 3x2 rational prompts (n=6)")
+
+
+def soft_threshold_lemma(c: Construction | None = None) -> Outcome:
+    """The soft-threshold MLP of lasso_ista, read from the factory at d = 1, is the soft threshold."""
+    from verify.symbolic import lemma_soft_threshold
+
+    c = c or lasso_ista(1, 1, lr=LR, lam=LAM, mask_const=MASK)
+    m = next(b.mlp for b in c.blocks if b.mlp is not None)
+    w = c.layout["w"].start
+    return lemma_soft_threshold(lambda: (m.W_in[w], m.b_in, m.W_out[:, w], m.b_out[w], np.float64(LR * LAM)))
+
+
+def selection_exact(c: Construction | None = None) -> Outcome:
+    from verify import exact as ex
+
+    lams, n_tr, n_val, gamma = [1 / 16, 1 / 2], 4, 4, 1 / 4
+    c = c or ridge_select(2, lams, 2, lr=LR, n_train=n_tr, n_val=n_val, gamma=gamma, mask_const=MASK)
+    ref = RidgeSelect([Fraction(v) for v in lams], 2, Fraction(LR), n_tr, Fraction(gamma))
+    ok = all(ex.trace_equals(c, ref, *pr) for pr in _rational_prompts(B=2, n=n_tr + n_val, d=2, m=2))
+    return Outcome(ok, "ridge_select(d=2, 2 lams, 2 steps) = GD + validation + selection exactly on 3x2 "
+                       "rational prompts (4 train + 4 validation)")
+
+
+def binary_exact(c: Construction | None = None) -> Outcome:
+    """The binary test in exact arithmetic (eps = 1/8, threshold = 1/2) on binary, nearly binary
+    and real-valued labels."""
+    from verify import exact as ex
+
+    c = c or binary_test(3, eps=0.125, threshold=0.5)
+    ok = True
+    for i, (Xc, y, Xq) in enumerate(_rational_prompts(seeds=(0, 1, 2), B=2, n=6, d=3, m=1)):
+        y = (y > 0).astype(float) + (np.array([0.0625, 0.0])[:, None] * (np.arange(6) == 0) if i == 1 else 0)
+        y = y if i < 2 else np.round(y * 16) / 16
+        ok &= ex.trace_equals(c, BinaryTest(Fraction(1, 8), Fraction(1, 2)), Xc, y, Xq)
+    return Outcome(ok, "binary_test(d=3) = psi-and-threshold exactly on binary, nearly binary and real labels")
+
+
+# -- registration -------------------------------------------------------------------------------------------
+def _gd_baseline(prep, c):
+    return lambda: baselines.gd(prep.X, prep.y, c.steps, lr=c.params["lr"], lam=c.params.get("lam", 0.0))
+
+
+register(
+    relu_gd, summary="one GD step with ReLU attention; the iterate sits in every token",
+    source="Bai et al. 2023, Prop. C.2, Cor. C.1", exactness="exact",
+    bench=Bench(lambda d, n: dict(steps=10, lr=0.01), baseline=_gd_baseline),
+    claims=[
+        Claim("bai23-icgd", "Bai et al. 2023", "Prop. C.2 / Thm 13 (square loss)",
+              "ReLU attention, 2 sign-split heads per layer: every token's w slot after layer t is the GD iterate "
+              "w_t; a 2-head readout layer writes <w_t, x_q> (query gated by -B(1-t_j), B varied)",
+              "GD iterates (numpy)", _relu_gd_case, GD, bounds=_iterates_in_every_token,
+              proof=Proof("general", (lemma("lemma sign split", "lemma_sign_split"),
+                                      induction("induction relu_gd", relu_gd_induction)))),
+        Claim("bai23-ridge-relu", "Bai et al. 2023", "Cor. C.1 / Thm 4 (l2 head)",
+              "a third ReLU head with constant score adds -lr*lam*w: each layer is one GD step on the ridge objective",
+              "GD iterates on the ridge objective (numpy)", _relu_ridge_case, GD, variant="lam>0",
+              bounds=_iterates_in_every_token,
+              proof=Proof("general", (lemma("lemma sign split", "lemma_sign_split"),
+                                      induction("induction relu_gd(lam>0)", lambda: relu_gd_induction(LAM))))),
+    ],
+)
+
+register(
+    lasso_ista, summary="one ISTA step: attention GD and a soft-threshold ReLU MLP", source="Bai et al. 2023, Thm 10",
+    exactness="exact per step; gap O(1/L)",
+    bench=Bench(lambda d, n: dict(steps=10, lr=0.01, lam=0.01), baseline=_gd_baseline),
+    claims=[
+        Claim("bai23-lasso", "Bai et al. 2023", "Thm 10, Prop. C.1 (ISTA, soft-threshold MLP)",
+              "attention GD step + 4d-ReLU soft-threshold MLP per layer = one ISTA step; objective gap "
+              "F(w_t) - F* <= |w*|^2/(2 lr t)",
+              "ISTA iterates; FISTA solution with a duality-gap certificate (numpy)", _lasso_case, ISTA,
+              prompt=dict(log10_kappa=(0.0, 1.5)), bounds=_lasso_bounds,
+              proof=Proof("exact-rational", (Part("lemma soft-threshold MLP", soft_threshold_lemma),
+                                             Part("exact lasso_ista", lasso_exact)))),
+    ],
+)
+
+
+def _logistic_baseline(prep, c):
+    return lambda: baselines.gd(prep.X, prep.y, c.steps, lr=c.params["lr"], link=torch.sigmoid)
+
+
+register(
+    logistic_gd, summary="one logistic-GD step, with σ a sum of `heads` ReLUs", source="Bai et al. 2023, Thm 13",
+    exactness="approximate: ‖ŵ_t − w_t‖ ≤ ε·t·η·B_x, ε ~ heads⁻²",
+    bench=Bench(lambda d, n: dict(steps=10, lr=1.0, heads=8, x_bound=1.0), labels="binary",
+                baseline=_logistic_baseline),
+    claims=[
+        Claim("bai23-glm", "Bai et al. 2023", "Thm 13 (GLM / logistic ICGD)",
+              "GD on the logistic loss with sigma replaced by `heads` ReLUs is exact GD with the interpolant, and "
+              "|w_hat_t - w_t| <= eps*t*lr*B_x against exact logistic GD (eps = fit error ~ heads^-2)",
+              "logistic GD with the interpolated / the exact sigmoid (numpy)", _glm_case, LogisticGD,
+              bounds=_glm_bounds,
+              proof=Proof("none", note="approximate (sum-of-ReLU sigmoid); its error rate is checked numerically")),
+    ],
+)
+
+
+def _select_baseline(prep, c):
+    P, ntr = c.params, c.params["n_train"]
+    return lambda: [baselines.gd(prep.X[:, :ntr], prep.y[:, :ntr], c.steps, lr=P["lr"], lam=lam) for lam in P["lams"]]
+
+
+register(
+    ridge_select, summary="ridge GD for each λ; exact validation losses; λ chosen in context",
+    source="Bai et al. 2023, Prop. 15, Thm 16", exactness="exact; validation loss ≤ best + γ",
+    bench=Bench(lambda d, n: dict(lams=(0.01, 0.1, 1.0), steps=10, lr=0.01, gamma=0.01, n_train=n - n // 4,
+                                  n_val=n // 4, mask_const=1e9), baseline=_select_baseline),
+    claims=[
+        Claim("bai23-selection", "Bai et al. 2023", "Prop. 15, Thm 16 (post-ICL validation)",
+              "GD for 3 ridge lambdas in parallel heads, exact validation losses, ReLU-MLP selection and aggregation "
+              "= the numpy selection rule; the selected predictor's validation loss <= min_k L_k + gamma",
+              "train/validation split + selection rule (numpy)", _select_case, RidgeSelect,
+              prompt=dict(n=(4, 40)), bounds=_select_bounds,
+              proof=Proof("exact-rational", (Part("exact ridge_select", selection_exact),))),
+    ],
+)
+
+
+def _binary_baseline(prep, c):
+    y, eps, t = prep.y, c.params["eps"], c.params["threshold"]
+    return lambda: (((y.abs() <= eps) | ((y - 1).abs() <= eps)).to(y.dtype).mean(-1) >= t)
+
+
+register(
+    binary_test, summary="pre-ICL test: are all labels binary? 6 ReLU heads sum psi(y_i), 2 heads threshold",
+    source="Bai et al. 2023, Lemma 18, Cor. H.1", exactness="exact",
+    bench=Bench(lambda d, n: dict(eps=0.1, threshold=0.5), labels="binary", baseline=_binary_baseline),
+    claims=[
+        Claim("bai23-binary-test", "Bai et al. 2023", "Lemma 18, Cor. H.1 (pre-ICL testing)",
+              "one ReLU layer with 6 heads writes Psi = (1/n) sum_i psi(y_i) (psi: two triangular bumps of width eps at "
+              "0 and 1, exactly 6 ReLUs), a 2-head layer thresholds it: 1 iff all labels are binary",
+              "the same psi and threshold (numpy)", _binary_case, BinaryTest, prompt=dict(n=(2, 40)),
+              proof=Proof("exact-rational", (Part("exact binary_test", binary_exact),))),
+    ],
+)

@@ -78,6 +78,17 @@ class Construction:
     ``constants``: ``{slot: vector}`` added to that slot of every token at embedding
     (a constant embedding, e.g. an initial state replicated in every token).
     ``step_blocks``: blocks per algorithm step (default 1: one layer = one step).
+    ``domain(X, y, Xq)``: the construction's stated domain, run by :meth:`prepare` unless
+    ``check=False``: it receives the validated prompt as float64 torch tensors ``X [B, n, d]``,
+    ``y [B, n]``, ``Xq [B, m, d]`` (finite, shapes and d checked, on the model's device),
+    returns nothing, and raises :class:`ConstructionError` naming the violated condition, the
+    prompt of the batch and the fix (the checks of :mod:`constructions.parts` do this).
+
+    The path of a prompt: :meth:`prepare` (validate, batch, cast) -> :meth:`embed` (the
+    residual stream ``[B, T, D]`` filled slot by slot, ``T = n_keys(n) + m``) ->
+    ``model(h, n_keys(n), norm=n)`` (the transformer; ``hooks=``, ``cache=``, ``heads=`` as in
+    :mod:`constructions.transformer`) -> :meth:`read` (the readout slot of the query tokens,
+    with its sign).  :meth:`run_with_hooks` does all of it with hooks.
     """
 
     name: str
@@ -255,6 +266,18 @@ class Construction:
         return t.detach().cpu().numpy() if p.as_numpy else t.detach()
 
     # -- public evaluation -------------------------------------------------
+    def run_with_hooks(self, X, y, Xq, hooks: dict | None = None, cache: dict | None = None, heads: bool = False,
+                       check: bool = True):
+        """Predictions ``[B, m]`` (or ``[m]``) of the forward pass with hook functions
+        ``{name: fn(tensor) -> tensor or None}`` (a returned tensor replaces the value) and an
+        optional ``cache`` dict that receives every hook point (names in
+        :mod:`constructions.transformer`; ``heads=True`` adds the per-head points)."""
+        p = self.prepare(X, y, Xq, check)
+        n = p.X.shape[1]
+        with torch.no_grad():
+            h = self.model(self.embed(p), self.n_keys(n), norm=n, hooks=hooks, cache=cache, heads=heads)
+        return self._out(self.read(h, self.n_keys(n)), p)
+
     def residuals(self, X, y, Xq, check: bool = True):
         """All residual streams ``[L+1, B, T, D]`` (input first; T includes any extra tokens)."""
         p = self.prepare(X, y, Xq, check)
@@ -266,8 +289,9 @@ class Construction:
         return hs.cpu().numpy() if p.as_numpy else hs
 
     def read_slot(self, X, y, Xq, slot: str, check: bool = True):
-        """The named slot of every token after every step block: ``[S+1, B, T, size]``
-        (index 0 is the embedding).  E.g. Bai et al.'s replicated iterate ``w``."""
+        """The named slot of every token after every step: ``[S+1, B, T, size]`` (``[S+1, T, size]``
+        unbatched; index 0 is the embedding, index t the stream after step t's blocks; T counts
+        the extra tokens).  E.g. Bai et al.'s replicated iterate ``w``."""
         hs = self.residuals(X, y, Xq, check)
         return hs[: self.n_step_blocks + 1 : self.step_blocks, ..., self.layout[slot].index]
 

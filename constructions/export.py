@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .errors import ConstructionError
+from .spec import attention_pattern
 
 
 def _tl():
@@ -103,22 +104,16 @@ def pattern_hooks(c, n_keys: int, norm: int) -> list:
         def pattern(p, hook, layer=layer, kind=kind):
             s = scores.pop(layer)
             keys = n_keys if c.mask_query else s.shape[-1]
-            s = s[..., :keys]
-            if kind == "linear":
-                new = s / norm
-            elif kind == "relu":
-                new = torch.relu(s) / norm
-            else:
-                new = torch.softmax(s, dim=-1)
+            new = attention_pattern(kind, s[..., :keys], norm)
             return torch.nn.functional.pad(new, (0, p.shape[-1] - keys))
 
         hooks += [(f"blocks.{layer}.attn.hook_attn_scores", keep), (f"blocks.{layer}.attn.hook_pattern", pattern)]
     return hooks
 
 
-def predict(model, c, X, y, Xq) -> np.ndarray:
+def predict(model, c, X, y, Xq, check: bool = True) -> np.ndarray:
     """``c.predict(X, y, Xq)`` computed by the exported ``model`` (batched numpy in and out)."""
-    p = c.prepare(X, y, Xq)
+    p = c.prepare(X, y, Xq, check)
     n = p.X.shape[1]
     h = c.embed(p)
     with torch.no_grad():

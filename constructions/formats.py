@@ -2,7 +2,7 @@
 
 Toolkit prompt: X ``[B, n, d]``, y ``[B, n]``, Xq ``[B, m, d]`` (numpy).  Every
 ``to_*`` has a ``from_*`` inverse (exact: values are only moved), and every format
-states where its prediction is read and with which sign (claims.md sec. 1.1, 11.1):
+states where its prediction is read and with which sign (docs/pitfalls.md #1):
 
 ============  ==========================================  ====================  ======
 format        tokens                                      prediction            sign

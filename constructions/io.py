@@ -2,8 +2,10 @@
 
 A file holds the model's parameters (``blocks.{l}.attn.W_Q`` ... in TransformerLens
 naming, in the model's dtype) and string metadata: ``format``, the toolkit
-``version``, the construction ``name``, its factory ``params`` (JSON), its
-``layout`` (JSON) and ``dtype``.  :func:`load` rebuilds the construction from the
+``version``, the construction ``name``, the ``module`` that registers it, its factory
+``params`` (JSON), its ``layout`` (JSON) and ``dtype``.  Any registered construction can
+be saved; loading one of a user's needs its module imported first (a file never imports
+code: the module is only named in the error).  :func:`load` rebuilds the construction from the
 metadata with its factory and accepts the file only if every stored tensor is
 bit-identical to the rebuilt one, so a loaded model gives bit-identical predictions
 and a tampered, truncated or mismatched file is rejected with a
@@ -26,9 +28,9 @@ def _state(c) -> dict:
 
 
 def _rebuild(name: str, params: dict, dtype: str):
-    import constructions
+    from . import registry
 
-    c = constructions.build(name, **params)
+    c = registry.build(name, **params)
     return c.to(dtype.replace("torch.", "")) if dtype != "torch.float64" else c
 
 
@@ -37,19 +39,20 @@ def save(c, path) -> Path:
     weights were changed after its factory built it (it could not be rebuilt on load)."""
     from safetensors.torch import save_file
 
-    from . import __version__
+    from . import __version__, registry
 
     try:
         params = json.dumps(c.params)
     except TypeError as e:
         raise ConstructionError(f"the parameters of {c.name} are not JSON-serialisable: {e}") from None
-    mine, rebuilt = _state(c), _state(_rebuild(c.name, c.params, str(c.dtype)))
+    again = _rebuild(c.name, c.params, str(c.dtype))
+    mine, rebuilt = _state(c), _state(again)
     if mine.keys() != rebuilt.keys() or any(not torch.equal(mine[k], rebuilt[k]) for k in mine) \
-            or c.mask_query != _rebuild(c.name, c.params, str(c.dtype)).mask_query:
+            or c.mask_query != again.mask_query or c.model.mask_query != again.model.mask_query:
         raise ConstructionError(f"this {c.name} construction differs from what its factory builds from its params "
                                 "(weights or masking changed after building), so it cannot be saved reproducibly")
-    meta = dict(format=FORMAT, version=__version__, name=c.name, params=params, dtype=str(c.dtype),
-                layout=json.dumps(c.layout.describe()))
+    meta = dict(format=FORMAT, version=__version__, name=c.name, module=registry.entry(c.name).module, params=params,
+                dtype=str(c.dtype), layout=json.dumps(c.layout.describe()))
     path = Path(path)
     save_file(mine, str(path), metadata=meta)
     return path
@@ -80,6 +83,12 @@ def load(path):
         name, params, dtype = meta["name"], json.loads(meta["params"]), meta["dtype"]
     except (KeyError, json.JSONDecodeError) as e:
         raise ConstructionError(f"{path} has broken metadata ({e})") from None
+    from . import registry
+
+    if name not in registry.names():
+        raise ConstructionError(f"{path} holds a {name!r} construction, which is not registered here; import the "
+                                f"module that registers it first ({meta.get('module', 'unknown')!r}, e.g. "
+                                "icl-verify --import MODULE)")
     c = _rebuild(name, params, dtype)
     rebuilt = _state(c)
     if stored.keys() != rebuilt.keys():

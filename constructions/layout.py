@@ -29,7 +29,7 @@ elsewhere), on query tokens all -1; a head gated by entry t admits token t only.
 
 ``t`` is Bai et al.'s token type.  The gates are ``indicator - 1``: a ReLU head
 adds ``B * gate_j`` to its score, which is an exact 0 on the tokens it admits
-(whatever the summation order) and ``-B`` on the others (claims.md sec. 11.15).
+(whatever the summation order) and ``-B`` on the others (docs/pitfalls.md #15).
 
 The readout (which slot, which sign) belongs to the layout: the prediction
 for a query token is ``sign * token[slot]``.

@@ -3,7 +3,7 @@
 Notation: a prompt is a sequence of T tokens (Akyurek's columns); D residual width;
 slots name the hidden rows.  Every primitive is one block of the toolkit's
 transformer (:mod:`constructions.transformer`) and *approximate*; its knob lives
-in :class:`RawConfig` (claims.md sec. 2.2, App. C):
+in :class:`RawConfig` (Akyurek et al. 2022, Lemma 1 and App. C):
 
 ================  ==========================================  ================================  ===========
 primitive         mechanism                                   error (predicted)                 knob
@@ -32,12 +32,18 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
+from verify.claims import Claim, Proof
+from verify.tolerance import C, Comparison, eps
+
+from . import parts
 from .construction import Construction
 from .errors import ConstructionError
 from .layout import Readout, ResidualLayout
-from .linear_gd import _positive_int, _real
-from .transformer import AttentionSpec, BlockSpec, MLPSpec
+from .registry import Bench, register
+from .spec import AttentionSpec, BlockSpec
+from .transformer import Transformer
 
 
 @dataclass(frozen=True)
@@ -48,24 +54,6 @@ class RawConfig:
     passthrough: float = 10.0  # P: aff's GeLU pass-through offset
     mul_scale: float = 1e-3  # s: mul's GeLU input scale
     ln_pad: float = 1e4  # M: div's LayerNorm padding
-
-
-def _gelu_mlp(lay: ResidualLayout, units: list[tuple[dict, float, dict]], bias_out: dict | None = None,
-              layernorm: bool = False) -> MLPSpec:
-    """A GeLU MLP from units ``(reads {slot: vector}, bias, writes {slot: vector})``."""
-    F = len(units)
-    W_in, W_out = np.zeros((lay.width, F)), np.zeros((F, lay.width))
-    b_in = np.zeros(F)
-    for f, (reads, b, writes) in enumerate(units):
-        for s, v in reads.items():
-            W_in[lay[s].index, f] += v
-        for s, v in writes.items():
-            W_out[f, lay[s].index] += v
-        b_in[f] = b
-    b_out = np.zeros(lay.width)
-    for s, v in (bias_out or {}).items():
-        b_out[lay[s].index] += v
-    return MLPSpec("gelu", W_in, b_in, W_out, b_out, layernorm=layernorm)
 
 
 def _e(size: int, i: int) -> np.ndarray:
@@ -97,7 +85,7 @@ def aff(lay: ResidualLayout, reads: dict, bias, dst: str, cfg: RawConfig) -> Blo
         r = {s: np.asarray(M, dtype=np.float64)[:, j] for s, M in reads.items()}
         r[dst] = r.get(dst, 0) - _e(k, j)  # overwrite: subtract the old value
         units.append((r, cfg.passthrough + bias[j], {dst: _e(k, j)}))
-    return BlockSpec(None, _gelu_mlp(lay, units, {dst: -cfg.passthrough * np.ones(k)}))
+    return BlockSpec(None, parts.units_mlp(lay, "gelu", units, {dst: -cfg.passthrough * np.ones(k)}))
 
 
 def mul(lay: ResidualLayout, A: str, B: str, dst: str, a: int, b: int, c: int, cfg: RawConfig) -> BlockSpec:
@@ -115,7 +103,7 @@ def mul(lay: ResidualLayout, A: str, B: str, dst: str, a: int, b: int, c: int, c
                 reads = {A: xa, B: yb} if A != B else {A: xa + yb}
                 units += [(reads, 0.0, {dst: kappa * out[dst]}), ({A: xa}, 0.0, {dst: -kappa * out[dst]}),
                           ({B: yb}, 0.0, {dst: -kappa * out[dst]})]
-    return BlockSpec(None, _gelu_mlp(lay, units))
+    return BlockSpec(None, parts.units_mlp(lay, "gelu", units))
 
 
 def div(lay: ResidualLayout, num: str, den: tuple[str, int], dst: str, cfg: RawConfig) -> BlockSpec:
@@ -136,7 +124,7 @@ def div(lay: ResidualLayout, num: str, den: tuple[str, int], dst: str, cfg: RawC
     attn = AttentionSpec.from_heads("softmax", [head], causal=True, null_score=cfg.attn_gap / 2)
     g = cfg.ln_pad * math.sqrt(2.0 / D)
     units = [({num: _e(k, j)}, cfg.passthrough, {dst: g * _e(k, j)}) for j in range(k)]
-    mlp = _gelu_mlp(lay, units, {dst: -g * cfg.passthrough * np.ones(k)}, layernorm=True)
+    mlp = parts.units_mlp(lay, "gelu", units, {dst: -g * cfg.passthrough * np.ones(k)}, layernorm=True)
     return BlockSpec(attn, mlp)
 
 
@@ -147,8 +135,6 @@ class InterleavedConstruction(Construction):
     read from the last token."""
 
     def embed(self, p):
-        import torch
-
         B, n, d = p.X.shape
         T = 2 * n + p.Xq.shape[1]
         if T != self.layout["pos"].size:
@@ -169,12 +155,12 @@ class InterleavedConstruction(Construction):
 def raw_gd(d: int, w0, lr: float, lam: float = 0.0, config: RawConfig | dict = RawConfig()) -> Construction:
     """One gradient step on one exemplar from Akyurek et al.'s primitives (Thm 1).
 
-    **Theorem** (Akyurek et al. 2022, Thm 1 / App. A, claims.md sec. 2.3).  On the causal
+    **Theorem** (Akyurek et al. 2022, Thm 1 / App. A).  On the causal
     prompt ``[x_1, y_1, x_2]`` the last token's ``out`` slot approximates ``w'^T x_2`` with
     ``w' = w - 2 lr (x_1 (w^T x_1 - y_1) + lam w)``, the step on ``(w^T x - y)^2 + lam |w|^2``
     from the fixed ``w = w0`` (written by a bias).  This is Akyurek's convention (loss
-    without 1/2, hence the 2; claims.md sec. 11.4 notes the appendix's lam vs 2 lam; we use
-    the gradient of the stated loss).
+    without 1/2, hence the 2; the appendix writes lam in one place and 2 lam in another,
+    docs/pitfalls.md #4; we use the gradient of the stated loss).
 
     **Chain** (9 primitives, one block each): mov x_1 -> token 1; aff ``p = w^T x_1``; aff
     ``e = p - y``; mul ``g = x_1 e``; aff ``w`` (bias); aff ``r = g + lam w``; aff
@@ -192,8 +178,8 @@ def raw_gd(d: int, w0, lr: float, lam: float = 0.0, config: RawConfig | dict = R
     must satisfy ``|v| < P`` (``config.passthrough``); in float32 use ``s ~ 1e-3``: the
     round-off ``eps/s`` dominates below (``docs/akyurek.md``).
     """
-    d = _positive_int(d, "d")
-    lr, lam = _real(lr, "lr"), _real(lam, "lam", strict=False)
+    d = parts.positive_int(d, "d")
+    lr, lam = parts.real(lr, "lr"), parts.real(lam, "lam", strict=False)
     w0 = np.asarray(w0, dtype=np.float64)
     if w0.shape != (d,) or not np.isfinite(w0).all():
         raise ConstructionError(f"w0 must be a finite vector of shape ({d},), got {w0.shape}")
@@ -214,10 +200,168 @@ def raw_gd(d: int, w0, lr: float, lam: float = 0.0, config: RawConfig | dict = R
         mul(lay, "wq", "x", "out", 1, d, 1, cfg),
     ]
 
-    def split(n: int) -> int:
-        if n != 1:
-            raise ConstructionError(f"raw_gd takes one exemplar (n=1), got n={n}")
-        return n
-
+    split = parts.fixed_examples(1, "raw_gd", "it takes one exemplar (Akyurek's Thm 1)")
     return InterleavedConstruction("raw_gd", dict(d=d, w0=w0.tolist(), lr=lr, lam=lam, config=dict(cfg.__dict__)),
                                    blocks, lay, d, mask_query=False, split=split, step_blocks=9)
+
+
+# -- claims: each primitive within its predicted error, and Thm 1's O(s^2) term ---------------------------
+U = C * eps(torch.float64)
+
+
+def primitive_layout(k: int) -> ResidualLayout:
+    """The stream of the primitive checks: operand slots a, b (size k) and c, scratch dst, pads."""
+    return ResidualLayout.of([("a", k, "zero"), ("b", k, "zero"), ("c", 1, "zero"), ("dst", k, "zero"),
+                              ("pos", 3, "zero"), ("pad", 2, "zero"), ("bal", 1, "zero")], Readout("c"))
+
+
+def primitive_errors(h: np.ndarray, cfg: RawConfig, k: int, dtype=torch.float64) -> dict:
+    """``{name: (error [B], bound [B])}`` for mov, aff, mul and div on streams ``h [B, 3, D]``
+    whose slots a, b (size k) and c (size 1) hold the operands (dst, pad, bal zero).  With
+    ``dtype=torch.float32`` the blocks run in float32 on the float32-rounded stream (the
+    errors are against exact results on that stream; the bounds stay the float64 ones)."""
+    h = h.astype(np.float32).astype(np.float64) if dtype == torch.float32 else h
+
+    def _run(block, h):
+        with torch.no_grad():
+            return Transformer([block]).to(dtype)(torch.from_numpy(h).to(dtype), h.shape[1]).double().numpy()
+
+    lay = primitive_layout(k)
+    a, b, c, dst = (lay[s].index for s in ("a", "b", "c", "dst"))
+    out = {}
+    # mov: token 0's a -> token 2's dst; tokens 0, 1 must stay 0
+    r = _run(mov(lay, "a", "dst", 0, 2, cfg), h)
+    want = np.zeros_like(r[:, :, dst])
+    want[:, 2] = h[:, 0, a]
+    vmax = np.abs(h[:, :, a]).max((1, 2))
+    out["mov"] = (np.abs(r[:, :, dst] - want).max((1, 2)), 2 * 3 * math.exp(-cfg.attn_gap / 2) * vmax + U * vmax)
+    # aff: dst <- 2 a - b + 0.5 (every token)
+    r = _run(aff(lay, {"a": 2 * np.eye(k), "b": -np.eye(k)}, 0.5, "dst", cfg), h)
+    v = 2 * h[:, :, a] - h[:, :, b] + 0.5
+    P, vm = cfg.passthrough, np.abs(v).max((1, 2))
+    phi = np.array([0.5 * math.erfc((P - x) / math.sqrt(2)) for x in vm])
+    out["aff"] = (np.abs(r[:, :, dst] - v).max((1, 2)), (P + vm) * phi + U * (P + vm))
+    # mul: dst += a (k x 1) * c (1 x 1)
+    r = _run(mul(lay, "a", "c", "dst", k, 1, 1, cfg), h)
+    x, y = h[:, :, a], h[:, :, c]
+    s = cfg.mul_scale
+    q4, q6 = (x + y) ** 4 - x**4 - y**4, (x + y) ** 6 - x**6 - y**6
+    bound = s**2 * np.abs(q4) / 12 + s**4 * (np.abs(q6) / 80 + 1) + U * (1 + (np.abs(x) + np.abs(y)) ** 2) / s
+    out["mul"] = (np.abs(r[:, :, dst] - x * y).max((1, 2)), (bound - 0).max((1, 2)))
+    # div: dst += a / |c|
+    r = _run(div(lay, "a", ("c", 0), "dst", cfg), h)
+    cc = np.abs(h[:, :, c])
+    Q = (h**2).sum(-1) + h.sum(-1) ** 2  # the other rows' squares plus the balance row's
+    pred = 1 - 1 / np.sqrt(1 + Q / (2 * cfg.ln_pad**2 * cc[..., 0] ** 2))
+    ratio = np.abs(h[:, :, a]) / cc
+    g = cfg.ln_pad * math.sqrt(2.0 / lay.width)  # the MLP's output scale: pass-through errors grow by g
+    ln_max = ratio.max(-1) / g * 1.01  # |LN(h)[a]| <= |a| / (|c| g), up to the padding error
+    passthru = g * (P + ln_max) * 0.5 * np.vectorize(math.erfc)((P - ln_max) / math.sqrt(2))
+    # the self-attention's softmax leak e^{-N/2}: on the pads (relative) and on the balance row,
+    # which then leaves a mean of ~ e^{-N/2} sum(h)/D that LayerNorm subtracts (output / |c|)
+    leak = (2 * 3 * math.exp(-cfg.attn_gap / 2) * (ratio.max(-1) + np.abs(h.sum(-1)) / cc[..., 0])).max(-1)
+    out["div"] = (np.abs(r[:, :, dst] - h[:, :, a] / cc).max((1, 2)),
+                  (ratio.max(-1) * pred * 1.01 + passthru
+                   + U * (1 + ratio.max(-1)) * cfg.ln_pad * cfg.passthrough).max(-1) + leak)
+    return out
+
+
+def check_primitives(prompt, knobs) -> Comparison:
+    """``akyurek22-primitives``: every primitive within its predicted error on operands drawn
+    from the prompt (|operands| <= 1, |c| >= 0.1), at knobs ``N = 20 + 40 u``,
+    ``P = 4 + 6 u``, ``s = 10^(-1 - 2u)``, ``M = 10^(2 + 2u)`` (u from the knobs' seed)."""
+    rng = np.random.default_rng(knobs.seed)
+    u = rng.uniform()
+    cfg = RawConfig(attn_gap=20 + 40 * u, passthrough=4 + 6 * u, mul_scale=10 ** (-1 - 2 * u), ln_pad=10 ** (2 + 2 * u))
+    k = prompt.X.shape[-1]
+    B = prompt.X.shape[0]
+    lay = primitive_layout(k)
+    h = np.zeros((B, 3, lay.width))
+    h[:, :, lay["a"].index] = np.tanh(prompt.X[:, :3] if prompt.X.shape[1] >= 3 else rng.normal(size=(B, 3, k)))
+    h[:, :, lay["b"].index] = np.tanh(rng.normal(size=(B, 3, k)))
+    h[:, :, lay["c"].start] = rng.choice([-1, 1], size=(B, 3)) * rng.uniform(0.1, 1.0, size=(B, 3))
+    h[:, :, lay["pos"].index] = np.eye(3)
+    errs = primitive_errors(h, cfg, k)
+    m = np.stack([e for e, _ in errs.values()], -1)[None]
+    t = np.stack([b for _, b in errs.values()], -1)[None]
+    return Comparison(m, np.zeros_like(m), t, t)
+
+
+def _q(x, y, k):
+    return (x + y) ** k - x**k - y**k
+
+
+def thm1_errors(x1, y1, x2, w0, lr, lam, scales):
+    """Signed errors ``raw_gd(...) - w'^T x_2`` for each mul scale s (``[len(scales), B]``), and the
+    predicted leading term ``s^2 K`` of each: mul computes ``x y - s^2 q4(x, y)/12 + O(s^4)``
+    (``q4 = (x+y)^4 - x^4 - y^4``), so ``g = x_1 e`` is off by ``-s^2 q4(x_1, e)/12``, which the
+    step ``w' = w - 2 lr (g + lam w)`` turns into ``+2 lr s^2 q4/12``, and the last mul adds
+    ``-s^2 sum_i q4(w'_i, x_2i)/12``."""
+    e = (w0 * x1).sum(-1, keepdims=True) - y1[:, None]
+    wn = w0 - 2 * lr * (x1 * e + lam * w0)
+    ref = (wn * x2).sum(-1)
+    K = (2 * lr * (_q(x1, e, 4) * x2).sum(-1) - _q(wn, x2, 4).sum(-1)) / 12
+    errs, preds = [], []
+    for s in scales:
+        errs.append(np.array([raw_gd(x1.shape[-1], w, lr, lam, RawConfig(mul_scale=s)).predict(
+            a[None], b[None], q[None])[0] - r for a, b, q, w, r in zip(x1, y1, x2, w0, ref)]))
+        preds.append(s**2 * K)
+    return np.stack(errs), np.stack(preds)
+
+
+def check_thm1(prompt, knobs) -> Comparison:
+    """``akyurek22-thm1``: the chain's error is its predicted ``O(s^2)`` term: for the mul scale
+    ``s = 0.1, 0.01, 0.001``, ``|error - s^2 K| <= s^4 K6 + round-off`` with K from
+    :func:`thm1_errors` and ``K6 = (1 + |x_1| + |w| + |e| + |x_2|)^6`` (the next order)."""
+    rng = np.random.default_rng(knobs.seed)
+    x1 = np.tanh(prompt.X[:, 0, :]) * 0.5
+    x2 = np.tanh(prompt.Xq[:, 0]) * 0.5
+    y1 = np.tanh(prompt.y[:, 0])
+    w0 = rng.normal(size=x1.shape) / math.sqrt(x1.shape[-1])
+    lr, lam = 0.05 + 0.2 * rng.uniform(), 0.1 * rng.uniform()
+    scales = np.array([1e-1, 1e-2, 1e-3])
+    err, pred = thm1_errors(x1, y1, x2, w0, lr, lam, scales)
+    m = np.abs(err - pred)[None]
+    t = thm1_remainder(x1, y1, x2, w0, scales)[None]
+    return Comparison(m, np.zeros_like(m), t, t)
+
+
+def thm1_remainder(x1, y1, x2, w0, scales) -> np.ndarray:
+    """``[len(scales), B]`` bound on ``|error - s^2 K|``: the next order ``s^4 K6`` with
+    ``K6 = (1 + |x_1| + |w| + |e| + |x_2|)^6``, plus the mul layers' round-off ``~ eps/s``."""
+    scales = np.asarray(scales, dtype=np.float64)
+    nrm = lambda a: np.linalg.norm(a, axis=-1)  # noqa: E731
+    K6 = (1 + nrm(x1) + nrm(w0) + np.abs((w0 * x1).sum(-1) - y1) + nrm(x2)) ** 6
+    return scales[:, None] ** 4 * K6 + U * 100 / scales[:, None]
+
+
+def _bench_params(d, n):
+    return dict(w0=np.zeros(d), lr=0.1)
+
+
+def _baseline(prep, c):
+    w0 = torch.tensor(c.params["w0"], dtype=prep.X.dtype, device=prep.X.device)
+    X, y, lr = prep.X, prep.y, c.params["lr"]
+    return lambda: w0 - 2 * lr * X[:, 0] * (X[:, 0] @ w0 - y[:, 0])[:, None]
+
+
+register(
+    raw_gd, summary="one GD step on one exemplar from softmax/GeLU/LayerNorm primitives (mov, aff, mul, div) on a "
+                    "causal prompt", source="Akyürek et al. 2022, Thm 1", exactness="approximate: error `O(s²)` in the GeLU scale",
+    bench=Bench(_bench_params, n=1, baseline=_baseline),
+    claims=[
+        Claim("akyurek22-primitives", "Akyurek et al. 2022", "Lemma 1, App. C (Lemmas 4, 5, 8)",
+              "mov (softmax attention, position codes, null logit), aff (GeLU pass-through), mul (GeLU: "
+              "error s^2|(x+y)^4 - x^4 - y^4|/12 + O(s^4)) and div (LayerNorm padding: relative error "
+              "1 - (1 + Q/(2M^2c^2))^(-1/2), divides by |c|) are each one layer within their predicted error",
+              "exact mov/aff/mul/div (numpy)", check_primitives, kind="bound", variant="primitives",
+              prompt=dict(d=(1, 6), n=(3, 40)),
+              proof=Proof("none", note="approximate (softmax, GeLU, LayerNorm); the errors are checked against their "
+                                       "predicted terms numerically")),
+        Claim("akyurek22-thm1", "Akyurek et al. 2022", "Thm 1, App. A",
+              "9 primitive layers on the causal prompt [x1, y1, x2] compute w'^T x2, w' = w - 2 lr (x1 (w^T x1 - y1) "
+              "+ lam w), with error O(s^2) in the mul scale: each decade of s cuts it by >= 10^1.9",
+              "exact one-exemplar GD step (numpy)", check_thm1, kind="bound", prompt=dict(B=(1, 3), d=(1, 6)),
+              proof=Proof("none", note="approximate; the O(s^2) error term is checked numerically")),
+    ],
+)

@@ -8,9 +8,9 @@ Newton-Schulz for ``A^{-1}``: ``M_{k+1} = 2 M_k - M_k A M_k`` from ``M_0 = alpha
 with ``alpha = 1/(x_bound^2 + lam)``.  Since ``lambda_max(X^T X/n) <= max_i |x_i|^2
 <= x_bound^2``, the error ``E_k = I - M_k A = E_0^(2^k)`` has eigenvalues in
 ``[0, q^(2^k)]``, ``q = 1 - lam/(x_bound^2 + lam)`` (strictly inside the
-convergence region, claims.md sec. 11.8).
+convergence region, docs/pitfalls.md #8).
 
-Token layout (Fu et al.'s ``[T x; x]`` tokens, claims.md sec. 7, with the scaled
+Token layout (Fu et al.'s ``[T x; x]`` tokens, App. B.2, with the scaled
 iterate ``Mt_k = M_k / alpha``, ``Mt_0 = I``):
 
 ==========  =====================  ========================  =============
@@ -43,23 +43,37 @@ gate ``B * rgate_j`` inside the ReLU (as Bai et al. gate the query).
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numpy as np
+import torch
 
-from .bai import sign_split
+from verify.bounds import ridge_rate
+from verify.claims import MASK, Claim, Outcome, Part, Proof, induction, lemma
+from verify.knobs import ridge_lam
+from verify.reference import NewtonSchulz
+
+from . import parts
 from .construction import Construction
-from .errors import ConstructionError
 from .layout import Readout, ResidualLayout
-from .linear_gd import _positive_int, _real
-from .transformer import AttentionSpec, BlockSpec
+from .registry import Bench, register
+
+
+def newton_alpha(lam: float, x_bound: float) -> float:
+    """The start ``M_0 = alpha I``, ``alpha = 1/(x_bound^2 + lam)``: inside the convergence region
+    for every prompt with ``|x_i| <= x_bound`` (docs/pitfalls.md #8)."""
+    return 1.0 / (x_bound**2 + lam)
+
+
+def newton_rate(lam: float, x_bound: float) -> float:
+    """``q = x_bound^2 / (x_bound^2 + lam)``: ``|I - M_k A| <= q^(2^k)``."""
+    return x_bound**2 / (x_bound**2 + lam)
 
 
 def newton_iters(lam: float, x_bound: float, eps: float = 2.0**-53) -> int:
-    """Smallest k with ``q^(2^k) <= eps``, ``q = x_bound^2 / (x_bound^2 + lam)``: the count
-    at which the Newton-Schulz error contracts to float64 round-off for every prompt
-    within the norm bound."""
-    q = x_bound**2 / (x_bound**2 + lam)
-    return max(1, math.ceil(math.log2(math.log(eps) / math.log(q)))) if q > 0 else 1
+    """Smallest k with ``q^(2^k) <= eps`` (:func:`newton_rate`): the count at which the
+    Newton-Schulz error contracts to float64 round-off for every prompt within the norm bound."""
+    return parts.squaring_iters(newton_rate(lam, x_bound), eps)
 
 
 def newton_heads(lay: ResidualLayout, alpha: float, lam: float, mask_const: float,
@@ -75,17 +89,17 @@ def newton_heads(lay: ResidualLayout, alpha: float, lam: float, mask_const: floa
       output ``-1/lam``: ``-u_t``.
 
     ``fu_printed_values``: the Newton pair with Fu et al.'s printed ``V_1 = V_2``
-    (``relu(z) v + relu(-z) v = |z| v``, claims.md sec. 11.17); only for the regression test.
+    (``relu(z) v + relu(-z) v = |z| v``, docs/pitfalls.md #17); only for the regression test.
     """
     d = lay["x"].size
     I = np.eye(d)
     # score u_t.x_j = x_j^T Mt x_t, not x_t.u_j = x_t^T Mt x_j: the latter iterates
     # S <- 2S - alpha S A S^T on the stored Mt, which doubles any antisymmetric round-off
-    newton = sign_split(lay, {"u": I}, {"x": I}, {"u": I}, {"u": -alpha * I}, d, 0.0, gate="rgate")  # B = 0: ungated
+    newton = parts.sign_split(lay, {"u": I}, {"x": I}, {"u": I}, {"u": -alpha * I}, d, 0.0, gate="rgate")  # B = 0: ungated
     if fu_printed_values:
         newton[1]["W_O"] = -newton[1]["W_O"]
-    fresh = sign_split(lay, {"x": I}, {"x": I}, {"u": I}, {"u": 2.0 / lam * I}, d, mask_const, gate="rgate")
-    remove = sign_split(lay, {"u": I}, {"x": I}, {"x": I}, {"u": -1.0 / lam * I}, d, mask_const, gate="rgate")
+    fresh = parts.sign_split(lay, {"x": I}, {"x": I}, {"u": I}, {"u": 2.0 / lam * I}, d, mask_const, gate="rgate")
+    remove = parts.sign_split(lay, {"u": I}, {"x": I}, {"x": I}, {"u": -1.0 / lam * I}, d, mask_const, gate="rgate")
     return newton + fresh + remove
 
 
@@ -113,8 +127,8 @@ def ridge_newton(d: int, lam: float, iters: int | None = None, x_bound: float = 
                  _fu_printed_values: bool = False) -> Construction:
     """Ridge regression by Newton-Schulz: one layer per iteration, O(log kappa) layers.
 
-    **Theorem** (Fu et al. 2023, Thm 5.1 and App. B.2, claims.md sec. 7, with the sign fix
-    of sec. 11.17 and a start strictly inside the convergence region, sec. 11.8).  After
+    **Theorem** (Fu et al. 2023, Thm 5.1 and App. B.2, with the sign fix of docs/pitfalls.md #17
+    and a start strictly inside the convergence region, #8).  After
     step layer k the ``u`` slot of every context and ridge token holds ``Mt_k x`` with
     ``M_k = alpha Mt_k`` the k-th Newton-Schulz iterate for ``A^{-1}``
     (``M_{k+1} = 2 M_k - M_k A M_k``, ``M_0 = alpha I``, ``alpha = 1/(x_bound^2 + lam)``,
@@ -146,32 +160,127 @@ def ridge_newton(d: int, lam: float, iters: int | None = None, x_bound: float = 
     depends on it: a prompt beyond it raises instead of diverging silently);
     ``mask_const >= 2 kappa_b max(x_bound^2, sqrt(n lam) x_bound)`` (every gated score).
     """
-    d = _positive_int(d, "d")
-    lam, x_bound, mask_const = _real(lam, "lam"), _real(x_bound, "x_bound"), _real(mask_const, "mask_const")
-    iters = newton_iters(lam, x_bound) if iters is None else _positive_int(iters, "iters")
-    alpha = 1.0 / (x_bound**2 + lam)
+    d = parts.positive_int(d, "d")
+    lam, x_bound = parts.real(lam, "lam"), parts.real(x_bound, "x_bound")
+    mask_const = parts.real(mask_const, "mask_const")
+    iters = newton_iters(lam, x_bound) if iters is None else parts.positive_int(iters, "iters")
+    alpha = newton_alpha(lam, x_bound)
     lay = ResidualLayout.of([("x", d, "x"), ("u", d, "x"), ("y", 1, "y"), ("one", 1, "one"),
                              ("rgate", 1, "minus_one")], Readout("y", 1.0))
-    step = BlockSpec(AttentionSpec.from_heads("relu", newton_heads(lay, alpha, lam, mask_const, _fu_printed_values)))
+    step = parts.block("relu", newton_heads(lay, alpha, lam, mask_const, _fu_printed_values))
     readout = dict(W_Q=lay.read({"x": np.eye(d)}, d), W_K=lay.read({"u": np.eye(d)}, d),
                    W_V=lay.read({"y": np.eye(1, d)}, d), W_O=lay.write({"y": alpha * np.eye(d, 1)}, d))
-    blocks = [step] * iters + [BlockSpec(AttentionSpec.from_heads("linear", [readout]))]
-
-    def domain(X, y, Xq):
-        n = X.shape[1]
-        xmax = float(X.norm(dim=-1).max())
-        if xmax > x_bound * (1 + 1e-6):  # slack: float32 rounding moves a norm by <= 6e-8 relative
-            raise ConstructionError(
-                f"a context input has norm {xmax:.6g} > x_bound={x_bound:.6g}: the start value "
-                f"alpha = 1/(x_bound^2 + lam) may leave the convergence region; rebuild with x_bound >= {xmax:.6g}"
-            )
-        need = newton_mask_bound(n, lam, x_bound)
-        if mask_const < need:
-            raise ConstructionError(f"mask_const={mask_const:.6g} is below the gated-score bound {need:.6g} "
-                                    f"for n={n}; rebuild with mask_const >= {need:.6g}")
+    blocks = [step] * iters + [parts.block("linear", [readout])]
+    domain = parts.all_checks(
+        parts.norm_check(x_bound, "the start value alpha = 1/(x_bound^2 + lam) may leave the convergence region"),
+        parts.mask_check(mask_const, lambda X, y, Xq: torch.full((X.shape[0],), newton_mask_bound(X.shape[1], lam, x_bound), dtype=torch.float64),
+                         "2 kappa_b max(x_bound^2, sqrt(n lam) x_bound)"))
 
     params = dict(d=d, lam=lam, iters=iters, x_bound=x_bound, mask_const=mask_const)
     if _fu_printed_values:
         params["_fu_printed_values"] = True
     return Construction("ridge_newton", params, blocks, lay, d, n_readout=1,
                         extra_tokens=_ridge_tokens(lay, lam), domain=domain)
+
+
+# -- claims ----------------------------------------------------------------------------------------------
+def _newton_case(p, k):
+    lam = ridge_lam(p.X, k.log10_lam)
+    x_bound = float(np.linalg.norm(p.X, axis=-1).max())
+    mask = 10.0**k.log10_mask * newton_mask_bound(p.spec.n, lam, x_bound)
+    c = ridge_newton(p.spec.d, lam, x_bound=x_bound, mask_const=mask)
+    return c, NewtonSchulz(c.params["iters"], lam, newton_alpha(lam, x_bound))
+
+
+def _newton_rate(p, k, c):
+    """``|w_k - w*| <= q^(2^k) |w*|``, ``q = x_bound^2/(x_bound^2 + lam)``."""
+    lam, x_bound, iters = c.params["lam"], c.params["x_bound"], c.params["iters"]
+    q = newton_rate(lam, x_bound)
+    factor = np.broadcast_to((q ** (2.0 ** np.arange(1, iters + 1)))[:, None], (iters, p.spec.B))
+    return ridge_rate(p, c, NewtonSchulz(iters, lam, newton_alpha(lam, x_bound)), lam, factor)
+
+
+def _printed_case(p, k):
+    c, ref = _newton_case(p, k)
+    P = c.params
+    return ridge_newton(p.spec.d, P["lam"], x_bound=P["x_bound"], mask_const=P["mask_const"],
+                        _fu_printed_values=True), ref
+
+
+# -- proofs ------------------------------------------------------------------------------------------------
+PROOF_LAM, PROOF_XB = 1 / 4, 1.0  # n lam = 1 at n = 4: the ridge tokens sqrt(n lam) e_k are exact there
+
+
+def newton_induction():
+    """Fu et al.: the scaled iterate Mt = M_k/alpha held by every token's ``u = Mt x`` and by the
+    ridge tokens ``u = sqrt(n lam) Mt e_k``, for symbolic d and n."""
+    import sympy as sp
+
+    from verify import symbolic as S
+
+    lam = S.exact(PROOF_LAM)
+    alpha = S.exact(newton_alpha(PROOF_LAM, PROOF_XB))  # the construction's M_0 = alpha I, as stored
+    s = sp.sqrt(S.n * lam)
+    I = sp.Identity(S.d)
+    Mt = sp.MatrixSymbol("M", S.d, S.d)  # the scaled iterate M_k / alpha
+    A = S.X * S.X.T / S.n + lam * I
+
+    def state(v):
+        M = v["M"]
+        ridge = S.Group("ridge", S.d, "extra", dict(x=s * I, u=s * M, y=sp.ZeroMatrix(1, S.d), one=sp.OneMatrix(1, S.d),
+                                                    rgate=sp.ZeroMatrix(1, S.d)))
+        return [S.context(x=S.X, u=M * S.X, y=S.Y), ridge, S.query(x=S.XQ, u=M * S.XQ, y=S.Z11)]
+
+    def step(v, layer):
+        return dict(M=2 * v["M"] - alpha * v["M"] * A * v["M"])
+
+    return S.Induction(lambda dd: ridge_newton(dd, PROOF_LAM, iters=2, x_bound=PROOF_XB, mask_const=MASK),
+                       dict(M=Mt), state, step, dict(M=I), lambda v: alpha * S.XQ.T * v["M"] * S.X * S.Y.T / S.n)
+
+
+def printed_values_counterexample() -> Outcome:
+    """Negative control: with Fu et al.'s printed V_1 = V_2 the first layer misses the Newton-Schulz
+    iterate exactly (a rational counterexample), where the fixed layer is exact."""
+    from verify import exact as ex
+    from verify.prompts import PromptSpec
+
+    alpha = Fraction(newton_alpha(PROOF_LAM, PROOF_XB))
+    X_, y_, Xq_ = ex.unit_ball(*ex.rational_prompt(PromptSpec(seed=0, B=1, n=4, d=2, m=1)))
+    want = NewtonSchulz(1, Fraction(PROOF_LAM), alpha).fit(ex.to_exact(X_), ex.to_exact(y_)).trace(ex.to_exact(Xq_))
+    got = ex.trace(ridge_newton(2, PROOF_LAM, iters=1, x_bound=PROOF_XB, mask_const=MASK, _fu_printed_values=True),
+                   X_, y_, Xq_)
+    fixed = ridge_newton(2, PROOF_LAM, iters=1, x_bound=PROOF_XB, mask_const=MASK)
+    ok_fixed = bool((ex.trace(fixed, X_, y_, Xq_) == want).all())
+    miss = bool((got != want).any())
+    return Outcome(ok_fixed and miss, f"layer 1 misses Newton by {float((got - want).flat[0]):.3g} exactly "
+                                      f"(the fixed layer: equal exactly: {ok_fixed})")
+
+
+def _baseline(prep, c):
+    from verify import baselines
+
+    return lambda: baselines.ridge(prep.X, prep.y, c.params["lam"])
+
+
+register(
+    ridge_newton, summary="one Newton–Schulz iteration `M ← 2M − MAM` toward `A⁻¹`; reaches ridge in O(log κ) layers",
+    source="Fu et al. 2023, Thm 5.1 (sign-fixed, stabilised)", exactness="exact per layer; error `q^(2^k)`",
+    bench=Bench(lambda d, n: dict(lam=0.5, iters=10, x_bound=1.0, mask_const=1e12), baseline=_baseline),
+    claims=[
+        Claim("fu23-newton", "Fu et al. 2023", "Thm 5.1, App. B.2 (with the V_2 = -V_1 fix)",
+              "one attention+MLP layer per Newton-Schulz iteration M <- 2M - MAM for A = X^T X/n + lam I (d ridge "
+              "tokens make the keys' moment A); prediction -> ridge with |w_k - w*| <= q^(2^k)|w*|",
+              "Newton-Schulz iterates M_k X^T y/n; np.linalg.solve ridge (numpy)", _newton_case, NewtonSchulz,
+              bounds=_newton_rate,
+              proof=Proof("general", (lemma("lemma Newton-Schulz error squaring", "lemma_newton_schulz"),
+                                      lemma("lemma sign split", "lemma_sign_split"),
+                                      induction("induction ridge_newton", newton_induction)),
+                          note="the layer identity; the convergence rate follows from the error-squaring lemma")),
+        Claim("fu23-printed-values", "Fu et al. 2023", "App. B (V_1 = V_2 as printed); docs/pitfalls.md #17",
+              "negative control: the printed value matrices compute relu(z)v + relu(-z)v = |z|v and miss the "
+              "Newton iterate (from the first layer with a negative score; d >= 2 here)",
+              "Newton-Schulz iterates (numpy)", _printed_case, NewtonSchulz, variant="printed values",
+              kind="negative", negative_from=1, prompt=dict(d=(2, 12)),
+              proof=Proof("exact-rational", (Part("counterexample", printed_values_counterexample),))),
+    ],
+)

@@ -2,7 +2,7 @@
 
 Notation: B batch, n context examples, m queries, d input dim, D residual
 width.  With ``mu = n lam`` and ``A_t = mu I + sum_{i<=t} x_i x_i^T`` the step for
-example t is the RLS update (Akyurek et al. 2022, Thm 2 / App. B; claims.md sec. 2.4)::
+example t is the RLS update (Akyurek et al. 2022, Thm 2 / App. B)::
 
     u = P x_t,  c = 1 + x_t.u,  e = y_t - x_t.w,  w <- w + u e / c,  P <- P - u u^T / c
 
@@ -29,71 +29,43 @@ I/mu in every token), ``w`` (d), scratch ``u`` (d), ``v`` (d), ``c``, ``e``, ``r
 """
 from __future__ import annotations
 
-import math
+from fractions import Fraction
 
 import numpy as np
+import torch
 
-from .bai import sign_split
+from verify import baselines
+from verify.bounds import ridge_quantities
+from verify.claims import Claim, Outcome, Part, Proof, lemma
+from verify.knobs import ridge_lam
+from verify.reference import RecursiveLeastSquares
+from verify.tolerance import Comparison, solve_tolerance, tolerance
+
+from . import parts
 from .construction import Construction
-from .errors import ConstructionError
 from .layout import Readout, ResidualLayout
-from .linear_gd import _positive_int, _real
-from .transformer import AttentionSpec, BlockSpec, MLPSpec
+from .registry import Bench, register
+
+
+def reciprocal_start(lam: float, n: int, x_bound: float) -> float:
+    """``C = 1 + x_bound^2/(n lam) >= c = 1 + x.P x`` for every step: the reciprocal's start is 1/C."""
+    return 1.0 + x_bound**2 / (n * lam)
 
 
 def reciprocal_iters(C: float, eps: float = 2.0**-53) -> int:
     """Newton iterations for ``1/c``, ``c in [1, C]``, from ``r_0 = 1/C``: smallest J with
     ``(1 - 1/C)^(2^J) <= eps``."""
-    q = 1.0 - 1.0 / C
-    return max(1, math.ceil(math.log2(math.log(eps) / math.log(q)))) if q > 0 else 1
+    return parts.squaring_iters(1.0 - 1.0 / C, eps)
 
 
 def _unit(size: int, i: int) -> np.ndarray:
     return np.eye(size)[i : i + 1]  # [1, size]
 
 
-def _prod(lay, q: dict, v: dict, o: dict, e: int = 1) -> dict:
-    """Linear head ``out = (q_i . 1) * mean_j v_j``: the product of a token's own scalar(s)
-    with a quantity replicated in every context token (key = ``one``)."""
-    ev = np.shape(next(iter(v.values())))[1]
-    return dict(W_Q=lay.read(q, e), W_K=lay.read({"one": np.ones((1, e))}, e), W_V=lay.read(v, ev),
-                W_O=lay.write(o, ev))
-
-
-def _zero_mlp(lay, slots) -> MLPSpec:
-    """MLP that sets the given slots to exactly 0: ``z - relu(z) + relu(-z) = 0``."""
-    size = sum(lay[s].size for s in slots)
-    W_in = np.zeros((lay.width, 2 * size))
-    W_out = np.zeros((2 * size, lay.width))
-    col = 0
-    for s in slots:
-        for j in range(lay[s].start, lay[s].stop):
-            W_in[j, col], W_in[j, col + 1] = 1.0, -1.0
-            W_out[col, j], W_out[col + 1, j] = -1.0, 1.0
-            col += 2
-    return MLPSpec("relu", W_in, np.zeros(2 * size), W_out, np.zeros(lay.width))
-
-
-def _bias_mlp(lay, values: dict) -> MLPSpec:
-    """MLP that adds constants to slots (its output bias)."""
-    b = np.zeros(lay.width)
-    for s, v in values.items():
-        b[lay[s].index] += v
-    return MLPSpec("relu", np.zeros((lay.width, 1)), np.zeros(1), np.zeros((1, lay.width)), b)
-
-
-def _relu_block(heads, mlp=None) -> BlockSpec:
-    return BlockSpec(AttentionSpec.from_heads("relu", heads), mlp)
-
-
-def _linear_block(heads, mlp=None) -> BlockSpec:
-    return BlockSpec(AttentionSpec.from_heads("linear", heads), mlp)
-
-
 def ridge_sherman_morrison(d: int, lam: float, n: int, x_bound: float = 1.0, mask_const: float = 1e15) -> Construction:
     """Ridge on every prefix: one Sherman-Morrison (RLS) update per example.
 
-    **Theorem** (Akyurek et al. 2022, Thm 2 and App. B, claims.md sec. 2.4; the RLS form of
+    **Theorem** (Akyurek et al. 2022, Thm 2 and App. B; the RLS form of
     the Sherman-Morrison update).  With ``mu = n lam``, after step t (examples 0..t)
     every token holds ``P = (mu I + X_{<=t}^T X_{<=t})^{-1}`` and
     ``w = P X_{<=t}^T y_{<=t}``, the ridge solution on the first t + 1 examples with the
@@ -120,10 +92,10 @@ def ridge_sherman_morrison(d: int, lam: float, n: int, x_bound: float = 1.0, mas
     input (the reciprocal's start uses it); ``mask_const`` above every gated score
     (``sm_mask_bound``).
     """
-    d, n = _positive_int(d, "d"), _positive_int(n, "n")
-    lam, x_bound, B = _real(lam, "lam"), _real(x_bound, "x_bound"), _real(mask_const, "mask_const")
+    d, n = parts.positive_int(d, "d"), parts.positive_int(n, "n")
+    lam, x_bound, B = parts.real(lam, "lam"), parts.real(x_bound, "x_bound"), parts.real(mask_const, "mask_const")
     mu = n * lam
-    C = 1.0 + x_bound**2 / mu
+    C = reciprocal_start(lam, n, x_bound)
     J = reciprocal_iters(C)
     scratch = [("u", d, "zero"), ("v", d, "zero"), ("c", 1, "zero"), ("e", 1, "zero"), ("r", 1, "zero"),
                ("s", 1, "zero")]
@@ -141,46 +113,36 @@ def ridge_sherman_morrison(d: int, lam: float, n: int, x_bound: float = 1.0, mas
         for k in range(d):
             col = np.zeros((d * d, d))
             col[np.arange(d) * d + k, np.arange(d)] = 1.0  # P[a, k] -> head dim a
-            sel += sign_split(lay, {"one": [[1.0]]}, {"x": _unit(d, k).T}, {"P": col}, {"u": n * np.eye(d)}, 1, **gate)
+            sel += parts.sign_split(lay, {"one": [[1.0]]}, {"x": _unit(d, k).T}, {"P": col}, {"u": n * np.eye(d)}, 1, **gate)
         # e = y_t - x_t.w: score (w_i.x_j - y_j), value one, output -n
-        sel += sign_split(lay, {"w": np.eye(d, d + 1), "one": -np.eye(d + 1)[d:]}, {"x": np.eye(d, d + 1),
+        sel += parts.sign_split(lay, {"w": np.eye(d, d + 1), "one": -np.eye(d + 1)[d:]}, {"x": np.eye(d, d + 1),
                           "y": np.eye(d + 1)[d:]}, {"one": [[1.0]]}, {"e": [[-float(n)]]}, d + 1, **gate)
-        blocks.append(_relu_block(sel, _bias_mlp(lay, {"c": 1.0, "r": 1.0 / C})))
+        blocks.append(parts.block("relu", sel, parts.bias_mlp(lay, {"c": 1.0, "r": 1.0 / C})))
         # c += x_t.u: score u_i.x_j gated to t, value one, output n
-        cu = sign_split(lay, {"u": np.eye(d)}, {"x": np.eye(d)}, {"one": [[1.0]]}, {"c": [[float(n)]]}, d, **gate)
-        blocks.append(_relu_block(cu))
+        cu = parts.sign_split(lay, {"u": np.eye(d)}, {"x": np.eye(d)}, {"one": [[1.0]]}, {"c": [[float(n)]]}, d, **gate)
+        blocks.append(parts.block("relu", cu))
         for _ in range(J):  # r <- r + r (1 - c r): s = c r, then r += (1 - s) r and s <- 0
-            blocks.append(_linear_block([_prod(lay, {"c": [[1.0]]}, {"r": [[1.0]]}, {"s": [[1.0]]})]))
-            blocks.append(_linear_block([
-                _prod(lay, {"one": [[1.0]], "s": [[-1.0]]}, {"r": [[1.0]]}, {"r": [[1.0]]}),
-                _prod(lay, {"s": [[-1.0]]}, {"one": [[1.0]]}, {"s": [[1.0]]}),
+            blocks.append(parts.block("linear", [parts.product_head(lay, {"c": [[1.0]]}, {"r": [[1.0]]}, {"s": [[1.0]]})]))
+            blocks.append(parts.block("linear", [
+                parts.product_head(lay, {"one": [[1.0]], "s": [[-1.0]]}, {"r": [[1.0]]}, {"r": [[1.0]]}),
+                parts.product_head(lay, {"s": [[-1.0]]}, {"one": [[1.0]]}, {"s": [[1.0]]}),
             ]))
         # v = r u
-        blocks.append(_linear_block([_prod(lay, {"r": [[1.0]]}, {"u": np.eye(d)}, {"v": np.eye(d)})]))
+        blocks.append(parts.block("linear", [parts.product_head(lay, {"r": [[1.0]]}, {"u": np.eye(d)}, {"v": np.eye(d)})]))
         # P <- P - u v^T (row a: u[a] v), w <- w + e v; the MLP clears the scratch
-        upd = [_prod(lay, {"u": _unit(d, a).T}, {"v": np.eye(d)}, {"P": -Pidx(a)}) for a in range(d)]
-        upd.append(_prod(lay, {"e": [[1.0]]}, {"v": np.eye(d)}, {"w": np.eye(d)}))
-        blocks.append(_linear_block(upd, _zero_mlp(lay, ["u", "v", "c", "e", "r", "s"])))
+        upd = [parts.product_head(lay, {"u": _unit(d, a).T}, {"v": np.eye(d)}, {"P": -Pidx(a)}) for a in range(d)]
+        upd.append(parts.product_head(lay, {"e": [[1.0]]}, {"v": np.eye(d)}, {"w": np.eye(d)}))
+        blocks.append(parts.block("linear", upd, parts.zero_mlp(lay, ["u", "v", "c", "e", "r", "s"])))
     # readout: score x_i . w_j (w replicated), value one: y_i += <w, x_i>
     readout = dict(W_Q=lay.read({"x": np.eye(d)}, d), W_K=lay.read({"w": np.eye(d)}, d),
                    W_V=lay.read({"one": np.eye(1, d)}, d), W_O=lay.write({"y": np.eye(d, 1)}, d))
-    blocks.append(_linear_block([readout]))
+    blocks.append(parts.block("linear", [readout]))
 
-    def domain(X, y, Xq):
-        xmax = float(X.norm(dim=-1).max())
-        if xmax > x_bound * (1 + 1e-6):  # slack: float32 rounding moves a norm by <= 6e-8 relative
-            raise ConstructionError(f"a context input has norm {xmax:.6g} > x_bound={x_bound:.6g}: the reciprocal "
-                                    f"iteration's start 1/C assumes it; rebuild with x_bound >= {xmax:.6g}")
-        need = float(sm_mask_bound(X, y, lam, x_bound).max())
-        if B < need:
-            raise ConstructionError(f"mask_const={B:.6g} is below the gated-score bound {need:.6g}; "
-                                    f"rebuild with mask_const >= {need:.6g}")
-
-    def split(n_prompt: int) -> int:
-        if n_prompt != n:
-            raise ConstructionError(f"ridge_sherman_morrison was built for n={n} examples (one step each), "
-                                    f"got {n_prompt}; rebuild with n={n_prompt}")
-        return n_prompt
+    domain = parts.all_checks(
+        parts.norm_check(x_bound, "the reciprocal iteration's start 1/C assumes it"),
+        parts.mask_check(B, lambda X, y, Xq: sm_mask_bound(X, y, lam, x_bound), "the gated scores of every step"))
+    split = parts.fixed_examples(n, "ridge_sherman_morrison", "one step per example: rebuild with n set to the "
+                                 "prompt's number of examples")
 
     return Construction(
         "ridge_sherman_morrison", dict(d=d, lam=lam, n=n, x_bound=x_bound, mask_const=B), blocks, lay, d,
@@ -198,3 +160,71 @@ def sm_mask_bound(X, y, lam: float, x_bound: float):
     mu = n * lam
     w_bound = (X.norm(dim=-1) ** 2).sum(-1).sqrt() * y.norm(dim=-1) / mu
     return 2 * (x_bound + x_bound**2 / mu + w_bound * x_bound + y.abs().amax(-1) + 1.0)
+
+
+# -- claims -------------------------------------------------------------------------------------------
+def _case(p, k):
+    lam = ridge_lam(p.X, k.log10_lam)
+    x_bound = float(np.linalg.norm(p.X, axis=-1).max())
+    bound = sm_mask_bound(*(torch.from_numpy(a) for a in p.arrays[:2]), lam, x_bound)
+    c = ridge_sherman_morrison(p.spec.d, lam, p.spec.n, x_bound=x_bound, mask_const=10.0**k.log10_mask * float(bound.max()))
+    return c, RecursiveLeastSquares(lam)
+
+
+def _final_is_ridge(p, k, c) -> Comparison:
+    """The last step equals the toolkit's closed-form ridge (np.linalg.solve) within the solve's
+    round-off plus the trace's tolerance."""
+    lam = c.params["lam"]
+    w_star, kappa, _ = ridge_quantities(p, lam)
+    model = np.asarray(c.predict(*p.arrays), dtype=np.float64)[None]  # [1, B, m]
+    target = np.einsum("bmd,bd->bm", p.Xq, w_star)[None]
+    qn = np.linalg.norm(p.Xq, axis=-1)[None] * np.linalg.norm(w_star, axis=-1)[None, :, None]
+    ref = RecursiveLeastSquares(lam).fit(p.X, p.y)
+    tol = tolerance(c.dtype, p.spec.n, p.spec.d, ref.scale(p.Xq), c.step_blocks)[-1:]
+    allowed = tol + solve_tolerance(torch.float64, p.spec.d, kappa[None, :, None], qn)
+    # only the last step is compared with the closed form: earlier rows are 0 within 1 (ratio 0)
+    dev = np.concatenate([np.zeros((p.spec.n - 1,) + target.shape[1:]), np.abs(model - target)])
+    allowed = np.concatenate([np.ones((p.spec.n - 1,) + target.shape[1:]), allowed])
+    return Comparison(dev, np.zeros_like(dev), allowed, allowed)
+
+
+# -- proofs ----------------------------------------------------------------------------------------------
+PROOF_LAM, PROOF_N = 4.0, 2
+
+
+def exact_rls(c: Construction | None = None) -> Outcome:
+    """ridge_sherman_morrison(d=2, n=2) equals RLS with the same J-step Newton reciprocal, every step,
+    in exact rational arithmetic."""
+    from verify import exact as ex
+    from verify.prompts import PromptSpec
+
+    c = c or ridge_sherman_morrison(2, lam=PROOF_LAM, n=PROOF_N, x_bound=1.0)
+    C = reciprocal_start(PROOF_LAM, PROOF_N, 1.0)
+    J = reciprocal_iters(C)
+    ref = RecursiveLeastSquares(Fraction(PROOF_LAM), reciprocal=(Fraction(1.0 / C), J))
+    prompts = (ex.unit_ball(*ex.rational_prompt(PromptSpec(seed=s, B=2, n=PROOF_N, d=2, m=1))) for s in (0, 1, 2))
+    ok = all(ex.trace_equals(c, ref, *pr) for pr in prompts)
+    return Outcome(ok, f"ridge_sherman_morrison(d=2, n=2) = RLS with J={J} Newton reciprocal steps exactly, "
+                       "every step, on 3x2 rational prompts")
+
+
+def _baseline(prep, c):
+    return lambda: baselines.ridge(prep.X, prep.y, c.params["lam"])
+
+
+register(
+    ridge_sherman_morrison,
+    summary="one Sherman–Morrison update per example, as a group of `2J + 4` blocks; ridge on every prefix",
+    source="Akyürek et al. 2022, Thm 2", exactness="exact to round-off on its domain",
+    bench=Bench(lambda d, n: dict(lam=0.5, n=n, x_bound=1.0, mask_const=1e12), batch=64, baseline=_baseline),
+    claims=[
+        Claim("akyurek22-thm2", "Akyurek et al. 2022", "Thm 2, App. B (Sherman-Morrison / RLS)",
+              "one step (a fixed group of 2J+4 blocks) per example applies the Sherman-Morrison update: after step t "
+              "the prediction is ridge on the first t+1 examples (mu = n lam), the last step the toolkit's ridge",
+              "RLS recursion with exact division; np.linalg.solve ridge (numpy)", _case, RecursiveLeastSquares,
+              prompt=dict(n=(1, 16), d=(1, 8)), knobs=dict(log10_lam=(-2.0, 0.5)), bounds=_final_is_ridge,
+              proof=Proof("exact-rational", (lemma("lemma Sherman-Morrison", "lemma_sherman_morrison"),
+                                             lemma("lemma Newton reciprocal", "lemma_newton_reciprocal"),
+                                             Part("exact ridge_sherman_morrison", exact_rls)))),
+    ],
+)

@@ -1,153 +1,59 @@
-"""The toolkit's one transformer: attention blocks + optional MLP, residual stream.
+"""The toolkit's one transformer: attention blocks + optional MLP, residual stream (torch modules).
 
 Shapes (fixed for the whole package):
 
 * B batch, n context examples, m queries, T = n + m tokens, D residual width,
-  H heads, E head width (``d_head``), F MLP width, L layers.
+  H heads, E head width (``d_head``), F MLP width, L layers, S key tokens.
 * The residual stream is ``[B, T, D]``; the first n tokens are the context,
   the last m are the queries.
 
-Parameters are plain data first (:class:`AttentionSpec`, :class:`MLPSpec`,
-:class:`BlockSpec`, float64 numpy arrays in TransformerLens naming
-``W_Q [H, D, E]``, ``W_K [H, D, E]``, ``W_V [H, D, E]``, ``W_O [H, E, D]``,
-``W_in [D, F]``, ``b_in [F]``, ``W_out [F, D]``, ``b_out [D]``) and are then
-copied into a :class:`Transformer` (a ``torch.nn.Module``).  There is no
-training code and no LayerNorm here.
+Parameters are plain data first (:mod:`constructions.spec`) and are then copied into a
+:class:`Transformer` (a ``torch.nn.Module``).  There is no training code here.
 
 One block computes, for every token i (residual h_i)::
 
-    h_i <- h_i + sum_h W_O[h]^T z_{h,i},       z_{h,i} = A(q_{h,i}, {k_{h,j}, v_{h,j}})
+    h_i <- h_i + sum_h W_O[h]^T z_{h,i},       z_{h,i} = sum_j pattern_h[i, j] v_{h,j}
     h_i <- h_i + W_out^T act(W_in^T h_i + b_in) + b_out         (if the block has an MLP)
 
-with q = h W_Q, k = h W_K, v = h W_V and the attention kind A:
+with q = h W_Q, k = h W_K, v = h W_V, scores ``q_i . k_j`` and the pattern of the attention
+kind (:func:`constructions.spec.attention_pattern`: linear ``s/n``, ReLU ``relu(s)/n``,
+softmax).  Options (Akyurek et al.'s decoder, :mod:`constructions.raw`): ``causal`` attention
+(keys j <= i); ``null_score`` adds one softmax logit with value 0 ("attend to nothing"); an
+MLP with ``layernorm`` reads ``LayerNorm(h)`` (no affine).
 
-* ``linear``:  z_i = (1/n) sum_j (q_i . k_j) v_j
-* ``relu``:    z_i = (1/n) sum_j relu(q_i . k_j) v_j
-* ``softmax``: z_i = sum_j softmax_j(q_i . k_j) v_j   (no 1/sqrt(E): put any scale in W_Q)
+The keys j run over the n context tokens only (``mask_query=True``, the default): query
+tokens never act as keys or values.  With ``mask_query=False`` every token is a key (the
+negative control ``vonoswald23-mask``, docs/pitfalls.md #2); the divisor of linear/ReLU
+attention stays n, the number of context examples.  A construction may add fixed *extra key
+tokens* after the context (e.g. ridge's ``sqrt(n lam) e_k`` tokens): then ``n_context``
+counts them as keys and ``norm`` (the divisor) stays the number of examples.
 
-Options (Akyurek et al.'s decoder, :mod:`constructions.raw`): ``causal`` attention
-(keys j <= i); ``null_score`` adds one softmax logit with value 0 ("attend to
-nothing"); an MLP with ``layernorm`` reads ``LayerNorm(h)`` (no affine).
+How it is evaluated fast (folded order, padded width, the no-hook pass in chunks):
+:mod:`constructions.fastpath`.  The plain numpy pass of the same equations:
+:mod:`constructions.numpy_pass`.
 
-The keys j run over the n context tokens only (``mask_query=True``, the
-default): query tokens never act as keys or values.  With ``mask_query=False``
-every token is a key (kept for the negative control of claims.md sec. 11.2);
-the divisor of linear/relu attention stays n, the number of context examples.
-A construction may add fixed *extra key tokens* after the context (e.g. ridge's
-``sqrt(n lam) e_k`` tokens): then ``n_context`` counts them as keys and
-``norm`` (the divisor) stays the number of examples.
-
-How it is evaluated (docs/performance.md).  The weights are folded and zero-padded once
-per call (:meth:`Attention.weights`).  On CPU the stream is computed at a padded width Dp >= D
-where MKL's small GEMMs run faster (:data:`PADDING`); the padding columns hold exact zeros,
-so hooks, the cache and the output see the same D columns.  Without hooks, cache or autograd
-the pass runs on preallocated buffers in cache-sized chunks of the batch (:data:`CHUNK_BYTES`).
-That pass and the hooked pass give the same bits on the same batch.  A prompt's result may
-change in its last bits with the batch (or chunk) it runs in, since MKL picks kernels by
-matrix size; the tolerance model covers that (tests/test_fast_path.py).
-
-Hook points (the public way to read intermediate values), for block l:
-``blocks.{l}.hook_resid_pre``, ``blocks.{l}.hook_attn_out``,
-``blocks.{l}.hook_resid_mid``, ``blocks.{l}.hook_mlp_out``,
-``blocks.{l}.hook_resid_post``.
+Hook points (the public way to read and change intermediate values), for block l:
+``blocks.{l}.hook_resid_pre``, ``blocks.{l}.hook_attn_out``, ``blocks.{l}.hook_resid_mid``,
+``blocks.{l}.hook_mlp_out``, ``blocks.{l}.hook_resid_post`` (``[B, T, D]``), and per head,
+as TransformerLens names them, ``blocks.{l}.attn.hook_attn_scores`` and
+``blocks.{l}.attn.hook_pattern`` (``[B, H, T, S]``; the pattern as applied: ``s/n`` for
+linear, ``relu(s)/n`` for ReLU attention) and ``blocks.{l}.attn.hook_z`` (``[B, T, H, E]``).
+The per-head points exist when ``heads=True`` or when a hook names one of them; the block is
+then evaluated head by head, scores first.
 """
 from __future__ import annotations
-
-import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
+from . import fastpath
 from .errors import ConstructionError
+from .fastpath import CHUNK_BYTES, PADDING
+from .spec import AttentionSpec, BlockSpec, MLPSpec, attention_pattern
 
-ATTENTION_KINDS = ("linear", "relu", "softmax")
-#: the no-hook pass runs the batch in chunks of about this many bytes of padded stream
-#: (cache-sized: ``python benchmarks/tuning.py --only chunks``, docs/performance.md)
-CHUNK_BYTES = 2**21
-#: on CPU the stream is zero-padded inside the forward pass, per dtype, to ``multiple`` when
-#: that grows the D x D GEMMs' FLOPs, (Dp/D)^2, by at most ``max_growth``: MKL's batched
-#: GEMMs run up to 2x faster at these widths (``python benchmarks/tuning.py``,
-#: docs/performance.md).  Padding adds exact zeros only; hooks, the cache and the output
-#: see the D real columns.
-PADDING = {torch.float64: dict(multiple=24, max_growth=1.35), torch.float32: dict(multiple=8, max_growth=1.25)}
-ACTIVATIONS = ("relu", "gelu")
-
-
-@dataclass
-class AttentionSpec:
-    kind: str
-    W_Q: np.ndarray  # [H, D, E]
-    W_K: np.ndarray  # [H, D, E]
-    W_V: np.ndarray  # [H, D, E]
-    W_O: np.ndarray  # [H, E, D]
-    causal: bool = False  # token i attends to keys j <= i only
-    null_score: float | None = None  # softmax only: an extra logit with value 0 ("attend to nothing")
-
-    def __post_init__(self):
-        if self.kind not in ATTENTION_KINDS:
-            raise ConstructionError(f"attention kind must be one of {ATTENTION_KINDS}, got {self.kind!r}")
-        if self.null_score is not None and self.kind != "softmax":
-            raise ConstructionError("null_score (attend to nothing) needs softmax attention")
-        for k in ("W_Q", "W_K", "W_V", "W_O"):
-            setattr(self, k, np.asarray(getattr(self, k), dtype=np.float64))
-        H, D, E = self.W_Q.shape
-        want = {"W_K": (H, D, E), "W_V": (H, D, E), "W_O": (H, E, D)}
-        for k, shape in want.items():
-            if getattr(self, k).shape != shape:
-                raise ConstructionError(f"{k} has shape {getattr(self, k).shape}, expected {shape}")
-
-    @property
-    def heads(self) -> int:
-        return self.W_Q.shape[0]
-
-    @classmethod
-    def from_heads(cls, kind: str, heads: list[dict], **options) -> "AttentionSpec":
-        """Stack heads given as dicts of ``W_Q [D,e], W_K [D,e], W_V [D,e'], W_O [e',D]``,
-        zero-padding every head to the common width E = max(e, e')."""
-        E = max(max(h["W_Q"].shape[1], h["W_V"].shape[1]) for h in heads)
-        D = heads[0]["W_Q"].shape[0]
-
-        def pad_cols(a):
-            return np.pad(a, ((0, 0), (0, E - a.shape[1])))
-
-        return cls(
-            kind,
-            np.stack([pad_cols(h["W_Q"]) for h in heads]),
-            np.stack([pad_cols(h["W_K"]) for h in heads]),
-            np.stack([pad_cols(h["W_V"]) for h in heads]),
-            np.stack([np.pad(h["W_O"], ((0, E - h["W_O"].shape[0]), (0, 0))) for h in heads]).reshape(
-                len(heads), E, D
-            ),
-            **options,
-        )
-
-
-@dataclass
-class MLPSpec:
-    act: str
-    W_in: np.ndarray  # [D, F]
-    b_in: np.ndarray  # [F]
-    W_out: np.ndarray  # [F, D]
-    b_out: np.ndarray  # [D]
-    layernorm: bool = False  # the MLP reads LayerNorm(h) (no affine; variance eps below) instead of h
-    ln_eps: float = 0.0
-
-    def __post_init__(self):
-        if self.act not in ACTIVATIONS:
-            raise ConstructionError(f"MLP activation must be one of {ACTIVATIONS}, got {self.act!r}")
-        for k in ("W_in", "b_in", "W_out", "b_out"):
-            setattr(self, k, np.asarray(getattr(self, k), dtype=np.float64))
-        D, F = self.W_in.shape
-        if self.b_in.shape != (F,) or self.W_out.shape != (F, D) or self.b_out.shape != (D,):
-            raise ConstructionError("MLP shapes must be W_in [D,F], b_in [F], W_out [F,D], b_out [D]")
-
-
-@dataclass
-class BlockSpec:
-    attn: AttentionSpec | None
-    mlp: MLPSpec | None = None
+#: per-head hook points of an attention block (``blocks.{l}.attn.<name>``)
+HEAD_POINTS = ("hook_attn_scores", "hook_pattern", "hook_z")
 
 
 def _param(a: np.ndarray) -> nn.Parameter:
@@ -161,32 +67,44 @@ class Attention(nn.Module):
         self.W_Q, self.W_K, self.W_V, self.W_O = (_param(getattr(spec, k)) for k in ("W_Q", "W_K", "W_V", "W_O"))
 
     def folded(self, T: int, S: int) -> bool:
-        """Whether :meth:`forward` uses the folded order (linear attention, cheaper in FLOPs)."""
-        return self.kind == "linear" and not self.causal and self.folded_cost(T, S) <= FOLD_GAIN * self.cost(T, S)
+        """Whether :meth:`forward` uses the folded order (:func:`constructions.fastpath.use_folded`)."""
+        return fastpath.use_folded(self, T, S)
+
+    def cost(self, T: int, S: int) -> int:
+        return fastpath.per_head_cost(self, T, S)
+
+    def folded_cost(self, T: int, S: int) -> int:
+        return fastpath.folded_cost(self, T, S)
+
+    def flops(self, T: int, S: int) -> int:
+        return fastpath.attention_flops(self, T, S)
 
     def weights(self, pad: int, norm: int, folded: bool) -> dict:
         """The maps :meth:`forward` multiplies by, with ``pad`` zero rows/columns for a padded
         stream: folded, ``QK [H, Dp, Dp]`` (with the 1/norm) and ``OV [H, Dp, Dp]``; per head,
         all heads side by side, ``W_Q, W_K, W_V [Dp, H E]`` and ``W_O [H E, Dp]``."""
         H, D, E = self.W_Q.shape
+        p = fastpath.pad
         if folded:
-            return dict(QK=_pad(self.W_Q @ self.W_K.transpose(1, 2) / norm, pad, pad),
-                        OV=_pad(self.W_V @ self.W_O, pad, pad))
-        cat = lambda W: _pad(W.permute(1, 0, 2).reshape(D, H * E), pad, 0)  # noqa: E731
-        return dict(W_Q=cat(self.W_Q), W_K=cat(self.W_K), W_V=cat(self.W_V), W_O=_pad(self.W_O.reshape(H * E, D), 0, pad))
+            return dict(QK=p(self.W_Q @ self.W_K.transpose(1, 2) / norm, pad, pad), OV=p(self.W_V @ self.W_O, pad, pad))
+        cat = lambda W: p(W.permute(1, 0, 2).reshape(D, H * E), pad, 0)  # noqa: E731
+        return dict(W_Q=cat(self.W_Q), W_K=cat(self.W_K), W_V=cat(self.W_V), W_O=p(self.W_O.reshape(H * E, D), 0, pad))
 
     def forward(self, h: torch.Tensor, n_context: int, mask_query: bool = True, norm: int | None = None,
-                weights: dict | None = None, scratch: dict | None = None) -> torch.Tensor:
+                weights: dict | None = None, scratch: dict | None = None, point=None) -> torch.Tensor:
         """Attention output ``[B, T, Dp]`` for a stream ``h [B, T, Dp]`` whose last ``Dp - D``
-        columns are zero padding (:data:`PADDING`); the output's padding columns are zero.
-        ``weights``: :meth:`weights` computed once for many calls (else computed here).
+        columns are zero padding (:data:`constructions.fastpath.PADDING`); the output's padding
+        columns are zero.  ``weights``: :meth:`weights` computed once for many calls (else
+        computed here; they must be the per-head maps when ``point`` is given).
         ``scratch``: preallocated outputs ``G, A, P, M [B, Dp, Dp]``, ``Z [B, T, Dp]`` for the
-        folded order (no autograd): the same kernels, so the same bits, without allocations."""
+        folded order (no autograd): the same kernels, so the same bits, without allocations.
+        ``point(name, tensor) -> tensor``: evaluate head by head, scores first, and pass the
+        per-head values through it (:data:`HEAD_POINTS`)."""
         keys = h[:, :n_context] if mask_query else h
         norm = n_context if norm is None else norm
         H, D, E = self.W_Q.shape
         B, T, S = h.shape[0], h.shape[1], keys.shape[1]
-        folded = self.folded(T, S)
+        folded = point is None and self.folded(T, S)
         w = self.weights(h.shape[-1] - D, norm, folded) if weights is None else weights
         if folded:
             # folded circuits: h (sum_h (QK_h / n) (keys^T keys) OV_h), the same sums reassociated;
@@ -202,59 +120,17 @@ class Attention(nn.Module):
         q = (h @ w["W_Q"]).view(B, T, H, E)
         k = (keys @ w["W_K"]).view(B, S, H, E)
         v = (keys @ w["W_V"]).view(B, S, H, E)
-        if self.kind == "linear" and not self.causal:
+        if self.kind == "linear" and not self.causal and point is None:
             # (K^T V) first: O(n E^2) instead of O(n T E); the same sum in exact arithmetic.
             kv = torch.einsum("bshe,bshf->bhef", k, v) / norm
             z = torch.einsum("bthe,bhef->bthf", q, kv)
         else:
-            scores = torch.einsum("bthe,bshe->bhts", q, k)
-            if self.causal:
-                future = torch.ones(T, S, dtype=torch.bool, device=scores.device).triu(1)
-                scores = scores.masked_fill(future, -torch.inf if self.kind == "softmax" else 0.0)
-            if self.kind == "relu":
-                pattern = torch.relu(scores) / norm
-            elif self.kind == "linear":
-                pattern = scores / norm
-            elif self.null_score is None:
-                pattern = torch.softmax(scores, dim=-1)
-            else:  # an extra key with logit null_score and value 0
-                null = torch.full_like(scores[..., :1], self.null_score)
-                pattern = torch.softmax(torch.cat([scores, null], -1), dim=-1)[..., :-1]
-            z = torch.einsum("bhts,bshe->bthe", pattern, v)
+            point = point or (lambda name, x: x)
+            scores = point("hook_attn_scores", torch.einsum("bthe,bshe->bhts", q, k))
+            future = torch.ones(T, S, dtype=torch.bool, device=h.device).triu(1) if self.causal else None
+            pattern = point("hook_pattern", attention_pattern(self.kind, scores, norm, self.null_score, future))
+            z = point("hook_z", torch.einsum("bhts,bshe->bthe", pattern, v))
         return z.reshape(B, T, H * E) @ w["W_O"]
-
-    def cost(self, T: int, S: int) -> int:
-        """FLOPs per prompt of the per-head evaluation order."""
-        H, D, E = self.W_Q.shape
-        if self.kind == "linear" and not self.causal:
-            mix = 2 * H * E * E * (S + T)  # K^T V, then Q (K^T V)
-        else:
-            mix = 4 * H * T * S * E  # scores, then pattern @ V
-        return 2 * H * E * D * (T + 2 * S) + mix + 2 * H * T * E * D
-
-    def folded_cost(self, T: int, S: int) -> int:
-        """FLOPs per prompt of the folded order (linear attention): keys^T keys, the per-head
-        D x D products, and h @ M."""
-        H, D, _ = self.W_Q.shape
-        return 2 * S * D * D + 4 * H * D**3 + 2 * T * D * D
-
-    def flops(self, T: int, S: int) -> int:
-        """FLOPs per prompt in the order :meth:`forward` uses (of the D-wide maps: the
-        padding's multiplications by zero are not counted)."""
-        return self.folded_cost(T, S) if self.folded(T, S) else self.cost(T, S)
-
-
-#: the folded order is used when its FLOPs are at most this factor above the per-head
-#: order's: its D x D GEMMs can run faster (``python benchmarks/tuning.py --only fold``: the
-#: crossover lies between FLOP ratios 1.07 and 1.69, by dtype; docs/performance.md)
-FOLD_GAIN = 1.6
-
-
-def _pad(W: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
-    """``W [..., r, c]`` (or ``[c]``) with ``rows`` zero rows and ``cols`` zero columns appended."""
-    if not (rows or cols):
-        return W
-    return torch.nn.functional.pad(W, (0, cols) if W.ndim == 1 else (0, cols, 0, rows))
 
 
 class MLP(nn.Module):
@@ -266,8 +142,9 @@ class MLP(nn.Module):
     def weights(self, pad: int) -> dict:
         """``W_in [Dp, F]`` (unpadded under LayerNorm, which reads the D real columns), ``b_in``,
         ``W_out [F, Dp]``, ``b_out [Dp]`` for a stream with ``pad`` zero columns."""
-        return dict(W_in=self.W_in if self.layernorm else _pad(self.W_in, pad, 0), b_in=self.b_in,
-                    W_out=_pad(self.W_out, 0, pad), b_out=_pad(self.b_out, 0, pad))
+        p = fastpath.pad
+        return dict(W_in=self.W_in if self.layernorm else p(self.W_in, pad, 0), b_in=self.b_in,
+                    W_out=p(self.W_out, 0, pad), b_out=p(self.b_out, 0, pad))
 
     def forward(self, h: torch.Tensor, weights: dict | None = None) -> torch.Tensor:
         """MLP output ``[B, T, Dp]`` for a zero-padded stream ``h [B, T, Dp]`` (as in :class:`Attention`)."""
@@ -308,23 +185,22 @@ class Transformer(nn.Module):
 
     def compute_width(self, h: torch.Tensor) -> int:
         """The width Dp >= D the forward pass computes in for ``h`` (:data:`PADDING`)."""
-        D, rule = self.width, self.padding.get(h.dtype)
-        if h.device.type != "cpu" or rule is None:
-            return D
-        Dp = -(-D // rule["multiple"]) * rule["multiple"]
-        return Dp if (Dp / D) ** 2 <= rule["max_growth"] else D
+        return fastpath.compute_width(self.width, h, self.padding)
 
     @property
     def n_layers(self) -> int:
         return len(self.blocks)
 
     def forward(self, h: torch.Tensor, n_context: int, cache: dict | None = None, hooks: dict | None = None,
-                start: int = 0, stop: int | None = None, norm: int | None = None):
-        """Run blocks ``start..stop-1`` (default: all) on the residual stream ``h [B, T, D]``.
+                start: int = 0, stop: int | None = None, norm: int | None = None, heads: bool = False):
+        """Run blocks ``start..stop-1`` (default: all) on the residual stream ``h [B, T, D]``;
+        ``n_context`` tokens are keys (with the query mask), ``norm`` is the attention's divisor
+        (default ``n_context``).
 
         ``cache``: a dict that receives every hook point's tensor.
         ``hooks``: ``{name: fn(tensor) -> tensor or None}``; a returned tensor
         replaces the value at that point (interventions).
+        ``heads``: compute the per-head hook points of every attention block (module docstring).
         """
         if h.ndim != 3 or h.shape[-1] != self.width:
             raise ConstructionError(f"residual stream must be [B, T, {self.width}], got {tuple(h.shape)}")
@@ -335,87 +211,47 @@ class Transformer(nn.Module):
             raise ConstructionError(f"residual stream is {h.dtype} on {h.device} but the model is {w.dtype} on "
                                     f"{w.device}: convert the stream, or the model with .to(dtype, device)")
         D, Dp = self.width, self.compute_width(h)
-        B, T = h.shape[:2]
+        T = h.shape[1]
         S = n_context if self.mask_query else T
         norm = n_context if norm is None else norm
         stop = self.n_layers if stop is None else stop
-        blocks = [self.blocks[l] for l in range(start, stop)]
+        layers = range(start, stop)
+        blocks = [self.blocks[l] for l in layers]
+        hooks = hooks or {}
+        per_head = [b.attn is not None and (heads or any(f"blocks.{l}.attn.{p}" in hooks for p in HEAD_POINTS))
+                    for l, b in zip(layers, blocks)]
         # the padded maps, once per call (not per chunk)
-        weights = [(b.attn.weights(Dp - D, norm, b.attn.folded(T, S)) if b.attn is not None else None,
-                    b.mlp.weights(Dp - D) if b.mlp is not None else None) for b in blocks]
+        weights = [(b.attn.weights(Dp - D, norm, b.attn.folded(T, S) and not ph) if b.attn is not None else None,
+                    b.mlp.weights(Dp - D) if b.mlp is not None else None) for b, ph in zip(blocks, per_head)]
 
-        def point(name, x):  # hooks and the cache see the D real columns
-            if hooks and name in hooks:
-                out = hooks[name](x[..., :D])
-                x = x if out is None else _pad(out, 0, Dp - D)
+        if cache is None and not hooks and not any(per_head) and not (torch.is_grad_enabled() and (
+                h.requires_grad or any(q.requires_grad for q in self.parameters()))):
+            return fastpath.fast_forward(h, n_context, norm, blocks, weights, Dp, self.mask_query, self.chunk_bytes)
+
+        def point(name, x, real=D):  # hooks and the cache see the D real columns
+            if name in hooks:
+                out = hooks[name](x[..., :real])
+                x = x if out is None else fastpath.pad(out, 0, x.shape[-1] - real)
             if cache is not None:
-                cache[name] = x[..., :D]
+                cache[name] = x[..., :real]
             return x
 
-        if cache is None and not hooks and not (torch.is_grad_enabled() and (
-                h.requires_grad or any(q.requires_grad for q in self.parameters()))):
-            return self._fast(h, n_context, norm, blocks, weights, Dp)
-
-        h = _pad(h, 0, Dp - D)
-        for l, block, (wa, wm) in zip(range(start, stop), blocks, weights):
+        h = fastpath.pad(h, 0, Dp - D)
+        for l, block, (wa, wm), ph in zip(layers, blocks, weights, per_head):
             p = f"blocks.{l}."
             h = point(p + "hook_resid_pre", h)
             if block.attn is not None:
-                h = h + point(p + "hook_attn_out", block.attn(h, n_context, self.mask_query, norm, wa))
+                head_point = (lambda name, x, p=p: point(p + "attn." + name, x, x.shape[-1])) if ph else None
+                h = h + point(p + "hook_attn_out", block.attn(h, n_context, self.mask_query, norm, wa, point=head_point))
             h = point(p + "hook_resid_mid", h)
             if block.mlp is not None:
                 h = h + point(p + "hook_mlp_out", block.mlp(h, wm))
             h = point(p + "hook_resid_post", h)
         return h[..., :D]
 
-    def _fast(self, h, n_context, norm, blocks, weights, Dp):
-        """The forward pass without hooks or autograd: the same operations on preallocated
-        buffers (a padded stream pair and the folded order's scratch), reused across layers
-        and, on CPU, across cache-sized chunks of the batch (prompts are independent)."""
-        (B, T, D), S = h.shape, (n_context if self.mask_query else h.shape[1])
-        chunk = self._chunk(B, T, Dp, h)
-        new = lambda *shape: h.new_empty(chunk, *shape)  # noqa: E731
-        x_buf, y_buf, out = new(T, Dp), new(T, Dp), h.new_empty(B, T, D)
-        scratch = None
-        if any(b.attn is not None and b.attn.folded(T, S) for b in blocks):
-            scratch = dict(G=new(Dp, Dp), A=new(Dp, Dp), P=new(Dp, Dp), M=new(Dp, Dp), Z=new(T, Dp))
-        for i in range(0, B, chunk):
-            b = min(chunk, B - i)
-            x, y = x_buf[:b], y_buf[:b]
-            x[..., :D] = h[i : i + b]
-            x[..., D:] = 0
-            s = None if scratch is None else {k: v[:b] for k, v in scratch.items()}
-            for block, (wa, wm) in zip(blocks, weights):
-                if block.attn is not None:
-                    a = block.attn(x, n_context, self.mask_query, norm, wa, s if block.attn.folded(T, S) else None)
-                    x, y = torch.add(x, a, out=y), x
-                if block.mlp is not None:
-                    x, y = torch.add(x, block.mlp(x, wm), out=y), x
-            out[i : i + b] = x[..., :D]
-        return out
-
-    def _chunk(self, B: int, T: int, Dp: int, h: torch.Tensor) -> int:
-        """Prompts per chunk of the no-hook pass: :attr:`chunk_bytes` of padded stream on CPU."""
-        chunk = self.chunk_bytes // (T * Dp * h.element_size()) if h.device.type == "cpu" else B
-        return max(1, min(B, chunk))
-
     def fast_pass_bytes(self, h: torch.Tensor, n_context: int) -> int:
-        """Bytes the no-hook forward pass allocates for ``h [B, T, D]``: the output, its
-        buffers, and the largest temporaries of one block on one chunk (the input not counted)."""
-        (B, T, D), S = h.shape, (n_context if self.mask_query else h.shape[1])
-        Dp = self.compute_width(h)
-        c = self._chunk(B, T, Dp, h)
-        temps = [0]
-        for b in self.blocks:
-            if b.attn is not None and b.attn.folded(T, S):
-                temps.append(4 * Dp * Dp + T * Dp)  # the scratch G, A, P, M, Z
-            elif b.attn is not None:
-                H, _, E = b.attn.W_Q.shape
-                mix = 2 * H * E * E if b.attn.kind == "linear" and not b.attn.causal else 2 * H * T * S
-                temps.append((T + 2 * S) * H * E + mix + T * H * E + T * Dp)  # q, k, v; kv or scores; z; out
-            if b.mlp is not None:
-                temps.append(2 * T * b.mlp.W_in.shape[1] + T * Dp)  # pre, post, out
-        return h.element_size() * (B * T * D + 2 * c * T * Dp + c * max(temps))
+        """Bytes the no-hook forward pass allocates (:func:`constructions.fastpath.fast_pass_bytes`)."""
+        return fastpath.fast_pass_bytes(self, h, n_context)
 
     def residuals(self, h: torch.Tensor, n_context: int, stop: int | None = None, norm: int | None = None) -> torch.Tensor:
         """Residual streams ``[stop+1, B, T, D]``: the input, then after each of the first
@@ -427,54 +263,3 @@ class Transformer(nn.Module):
 
     def param_count(self) -> int:
         return sum(p.numel() for p in self.parameters())
-
-
-def numpy_forward(blocks: list[BlockSpec], h: np.ndarray, n_context: int, mask_query: bool = True,
-                  norm: int | None = None, convert=lambda a: a) -> list[np.ndarray]:
-    """The plain-data reference forward pass in numpy: the residual streams ``[h_0, ..., h_L]``.
-
-    The same equations as :class:`Transformer` (module docstring), on numpy arrays of
-    any dtype: float64, or object arrays of ``fractions.Fraction`` for exact rational
-    arithmetic (:mod:`verify.exact`), in which linear and ReLU attention and ReLU MLPs
-    are exact.  ``convert`` maps each float64 weight array to h's element type.
-    Softmax and GeLU need floats.  Used to check constructions exactly, and as the
-    specification the torch module is tested against.
-    """
-    norm = n_context if norm is None else norm
-    hs = [h]
-    for spec in blocks:
-        if spec.attn is not None:
-            a = spec.attn
-            keys = h[:, :n_context] if mask_query else h
-            out = 0
-            for WQ, WK, WV, WO in zip(*(convert(getattr(a, k)) for k in ("W_Q", "W_K", "W_V", "W_O"))):
-                q, k, v = h @ WQ, keys @ WK, keys @ WV
-                s = q @ k.transpose(0, 2, 1)
-                if a.causal:
-                    future = np.triu(np.ones(s.shape[-2:], dtype=bool), 1)
-                    s = np.where(future, -np.inf if a.kind == "softmax" else 0, s)
-                if a.kind == "linear":
-                    z = s @ v / norm
-                elif a.kind == "relu":
-                    z = np.maximum(s, 0) @ v / norm  # int 0: exact inputs stay exact
-                else:
-                    if a.null_score is not None:
-                        s = np.concatenate([s, np.full(s.shape[:-1] + (1,), a.null_score)], -1)
-                    e = np.exp(s - s.max(-1, keepdims=True))
-                    z = (e / e.sum(-1, keepdims=True))[..., : k.shape[1]] @ v
-                out = out + z @ WO
-            h = h + out
-        if spec.mlp is not None:
-            m = spec.mlp
-            x = h
-            if m.layernorm:
-                c = h - h.mean(-1, keepdims=True)
-                x = c / np.sqrt((c**2).mean(-1, keepdims=True) + m.ln_eps)
-            pre = x @ convert(m.W_in) + convert(m.b_in)
-            if m.act == "relu":
-                post = np.maximum(pre, 0)
-            else:
-                post = 0.5 * pre * (1 + np.vectorize(math.erf)(pre / math.sqrt(2.0)))
-            h = h + post @ convert(m.W_out) + convert(m.b_out)
-        hs.append(h)
-    return hs

@@ -2,42 +2,28 @@
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, note
+from hypothesis import given
 
 import constructions
-from constructions import ConstructionError
-from constructions.bai import score_bound, sigmoid_knots
-from verify.claims import CLAIMS, _iterate_bound, glm_fit_error, lasso_lam, stable_lr
+from constructions import ConstructionError, registry
+from constructions.bai import score_bound, sigmoid_fit_error, sigmoid_knots
+from verify.bounds import slot_matches_iterates
+from verify.knobs import lasso_lam, stable_lr
 from verify.prompts import PromptSpec, make_prompt
 from verify.reference import GD, ISTA, LogisticGD, RidgeSelect, soft_threshold
 from verify.strategies import knobs, prompts
 from verify.tolerance import assert_trace_matches, compare_trace, tolerance
 
 DTYPES = pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
-BAI = ["bai23-icgd", "bai23-ridge-relu", "bai23-lasso", "bai23-glm", "bai23-selection"]
-
-
-def _holds(claim_id, p, k, dtype=torch.float64):
-    holds, figure, cmp = CLAIMS[claim_id].evaluate(p, k, dtype)
-    note(f"{p.describe()} | {k} | {cmp.report()}")
-    assert holds, cmp.report()
-    return cmp
-
-
-@DTYPES
-@pytest.mark.parametrize("claim_id", BAI)
-@given(p=prompts(), k=knobs())
-def test_every_layer_and_bound(claim_id, dtype, p, k):
-    """Exact trace at every layer, plus each claim's bound (iterates in every token, ISTA's
-    O(1/t) gap, Thm 13's eps*t*lr*B_x, the selection's gamma guarantee)."""
-    spec, k = CLAIMS[claim_id].adapt(p.spec, k)
-    _holds(claim_id, make_prompt(spec), k, dtype)
+# Every claim of this module (the exact trace at every layer and its bound: iterates in every token,
+# ISTA's O(1/t) gap, Thm 13's eps*t*lr*B_x, the selection's gamma guarantee) in both dtypes:
+# tests/test_claims.py.
 
 
 @given(p=prompts(), k=knobs(log10_mask=(0.0, 12.0)))
 def test_relu_gd_exact_for_any_masking_constant(p, k):
     """The gate is exact whatever B above the bound (B up to 1e12 times it)."""
-    c, ref = CLAIMS["bai23-icgd"].case(p, k)
+    c, ref = registry.claim("bai23-icgd").build(p, k)
     assert_trace_matches(c, ref, *p.arrays)
 
 
@@ -55,12 +41,12 @@ def test_mask_constant_below_the_bound_raises_and_would_leak_the_query():
 
 @given(p=prompts(), k=knobs())
 def test_w_slot_of_every_token_is_the_iterate(p, k):
-    c, ref = CLAIMS["bai23-icgd"].case(p, k)
+    c, ref = registry.claim("bai23-icgd").build(p, k)
     W = c.read_slot(*p.arrays, "w")  # [S+1, B, T, d]
     ref.fit(p.X, p.y)
     assert W.shape == (k.steps + 1, p.spec.B, p.spec.n + p.spec.m, p.spec.d)
     np.testing.assert_array_equal(W[0], 0.0)
-    assert _iterate_bound(p, c, ref).ok  # every token, every layer, within the tolerance model
+    assert slot_matches_iterates(p, c, ref).ok  # every token, every layer, within the tolerance model
 
 
 def test_soft_threshold_mlp_is_exact():
@@ -92,7 +78,7 @@ def _glm_errors(seed, heads_list, steps=6):
         c = constructions.logistic_gd(4, steps, lr, h, xb)
         w = c.read_slot(p.X, y, p.Xq, "w")[-1][:, -1]
         errs.append(np.linalg.norm(w - exact, axis=-1).max())
-        assert errs[-1] <= glm_fit_error(h, steps * lr * xb**2) * steps * lr * xb  # Thm 13's bound
+        assert errs[-1] <= sigmoid_fit_error(h, steps * lr * xb**2) * steps * lr * xb  # Thm 13's bound
     return np.array(errs)
 
 
@@ -130,7 +116,7 @@ def test_glm_domain_errors():
 @DTYPES
 @given(p=prompts(n=(4, 40)), k=knobs())
 def test_selection_weights_are_a_convex_combination(dtype, p, k):
-    c, ref = CLAIMS["bai23-selection"].case(p, k)
+    c, ref = registry.claim("bai23-selection").build(p, k)
     c = c.to(dtype)
     K = len(c.params["lams"])
     A = np.stack([c.residuals(*p.arrays)[-1][..., c.layout[f"a{j}"].start] for j in range(K)], -1)  # [B, T, K]

@@ -1,49 +1,17 @@
-import math
+"""The icl-verify command line: every command reads the one registry."""
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
-from unittest import mock
 
 import pytest
-import torch
-from hypothesis import given
 
-from constructions import transformer
-
-from verify import claims as registry
+import constructions
+from constructions import registry
 from verify.cli import main
-from verify.docs import claims_markdown
-from verify.prompts import make_prompt
-from verify.strategies import knobs, prompts
+from verify.docs import claims_markdown, readme_with_table
 
 ROOT = Path(__file__).parent.parent
-
-
-@pytest.mark.parametrize("claim_id", list(registry.CLAIMS))
-@given(p=prompts(), k=knobs())
-def test_every_registered_claim_holds_on_random_prompts(claim_id, p, k):
-    claim = registry.CLAIMS[claim_id]
-    spec, k = claim.adapt(p.spec, k)
-    holds, figure, cmp = claim.evaluate(make_prompt(spec), k)
-    assert holds, f"{claim_id}: figure {figure}; {cmp.report()}"
-
-
-FORCED = {dt: dict(multiple=8, max_growth=math.inf) for dt in (torch.float64, torch.float32)}
-#: float64 exact claims with padding forced: tests/test_fast_path.py
-_PADDED = [(c, torch.float64) for c, v in registry.CLAIMS.items() if v.kind != "exact"] + [
-    (c, torch.float32) for c, v in registry.CLAIMS.items() if v.kind == "exact"]
-
-
-@pytest.mark.parametrize("claim_id, dtype", _PADDED, ids=[f"{c}-{str(dt)[6:]}" for c, dt in _PADDED])
-@given(p=prompts(), k=knobs())
-def test_every_claim_holds_with_the_stream_padded(claim_id, dtype, p, k):
-    """The padded forward pass (constructions.transformer.PADDING, on by default only at the
-    widths where it is faster) forced on every width: every claim still holds, layer by layer."""
-    claim = registry.CLAIMS[claim_id]
-    spec, k = claim.adapt(p.spec, k)
-    with mock.patch.dict(transformer.PADDING, FORCED):
-        holds, figure, cmp = claim.evaluate(make_prompt(spec), k, dtype)
-    assert holds, f"{claim_id} ({dtype}): figure {figure}; {cmp.report()}"
 
 
 def test_check_prints_the_table_and_exits_zero(capsys):
@@ -51,9 +19,9 @@ def test_check_prints_the_table_and_exits_zero(capsys):
     out = capsys.readouterr().out
     for header in ("claim", "construction", "source", "prompts", "worst error", "tolerance", "verdict"):
         assert header in out
-    for cid in registry.CLAIMS:
-        assert cid in out
-    n = len(registry.CLAIMS)
+    for c in registry.claims():
+        assert c.id in out
+    n = len(registry.claims())
     assert f"{n}/{n} claims hold" in out and "seed 0" in out
 
 
@@ -63,18 +31,22 @@ def test_check_float32_and_subset(capsys):
     assert "float32" in out and "1/1 claims hold" in out
 
 
-def test_failing_claim_exits_one(monkeypatch, capsys):
-    """A claim whose construction is wrong (lr doubled) must be reported as failing."""
-    import constructions
+def test_failing_claim_exits_one(capsys):
+    """A claim whose construction is wrong (lr off by 0.1%) must be reported as failing."""
+    from verify.claims import Claim
+    from verify.knobs import stable_lr
     from verify.reference import GD
 
     def broken(p, k):
-        lr = registry.stable_lr(p.X, k.lr_factor) / 2
+        lr = stable_lr(p.X, k.lr_factor) / 2
         return constructions.gd(p.spec.d, k.steps, 2 * lr * 1.001), GD(k.steps, lr=2 * lr)
 
-    bad = registry.Claim("broken", "nobody", "nowhere", "a wrong step size", "gd", "GD", broken)
-    monkeypatch.setitem(registry.CLAIMS, "broken", bad)
-    assert main(["check", "broken", "--prompts", "3", "--seed", "0"]) == 1
+    registry.add_claim(Claim("broken", "nobody", "nowhere", "a wrong step size", "GD", broken, GD,
+                             construction=constructions.gd))
+    try:
+        assert main(["check", "broken", "--prompts", "3", "--seed", "0"]) == 1
+    finally:
+        registry.remove_claim("broken")
     out = capsys.readouterr().out
     assert "FAILS" in out and "FAILED broken" in out and "first deviation at layer 1" in out
 
@@ -102,5 +74,77 @@ def test_python_dash_m_verify_runs():
     assert "claims hold" in r.stdout
 
 
-def test_docs_claims_table_is_up_to_date():
+def test_a_claim_checked_alone_sees_the_prompts_of_the_full_run(capsys):
+    main(["check", "--prompts", "3", "--seed", "5"])
+    full = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("bai23-lasso ")]
+    main(["check", "bai23-lasso", "--prompts", "3", "--seed", "5"])
+    alone = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("bai23-lasso ")]
+    assert full == alone and len(full) == 1
+
+
+def test_docs_claims_table_and_readme_table_are_up_to_date():
     assert (ROOT / "docs" / "claims.md").read_text() == claims_markdown(), "run `icl-verify docs`"
+    readme = (ROOT / "README.md").read_text()
+    assert readme == readme_with_table(readme), "run `icl-verify docs`"
+
+
+USER_MODULE = textwrap.dedent("""
+    import numpy as np
+    import constructions
+    from verify.claims import Claim
+    from verify.knobs import stable_lr
+    from verify.reference import GD
+
+    def half_gd(d, steps, lr):
+        \"\"\"**Theorem** GD at half the step (a user's construction).\"\"\"
+        c = constructions.gd(d, steps, lr / 2)
+        return constructions.Construction("half_gd", dict(d=d, steps=steps, lr=lr), c.blocks, c.layout, d)
+
+    def case(p, k):
+        lr = stable_lr(p.X, k.lr_factor)
+        return half_gd(p.spec.d, k.steps, lr), GD(k.steps, lr=lr / 2)
+
+    constructions.register(half_gd, summary="GD at half the step", source="a user", exactness="exact",
+                           claims=[Claim("user-half-gd", "a user", "notes", "GD at half the step", "GD (numpy)", case, GD)])
+""")
+
+
+def test_import_option_checks_a_users_module(tmp_path):
+    """``icl-verify check --import my_module`` runs a claim that only the user's module registers;
+    the real command, in a fresh process, as a user would run it."""
+    (tmp_path / "my_claims.py").write_text(USER_MODULE)
+    r = subprocess.run([sys.executable, "-m", "verify", "check", "--import", "my_claims", "user-half-gd",
+                        "--prompts", "4", "--seed", "0"], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "user-half-gd" in r.stdout and "half_gd" in r.stdout and "1/1 claims hold" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "verify", "--import", str(tmp_path / "my_claims.py"), "list"],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0 and "user-half-gd" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "verify", "check", "--import", "no_such_module_here"],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--import no_such_module_here" in r.stderr
+
+
+def test_installed_plugins_register_through_the_entry_point_group(monkeypatch, tmp_path):
+    import importlib.metadata
+
+    (tmp_path / "plugin_mod.py").write_text(USER_MODULE.replace("half_gd", "plugin_gd").replace("user-half", "plugin"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    ep = importlib.metadata.EntryPoint("mine", "plugin_mod", registry.ENTRY_POINTS)
+    monkeypatch.setattr(importlib.metadata, "entry_points",
+                        lambda group=None: [ep] if group == registry.ENTRY_POINTS else [])
+    monkeypatch.setattr(registry, "_plugins_loaded", False)
+    try:
+        assert "plugin_gd" in registry.names() and registry.claim("plugin-gd").name == "plugin_gd"
+    finally:
+        registry.unregister("plugin_gd")
+
+
+def test_a_broken_plugin_names_itself(monkeypatch):
+    import importlib.metadata
+
+    ep = importlib.metadata.EntryPoint("broken", "no_such_plugin_module", registry.ENTRY_POINTS)
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group=None: [ep])
+    monkeypatch.setattr(registry, "_plugins_loaded", False)
+    with pytest.raises(constructions.ConstructionError, match="plugin 'broken'"):
+        registry.names()

@@ -12,8 +12,7 @@ import pytest
 import torch
 from hypothesis import given
 
-from constructions import transformer
-from verify.claims import CLAIMS
+from constructions import fastpath, registry
 from verify.prompts import make_prompt
 from verify.strategies import knobs, prompts
 from verify.tolerance import compare_trace
@@ -23,16 +22,16 @@ PADDINGS = {"none": {}, "forced": {dt: dict(multiple=8, max_growth=math.inf) for
 
 
 def _case(claim_id, p, k, padding):
-    claim = CLAIMS[claim_id]
+    claim = registry.claim(claim_id)
     spec, k = claim.adapt(p.spec, k)
     prompt = make_prompt(spec)
-    with mock.patch.dict(transformer.PADDING, PADDINGS[padding], clear=True):
-        c, ref, *rest = claim.case(prompt, k)
+    with mock.patch.dict(fastpath.PADDING, PADDINGS[padding], clear=True):
+        c, ref, *rest = claim.build(prompt, k)
     return c, ref, (rest[0] if rest else prompt)
 
 
 @pytest.mark.parametrize("padding", list(PADDINGS))
-@pytest.mark.parametrize("claim_id", [i for i, c in CLAIMS.items() if c.kind != "bound"])
+@pytest.mark.parametrize("claim_id", [c.id for c in registry.claims() if c.kind != "bound"])
 @given(p=prompts(), k=knobs())
 def test_fast_pass_has_the_bits_of_the_hooked_pass(claim_id, padding, p, k):
     c, _, prompt = _case(claim_id, p, k, padding)
@@ -47,7 +46,7 @@ def test_fast_pass_has_the_bits_of_the_hooked_pass(claim_id, padding, p, k):
 
 
 @pytest.mark.parametrize("padding", list(PADDINGS))
-@pytest.mark.parametrize("claim_id", [i for i, c in CLAIMS.items() if c.kind == "exact"])
+@pytest.mark.parametrize("claim_id", [c.id for c in registry.claims() if c.kind == "exact"])
 @given(p=prompts(), k=knobs())
 def test_claim_holds_and_predictions_in_one_prompt_chunks_hold_the_error_model(claim_id, padding, p, k):
     c, ref, prompt = _case(claim_id, p, k, padding)

@@ -1,7 +1,9 @@
-"""Property tests: every layer of every LSA construction against its numpy reference.
+"""Property tests: every layer of every linear-self-attention construction against its numpy
+reference, over the extremes of the prompt space (tests/test_claims.py checks every claim on the
+default ranges, in both dtypes).
 
-Prompts and knobs are drawn by hypothesis (verify.strategies); the arrays are
-built from a drawn seed.  Tolerances come from verify.tolerance only.
+Prompts and knobs are drawn by hypothesis (verify.strategies); the arrays are built from a
+drawn seed.  Tolerances come from verify.tolerance only.
 """
 import numpy as np
 import pytest
@@ -10,29 +12,24 @@ from hypothesis import given, note
 from hypothesis import strategies as st
 
 import constructions
-from verify.claims import CLAIMS, random_precond, stable_lr
+from constructions import registry
+from queries import claim_ids
+from verify.knobs import random_precond, stable_lr
 from verify.reference import GD, GDPlusPlus
 from verify.strategies import knobs, prompts
 from verify.tolerance import assert_trace_matches, compare_trace, tolerance
 
-#: the linear-self-attention claims (Bai et al.'s ReLU constructions: tests/test_bai.py)
-EXACT = ["vonoswald23-prop1", "vonoswald23-prop1-ridge", "vonoswald23-gdpp", "ahn23-pgd"]
+#: the exact claims on constructions of linear attention only (ReLU ones: tests/test_bai.py)
+EXACT = claim_ids(kind="exact", attention_only="linear")
 DTYPES = [torch.float64, torch.float32]
 
 
 def _check(claim_id, p, k, dtype=torch.float64):
-    c, ref = CLAIMS[claim_id].case(p, k)
+    c, ref = registry.claim(claim_id).build(p, k)
     note(f"{p.describe()} | {k}")
     cmp = assert_trace_matches(c.to(dtype), ref, *p.arrays)
     assert cmp.model.shape == (k.steps, p.spec.B, p.spec.m)  # every layer compared
     return cmp
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=["float64", "float32"])
-@pytest.mark.parametrize("claim_id", EXACT)
-@given(p=prompts(), k=knobs())
-def test_every_layer_matches_reference(claim_id, dtype, p, k):
-    _check(claim_id, p, k, dtype)
 
 
 @pytest.mark.parametrize("claim_id", EXACT)
@@ -62,7 +59,7 @@ def test_large_and_tiny_scales(claim_id, p, k):
 
 @given(p=prompts(B=1), k=knobs())
 def test_unbatched_equals_batched(p, k):
-    c, _ = CLAIMS["vonoswald23-prop1"].case(p, k)
+    c, _ = registry.claim("vonoswald23-prop1").build(p, k)
     X, y, Xq = p.X[0], p.y[0], p.Xq[0]
     t = c.trace(X, y, Xq)
     assert t.shape == (k.steps, p.spec.m)
@@ -72,7 +69,7 @@ def test_unbatched_equals_batched(p, k):
 
 @given(p=prompts(), k=knobs())
 def test_torch_in_torch_out_numpy_in_numpy_out(p, k):
-    c, _ = CLAIMS["vonoswald23-prop1"].case(p, k)
+    c, _ = registry.claim("vonoswald23-prop1").build(p, k)
     out_np = c.predict(*p.arrays)
     out_t = c.predict(*(torch.from_numpy(a) for a in p.arrays))
     assert isinstance(out_np, np.ndarray) and isinstance(out_t, torch.Tensor)
@@ -85,7 +82,7 @@ def test_residual_tokens_hold_the_gd_residuals(p, k):
 
     The error model applies with x_i in place of x_q (``ref.scale(X)``), plus |y_i|: the
     slot holds y_i - w_t.x_i, so y_i is one of the terms it sums."""
-    c, ref = CLAIMS["vonoswald23-prop1"].case(p, k)
+    c, ref = registry.claim("vonoswald23-prop1").build(p, k)
     hs = c.residuals(*p.arrays)
     ref.fit(p.X, p.y)
     n = p.spec.n
@@ -103,7 +100,7 @@ def test_gdpp_with_gamma_zero_is_gd(p, k):
 
 @given(p=prompts(d=(2, 8), n=(4, 30)), k=knobs(skew=(0.5, 2.0)))
 def test_preconditioner_is_not_transposed(p, k):
-    """The transpose trap (claims.md sec. 11.5): the model applies P, not P^T."""
+    """The transpose trap (docs/pitfalls.md #5): the model applies P, not P^T."""
     P = random_precond(p.X, k.lr_factor, k.seed, k.skew)
     c = constructions.preconditioned_gd(p.spec.d, k.steps, P)
     assert compare_trace(c, GD(k.steps, precond=P), *p.arrays).ok
@@ -119,7 +116,7 @@ def test_per_layer_preconditioners(p, k):
 
 
 def test_gdpp_transforms_the_query_inputs():
-    """GD++ maps the query's x too (claims.md sec. 11.14): x_q <- (I - gamma S) x_q."""
+    """GD++ maps the query's x too (docs/pitfalls.md #14): x_q <- (I - gamma S) x_q."""
     rng = np.random.default_rng(0)
     X, y, Xq = rng.normal(size=(1, 6, 3)), rng.normal(size=(1, 6)), rng.normal(size=(1, 2, 3))
     gamma = 0.1

@@ -1,38 +1,36 @@
 """Negative tests: the harness catches what it must catch."""
-import copy
-
 import numpy as np
 import pytest
 import torch
 from hypothesis import given
 
 import constructions
-from verify.claims import CLAIMS, Knobs
+from constructions import registry
+from constructions.linear_gd import unmasked
+from queries import claim_ids
+from verify.knobs import Knobs
 from verify.prompts import PromptSpec, make_prompt
 from verify.reference import GD
 from verify.strategies import knobs, prompts
 from verify.tolerance import compare_trace
 
-#: the linear-self-attention claims (Bai et al.'s ReLU constructions: tests/test_bai.py)
-EXACT = ["vonoswald23-prop1", "vonoswald23-prop1-ridge", "vonoswald23-gdpp", "ahn23-pgd"]
+#: the exact claims on constructions of linear attention only (ReLU ones: tests/test_bai.py)
+EXACT = claim_ids(kind="exact", attention_only="linear")
 
 
 @given(p=prompts(m=3), k=knobs(steps=(2, 8), lr_factor=(0.5, 1.95)))
 def test_without_query_mask_layer_one_matches_but_later_layers_fail(p, k):
-    c, ref = CLAIMS["vonoswald23-prop1"].case(p, k)
-    unmasked = copy.deepcopy(c)
-    unmasked.model.mask_query = False
+    c, ref = registry.claim("vonoswald23-prop1").build(p, k)
     assert compare_trace(c, GD(k.steps, lr=c.params["lr"]), *p.arrays).ok
-    cmp = compare_trace(unmasked, ref, *p.arrays)
+    cmp = compare_trace(unmasked(c), ref, *p.arrays)
     assert cmp.layers_failing() and cmp.layers_failing()[0] >= 2
     assert (cmp.ratio[0] <= 1).all()
 
 
 def test_one_layer_without_mask_is_still_exact():
     p = make_prompt(PromptSpec(B=2, n=7, m=2, d=3, seed=4))
-    c, ref = CLAIMS["vonoswald23-prop1"].case(p, Knobs(steps=1))
-    c.model.mask_query = False
-    assert compare_trace(c, ref, *p.arrays).ok
+    c, ref = registry.claim("vonoswald23-prop1").build(p, Knobs(steps=1))
+    assert compare_trace(unmasked(c), ref, *p.arrays).ok
 
 
 @pytest.mark.parametrize("claim_id", EXACT)
@@ -47,7 +45,7 @@ def test_perturbed_weight_is_caught_at_its_layer(claim_id, weight, seed):
     reach the readout one layer later.)"""
     p = make_prompt(PromptSpec(B=2, n=12, m=2, d=4, log10_kappa=1.0, seed=seed))
     k = Knobs(steps=4, lr_factor=1.0, log10_lam=-1.0, gamma_factor=0.5, skew=0.5, seed=seed)
-    c, ref = CLAIMS[claim_id].case(p, k)
+    c, ref = registry.claim(claim_id).build(p, k)
     assert compare_trace(c, ref, *p.arrays).ok
     layer = seed % k.steps
     W = getattr(c.model.blocks[layer].attn, weight).data[0]  # head 0
@@ -69,7 +67,7 @@ def test_perturbed_weight_is_caught_at_its_layer(claim_id, weight, seed):
 
 def test_float32_rounded_step_size_is_caught_in_float64():
     """A silent float32 downcast of lr (relative error ~3e-8) is caught; torch's default
-    assert_close tolerance would miss it (engineering.md sec. 1.4)."""
+    assert_close tolerance would miss it (docs/tolerance.md)."""
     p = make_prompt(PromptSpec(B=4, n=20, m=3, d=5, seed=11))
     lr = 1.0 / 3.0 / np.linalg.eigvalsh(np.einsum("bni,bnj->bij", p.X, p.X) / 20)[:, -1].max()
     lr32 = float(np.float32(lr))

@@ -5,15 +5,16 @@ import torch
 
 import constructions
 from constructions.errors import ConstructionError
+from constructions import raw as akyurek
+from constructions.numpy_pass import numpy_forward
 from constructions.raw import RawConfig, aff, div, mov, mul, raw_gd
-from constructions.transformer import Transformer, numpy_forward
-from verify import akyurek
+from constructions.transformer import Transformer
 from verify.tolerance import C, eps
 
 
 def _stream(k=2, seed=0):
     rng = np.random.default_rng(seed)
-    lay = akyurek._layout(k)
+    lay = akyurek.primitive_layout(k)
     h = np.zeros((2, 3, lay.width))
     h[:, :, lay["a"].index] = np.tanh(rng.normal(size=(2, 3, k)))
     h[:, :, lay["b"].index] = np.tanh(rng.normal(size=(2, 3, k)))

@@ -3,7 +3,7 @@ import numpy as np
 import torch
 from hypothesis import given
 
-from verify.claims import random_precond, stable_lr
+from verify.knobs import random_precond, stable_lr
 from verify.prompts import PromptSpec, make_prompt
 from verify.reference import GD, Ridge
 from verify.strategies import knobs, prompts

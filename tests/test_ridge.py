@@ -4,35 +4,25 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, note
+from hypothesis import given
 
 import constructions
-from constructions import ConstructionError
+from constructions import ConstructionError, registry
 from constructions.ridge import newton_iters, newton_mask_bound
 from constructions.sherman_morrison import reciprocal_iters
-from verify.claims import CLAIMS, ridge_lam
+from verify.knobs import ridge_lam
 from verify.prompts import PromptSpec, make_prompt
 from verify.reference import NewtonSchulz, RecursiveLeastSquares, Ridge
 from verify.strategies import knobs, prompts
 from verify.tolerance import compare_trace, solve_tolerance, tolerance
 
-DTYPES = pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
-
-
-@DTYPES
-@pytest.mark.parametrize("claim_id", ["fu23-newton", "bai23-ridge", "akyurek22-thm2"])
-@given(p=prompts(), k=knobs())
-def test_every_layer_and_the_rate_to_ridge(claim_id, dtype, p, k):
-    spec, k = CLAIMS[claim_id].adapt(p.spec, k)
-    holds, figure, cmp = CLAIMS[claim_id].evaluate(make_prompt(spec), k, dtype)
-    note(cmp.report())
-    assert holds, cmp.report()
+# Every layer and the rate to ridge of each claim, in both dtypes: tests/test_claims.py.
 
 
 @given(p=prompts(log10_kappa=(4.0, 6.0)), k=knobs())
 def test_fu_printed_value_matrices_fail(p, k):
-    """Regression test for claims.md sec. 11.17: V_1 = V_2 computes |z| v, not z v."""
-    claim = CLAIMS["fu23-printed-values"]
+    """Regression test for docs/pitfalls.md #17: V_1 = V_2 computes |z| v, not z v."""
+    claim = registry.claim("fu23-printed-values")
     spec, k = claim.adapt(p.spec, k)  # d >= 2, so that some score is negative
     holds, figure, cmp = claim.evaluate(make_prompt(spec), k)
     assert holds and cmp.layers_failing()  # the miss starts at the first layer with a negative score

@@ -5,8 +5,8 @@ import pytest
 import torch
 from hypothesis import given
 
-from verify import softmax_regression as sr
-from verify.claims import Knobs
+from constructions import softmax_regression as sr
+from verify.knobs import Knobs
 from verify.strategies import knobs, prompts
 from verify.tolerance import C, eps
 
@@ -57,7 +57,7 @@ def test_vectorisation_order_matters():
     tol = U * (3 * 3 + 4) * torch.linalg.matrix_norm(A1, 2) * torch.linalg.matrix_norm(A2, 2) * torch.linalg.matrix_norm(X)
     assert (sr.vec(S) - sr.tensor_trick(A1, A2) @ sr.vec(X)).abs().max() <= tol
     assert (sr.vec(S, "col") - sr.tensor_trick(A1, A2, "col") @ sr.vec(X, "col")).abs().max() <= tol
-    assert (sr.vec(S) - sr.tensor_trick(A1, A2, "col") @ sr.vec(X)).abs().max() > tol  # claims.md 11.11
+    assert (sr.vec(S) - sr.tensor_trick(A1, A2, "col") @ sr.vec(X)).abs().max() > tol  # docs/pitfalls.md #11
 
 
 def test_attention_layer_outputs_the_softmax_prediction():

@@ -1,10 +1,10 @@
 """Training and comparison (verify.train): a tiny deterministic run, metrics, checkpoints, plots."""
-import zlib
-
 import numpy as np
+import pytest
 import torch
 
 import constructions
+from constructions.errors import ConstructionError
 from verify import train as T
 
 TINY = T.TaskConfig(d=3, n=6)
@@ -49,12 +49,26 @@ def test_gdpp_predictor_matches_the_construction():
     assert torch.allclose(f(X, y, Xq), g(X, y, Xq), rtol=0, atol=1e-12)
 
 
-def test_png_writer_writes_a_decodable_image(tmp_path):
-    path = tmp_path / "p.png"
-    T.write_line_png(path, {"a": [1.0, 0.5, 0.2], "b": [0.8, 0.8, 0.8]}, width=64, height=40)
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    idat = data.index(b"IDAT")
-    length = int.from_bytes(data[idat - 4 : idat], "big")
-    raw = zlib.decompress(data[idat + 4 : idat + 4 + length])
-    assert len(raw) == 40 * (1 + 64 * 3)
+def test_plots_are_png_images_with_their_labels(tmp_path):
+    import matplotlib.image
+
+    path = T.plot_lines(tmp_path / "p.png", {"a": [1.0, 0.5, 0.2], "b": [0.8, 0.8, 0.8]}, "a title", "steps",
+                        "loss", references={"paper: 0.2": 0.2})
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    img = matplotlib.image.imread(path)
+    assert img.shape[:2] == (400, 640) and img.std() > 0  # drawn, not blank
+
+
+def test_without_matplotlib_plotting_names_the_extra(monkeypatch, tmp_path):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_matplotlib(name, *args, **kw):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            raise ImportError("No module named 'matplotlib'")
+        return real(name, *args, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    with pytest.raises(ConstructionError, match=r"\[plot\]"):
+        T.plot_lines(tmp_path / "p.png", {"a": [1.0]}, "t", "x", "y")

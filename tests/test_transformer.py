@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from constructions import ConstructionError
-from constructions.transformer import AttentionSpec, BlockSpec, MLPSpec, Transformer
+from constructions.spec import AttentionSpec, BlockSpec, MLPSpec
+from constructions.transformer import Transformer
 from verify.tolerance import tolerance
 
 #: zero padding forced on every width and dtype (the default pads only where it is faster)
@@ -103,7 +104,7 @@ def test_mlp_matches_its_formula(act, padded):
 
 
 def test_relu_pair_mlp_is_an_exact_linear_map():
-    """relu(z) - relu(-z) = z: the sign-split identity (claims.md sec. 11.17) through the MLP."""
+    """relu(z) - relu(-z) = z: the sign-split identity (docs/pitfalls.md #17) through the MLP."""
     D = 3
     W_in = np.hstack([np.eye(D), -np.eye(D)])
     W_out = np.vstack([np.eye(D), -np.eye(D)]) * 2.0
@@ -184,3 +185,46 @@ def test_default_padding_rule(dtype, D, want):
     model = Transformer([BlockSpec(_rand_attention(np.random.default_rng(0), "linear", D=D))])
     assert model.compute_width(torch.zeros(1, 2, D, dtype=dtype)) == want
     assert model.compute_width(torch.zeros(1, 2, D, dtype=dtype, device="meta")) == D  # CPU only
+
+
+@pytest.mark.parametrize("kind", ["linear", "relu", "softmax"])
+def test_per_head_hook_points(kind):
+    """``heads=True`` exposes each head's scores, pattern (as applied: s/n, relu(s)/n, softmax) and
+    z; the output is the same map as the folded / (K^T V)-first evaluation."""
+    rng = np.random.default_rng(8)
+    spec = _rand_attention(rng, kind, H=2, D=5, E=3)
+    model = Transformer([BlockSpec(spec)])
+    h = torch.from_numpy(rng.normal(size=(2, 6, 5)))
+    cache = {}
+    out = model(h, 4, cache=cache, heads=True)
+    scores, pattern, z = (cache[f"blocks.0.attn.{p}"] for p in ("hook_attn_scores", "hook_pattern", "hook_z"))
+    assert scores.shape == pattern.shape == (2, 2, 6, 4) and z.shape == (2, 6, 2, 3)
+    q = torch.einsum("btd,hde->bthe", h, torch.from_numpy(spec.W_Q))
+    k = torch.einsum("bsd,hde->bshe", h[:, :4], torch.from_numpy(spec.W_K))
+    want = torch.einsum("bthe,bshe->bhts", q, k)
+    tol = tolerance(torch.float64, 6, 3, np.array([float(q.abs().max() * k.abs().max() * 3)]))[0]
+    assert (scores - want).abs().max() <= tol
+    applied = {"linear": want / 4, "relu": torch.relu(want) / 4, "softmax": torch.softmax(want, -1)}[kind]
+    assert (pattern - applied).abs().max() <= tol
+    plain = model(h, 4)
+    assert (out - plain).abs().max() <= tolerance(torch.float64, 6, 5, np.array([_unsigned(spec, h.numpy(), 4, True)]))[0]
+    resid_only = {}
+    model(h, 4, cache=resid_only)
+    assert "blocks.0.attn.hook_z" not in resid_only and "blocks.0.hook_resid_post" in resid_only  # only when asked
+
+
+def test_a_per_head_hook_intervenes_on_one_head():
+    """Zeroing head 1's pattern leaves exactly head 0's contribution (ablation, as TransformerLens)."""
+    rng = np.random.default_rng(9)
+    spec = _rand_attention(rng, "linear", H=2)
+    h = torch.from_numpy(rng.normal(size=(1, 5, 5)))
+    model = Transformer([BlockSpec(spec)])
+
+    def drop_head_1(p):
+        p = p.clone()
+        p[:, 1] = 0
+        return p
+
+    ablated = model(h, 3, hooks={"blocks.0.attn.hook_pattern": drop_head_1})
+    only0 = Transformer([BlockSpec(AttentionSpec("linear", spec.W_Q[:1], spec.W_K[:1], spec.W_V[:1], spec.W_O[:1]))])
+    torch.testing.assert_close(ablated, only0(h, 3, heads=True, cache={}), rtol=0, atol=1e-12)

@@ -9,7 +9,8 @@ training or evaluation loop would batch them once); the figures are
 * achieved FLOP rate: the forward pass's FLOPs (:func:`flops`, counted from the
   weight shapes and the evaluation order the transformer uses) over t, next to the
   measured matmul peak of the same dtype (a square GEMM), and their ratio;
-* the algorithm run directly on the same prompts, batched in torch (:func:`_reference`:
+* the algorithm run directly on the same prompts, batched in torch (the baseline each
+  construction declares in its :class:`constructions.Bench`, from :mod:`verify.baselines`:
   a GD loop for GD-like constructions, ``torch.linalg.solve`` for the ridge ones, the
   label test, the one step) and the ratio of times; a torch baseline on the same device,
   which the numpy references of :mod:`verify.reference` are not;
@@ -25,21 +26,10 @@ import time
 import numpy as np
 import torch
 
-import constructions
+from constructions import fastpath, registry
+from constructions.errors import ConstructionError
 
 from .prompts import PromptSpec, make_prompt
-
-#: the parameters each construction is benchmarked with (d and n from the call)
-DEFAULTS = dict(
-    gd=dict(steps=10, lr=0.01), gd_plus_plus=dict(steps=10, lr=0.01, gamma=0.001),
-    preconditioned_gd=dict(steps=10), relu_gd=dict(steps=10, lr=0.01), lasso_ista=dict(steps=10, lr=0.01, lam=0.01),
-    logistic_gd=dict(steps=10, lr=1.0, heads=8), ridge_newton=dict(lam=0.5, iters=10),
-    ridge_sherman_morrison=dict(lam=0.5), ridge_select=dict(lams=(0.01, 0.1, 1.0), steps=10, lr=0.01, gamma=0.01),
-    binary_test=dict(eps=0.1, threshold=0.5), raw_gd=dict(lr=0.1),
-)
-#: the batch of a construction's row when not B = 1024: Sherman-Morrison has n (2J + 4) + 1 layers
-BATCH = dict(ridge_sherman_morrison=64)
-
 
 def _timeit(fn, min_time: float = 0.1, repeats: int = 5, sync=None, slow: float = 1.0) -> float:
     """Best of ``repeats`` timings, each averaging calls over at least ``min_time`` seconds
@@ -76,80 +66,34 @@ def matmul_peak(dtype, device, size: int = 1024) -> float:
 
 def flops(c, n_keys: int, T: int) -> int:
     """FLOPs of one prompt through every block, in the evaluation order the transformer uses
-    (:meth:`constructions.transformer.Attention.flops`)."""
-    total = 0
-    for b in c.model.blocks:
-        if b.attn is not None:
-            total += b.attn.flops(T, T if not c.model.mask_query else n_keys)
-        if b.mlp is not None:
-            D, F = b.mlp.W_in.shape
-            total += 4 * T * D * F
-    return total
+    (:mod:`constructions.fastpath`)."""
+    S = T if not c.model.mask_query else n_keys
+    return sum((fastpath.attention_flops(b.attn, T, S) if b.attn is not None else 0)
+               + (fastpath.mlp_flops(b.mlp, T) if b.mlp is not None else 0) for b in c.model.blocks)
 
 
 def _case(name: str, d: int, n: int, B: int, dtype, device):
     """(construction, prepared prompt, embedded stream) for one benchmark row: random prompts with
-    |x| <= 1, the labels the construction expects, and mask constants from its domain bounds."""
-    n = 1 if name == "raw_gd" else n  # Akyurek's Thm 1: one exemplar
+    |x| <= 1, the labels and parameters the construction's :class:`constructions.Bench` declares."""
+    bench = registry.entry(name).bench
+    if bench is None:
+        raise ConstructionError(f"{name} declares no benchmark row (register(..., bench=Bench(...)))")
+    n = bench.n or n
     p = make_prompt(PromptSpec(B=B, n=n, m=1, d=d, seed=0))
     X = torch.from_numpy(p.X / np.linalg.norm(p.X, axis=-1).max())  # |x| <= 1
     y, Xq = torch.from_numpy(p.y), torch.from_numpy(p.Xq / np.linalg.norm(p.Xq, axis=-1).max())
-    kw = dict(DEFAULTS[name])
-    if name in ("logistic_gd", "binary_test"):
+    if bench.labels == "binary":
         y = (y > 0).to(y.dtype)  # 0/1 labels
-    if name == "preconditioned_gd":
-        kw["precond"] = 0.01 * np.eye(d)
-    if name == "logistic_gd":
-        kw["x_bound"] = 1.0
-    if name in ("ridge_newton", "ridge_sherman_morrison"):
-        kw["x_bound"] = 1.0
-        kw["mask_const"] = 1e12  # above every gated score of these |x| <= 1 prompts
-    if name == "ridge_sherman_morrison":
-        kw["n"] = n
-    if name == "ridge_select":
-        kw.update(n_train=n - n // 4, n_val=n // 4, mask_const=1e9)
-    if name == "raw_gd":
-        kw["w0"] = np.zeros(d)
-    c = constructions.build(name, d=d, **kw)
-    c = c.to(dtype, device)
+    c = registry.build(name, d=d, **bench.params(d, n)).to(dtype, device)
     prep = c.prepare(X, y, Xq, check=False)
-    h = c.embed(prep)
-    return c, prep, h
+    return c, prep, c.embed(prep)
 
 
-def _reference(name: str, prep, c) -> callable:
-    """The algorithm itself on the same prompts, batched in torch: a GD loop (least squares,
-    logistic, or one per lam for selection), ``torch.linalg.solve`` for ridge, the label test."""
-    X, y = prep.X, prep.y
-    B, n, d = X.shape
-    P = c.params
-    if name in ("ridge_newton", "ridge_sherman_morrison"):
-        def solve():
-            A = X.transpose(1, 2) @ X / n + P["lam"] * torch.eye(d, dtype=X.dtype, device=X.device)
-            return torch.linalg.solve(A, (X.transpose(1, 2) @ y[..., None]) / n)
-
-        return solve
-    if name == "binary_test":
-        return lambda: (((y.abs() <= P["eps"]) | ((y - 1).abs() <= P["eps"])).to(X.dtype).mean(-1) >= P["threshold"])
-    if name == "raw_gd":
-        w0 = torch.tensor(P["w0"], dtype=X.dtype, device=X.device)
-        return lambda: w0 - 2 * P["lr"] * X[:, 0] * (X[:, 0] @ w0 - y[:, 0])[:, None]
-    lams = P.get("lams", [P.get("lam", 0.0)])
-    Xt, yt = (X[:, : P["n_train"]], y[:, : P["n_train"]]) if name == "ridge_select" else (X, y)
-    steps, lr, m = c.steps, P.get("lr", 0.01), Xt.shape[1]
-
-    def gd_loop():
-        out = []
-        for lam in lams:
-            w = torch.zeros(B, d, 1, dtype=X.dtype, device=X.device)
-            for _ in range(steps):
-                r = Xt @ w
-                r = (torch.sigmoid(r) if name == "logistic_gd" else r) - yt[..., None]
-                w = w - lr * ((Xt.transpose(1, 2) @ r) / m + lam * w)
-            out.append(w)
-        return out
-
-    return gd_loop
+def example(name: str, d: int = 3, n: int = 6, B: int = 2):
+    """A small instance of a registered construction with a prompt it accepts (numpy X, y, Xq),
+    from the construction's :class:`constructions.Bench` declaration."""
+    c, prep, _ = _case(name, d, n, B, torch.float64, torch.device("cpu"))
+    return c, prep.X.numpy(), prep.y.numpy(), prep.Xq.numpy()
 
 
 def bench_one(name: str, d: int = 20, n: int = 40, B: int = 1024, dtype=torch.float64, device="cpu") -> dict:
@@ -162,7 +106,8 @@ def bench_one(name: str, d: int = 20, n: int = 40, B: int = 1024, dtype=torch.fl
         torch.cuda.reset_peak_memory_stats()
     with torch.no_grad():
         t = _timeit(lambda: c.model(h, nk, norm=n), sync=sync)
-        t_ref = _timeit(_reference(name, prep, c), sync=sync)
+        baseline = registry.entry(name).bench.baseline
+        t_ref = _timeit(baseline(prep, c), sync=sync) if baseline is not None else float("nan")
     L, T = c.model.n_layers, h.shape[1]
     f = flops(c, nk, T) * B
     if device.type == "cuda":
@@ -178,8 +123,9 @@ def run(device: str = "cpu", quick: bool = False) -> list[dict]:
     bench_one("gd", device=device)  # warm-up: thread pool, allocator, first-call dispatch
     batches = (64, 1024) if quick else (1, 64, 1024, 4096)
     for dtype in (torch.float64, torch.float32):
-        for name in DEFAULTS:
-            rows.append(bench_one(name, B=BATCH.get(name, 1024), dtype=dtype, device=device))
+        for e in registry.entries():
+            if e.bench is not None:
+                rows.append(bench_one(e.name, B=e.bench.batch, dtype=dtype, device=device))
         for B in batches:
             rows.append(bench_one("gd", B=B, dtype=dtype, device=device))
         if not quick:

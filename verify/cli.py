@@ -8,12 +8,19 @@ Usage::
     icl-verify bench [--device cuda] [--quick]   # throughput vs the matmul peak (verify.bench)
     icl-verify reproduce vonoswald23 [--quick]   # train and compare with the constructions (verify.train)
     icl-verify prove [ID ...] [-v]               # symbolic / exact-rational proofs (verify.proofs)
-    icl-verify docs [--out docs/claims.md]       # regenerate the claims table
+    icl-verify docs [--out docs/claims.md]       # regenerate the claims table (and README's table)
 
-Exit status 0 only if every checked claim holds.  The seed is fresh on every
-run and printed; ``--seed`` (or ``ICL_VERIFY_SEED``) reproduces a run.  When
-the ``CI`` environment variable is set the default seed is 0, so CI runs are
-deterministic (as the hypothesis ``ci`` profile is).
+Every command reads the one registry (:mod:`constructions.registry`).  ``--import MODULE``
+(a module name or a ``.py`` path; repeatable; before or after the command) imports a
+module of your own that registers constructions and claims first, so that the command sees
+them (``icl-verify check --import my_module``); installed packages register through the
+``icl_constructions`` entry-point group.
+
+Exit status 0 only if every checked claim holds; 2 with one line on standard error for bad
+input.  The seed is fresh on every run and printed; ``--seed`` (or ``ICL_VERIFY_SEED``)
+reproduces a run.  Each claim draws from its own stream of that seed, so a claim checked
+alone sees the prompts it sees in the full run.  When the ``CI`` environment variable is
+set the default seed is 0, so CI runs are deterministic (as the hypothesis ``ci`` profile is).
 """
 from __future__ import annotations
 
@@ -23,11 +30,12 @@ import secrets
 import sys
 import time
 
-import numpy as np
 import torch
 
-from . import claims as registry
-from .docs import claims_markdown
+from constructions import registry
+from constructions.errors import ConstructionError
+
+from .claims import check_claim
 
 VERDICT = {True: "HOLDS", False: "FAILS"}
 
@@ -47,8 +55,8 @@ def _default_seed() -> int:
 
 def cmd_list(args) -> int:
     rows = [["claim", "construction", "source", "kind", "statement"]]
-    for c in registry.get():
-        rows.append([c.id, c.construction, f"{c.paper}, {c.section}", c.kind, c.statement])
+    for c in registry.claims():
+        rows.append([c.id, c.label, f"{c.paper}, {c.section}", c.kind, c.statement])
     print(_table(rows))
     return 0
 
@@ -56,18 +64,17 @@ def cmd_list(args) -> int:
 def cmd_check(args) -> int:
     seed = args.seed if args.seed is not None else _default_seed()
     dtype = {"float64": torch.float64, "float32": torch.float32}[args.dtype]
-    chosen = registry.get(args.ids)
+    chosen = registry.claims(args.ids)
     print(f"icl-verify: {len(chosen)} claim(s), {args.prompts} random prompts each, {args.dtype}, seed {seed} "
           f"(rerun with --seed {seed})")
     _device(args.device)
-    rng = np.random.default_rng(seed)
     rows = [["claim", "construction", "source", "prompts", "dtype", "worst error", "tolerance", "ratio", "verdict"]]
     failed = []
     t0 = time.perf_counter()
     for claim in chosen:
-        r = registry.check_claim(claim, args.prompts, dtype, rng=rng, device=args.device)
+        r = check_claim(claim, args.prompts, dtype, seed=seed, device=args.device)
         ratio = f"{r.figure:.3g}" + (" (min miss)" if claim.kind == "negative" else "")
-        rows.append([claim.id, claim.construction, f"{claim.paper}, {claim.section}", str(r.prompts), r.dtype,
+        rows.append([claim.id, claim.label, f"{claim.paper}, {claim.section}", str(r.prompts), r.dtype,
                      f"{r.err:.2e}", f"{r.tol:.2e}", ratio, VERDICT[r.holds]])
         if not r.holds:
             failed.append(r)
@@ -86,7 +93,7 @@ def cmd_check(args) -> int:
 
 def _device(name: str) -> None:
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise registry.ConstructionError("--device cuda: no CUDA device is available here (torch "
+        raise ConstructionError("--device cuda: no CUDA device is available here (torch "
                                          f"{torch.__version__}); run on a machine with a GPU or use --device cpu")
 
 
@@ -109,11 +116,12 @@ def cmd_reproduce(args) -> int:
 def cmd_prove(args) -> int:
     from . import proofs  # sympy is imported only here
 
-    chosen = [c.id for c in registry.get(args.ids)]
+    chosen = registry.claims(args.ids)
     rows = [["claim", "proof", "time", "verdict", "what was proved"]]
     failed, t0 = [], time.perf_counter()
-    for cid in chosen:
-        r = proofs.prove(cid)
+    for claim in chosen:
+        cid = claim.id
+        r = proofs.prove(claim)
         verdict = {True: "PROVED", False: "FAILS", None: "n/a"}[r.holds]
         what = "; ".join(f"{name}: {o.detail}" for name, o in r.parts) or r.note
         rows.append([cid, r.kind, f"{r.seconds:.2f} s", verdict, what if args.verbose else what[:100]])
@@ -133,49 +141,68 @@ def cmd_prove(args) -> int:
 
 
 def cmd_docs(args) -> int:
-    text = claims_markdown()
+    from . import docs
+
+    text = docs.claims_markdown()
     if args.out == "-":
         sys.stdout.write(text)
-    else:
-        with open(args.out, "w") as f:
-            f.write(text)
-        print(f"wrote {args.out}")
+        return 0
+    with open(args.out, "w") as f:
+        f.write(text)
+    print(f"wrote {args.out}")
+    if args.readme:
+        with open(args.readme) as f:
+            readme = docs.readme_with_table(f.read())
+        with open(args.readme, "w") as f:
+            f.write(readme)
+        print(f"wrote the constructions table of {args.readme}")
     return 0
 
 
 def main(argv=None) -> int:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                        help="import a module (name or .py path) that registers constructions/claims; repeatable")
     parser = argparse.ArgumentParser(prog="icl-verify", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--import", dest="imports_first", action="append", default=[], metavar="MODULE",
+                        help="import a module (name or .py path) that registers constructions/claims; repeatable")
     sub = parser.add_subparsers(dest="cmd")
-    sub.add_parser("list", help="list the registered claims")
-    check = sub.add_parser("check", help="check claims on random prompts (default: all)")
+    sub.add_parser("list", help="list the registered claims", parents=[common])
+    check = sub.add_parser("check", help="check claims on random prompts (default: all)", parents=[common])
     check.add_argument("ids", nargs="*", help="claim ids (default: all)")
     check.add_argument("--prompts", type=int, default=100, help="random prompts per claim (default 100)")
     check.add_argument("--dtype", choices=["float64", "float32"], default="float64")
     check.add_argument("--seed", type=int, default=None, help="RNG seed (default: fresh, printed)")
     check.add_argument("--device", default="cpu", help="torch device for the models (cpu, cuda)")
-    bench = sub.add_parser("bench", help="throughput of the constructions vs the machine's matmul peak")
+    bench = sub.add_parser("bench", help="throughput of the constructions vs the machine's matmul peak", parents=[common])
     bench.add_argument("--device", default="cpu", help="cpu or cuda")
     bench.add_argument("--quick", action="store_true", help="fewer sizes (about 20 s)")
-    prove = sub.add_parser("prove", help="prove claims symbolically or in exact arithmetic (default: all)")
+    prove = sub.add_parser("prove", help="prove claims symbolically or in exact arithmetic (default: all)",
+                           parents=[common])
     prove.add_argument("ids", nargs="*", help="claim ids (default: all)")
     prove.add_argument("-v", "--verbose", action="store_true", help="full details and premises")
-    rep = sub.add_parser("reproduce", help="train transformers and compare them with the constructions")
+    rep = sub.add_parser("reproduce", help="train transformers and compare them with the constructions", parents=[common])
     rep.add_argument("paper", choices=["vonoswald23"])
     rep.add_argument("--quick", action="store_true", help="fewer steps and sizes (under 2 minutes on 2 cores)")
     rep.add_argument("--out", default="reproduce-vonoswald23", help="folder for plots and the checkpoint")
     rep.add_argument("--seed", type=int, default=0)
-    docs = sub.add_parser("docs", help="write the claims table (docs/claims.md)")
+    docs = sub.add_parser("docs", help="write the claims table (docs/claims.md) and README's constructions table",
+                          parents=[common])
     docs.add_argument("--out", default="docs/claims.md", help="output path, '-' for stdout")
+    docs.add_argument("--readme", default="README.md", help="README whose generated table to update ('' to skip)")
     args = parser.parse_args(argv)
     if args.cmd is None:
+        first = args.imports_first
         args = check.parse_args([])
-        args.cmd = "check"
+        args.cmd, args.imports_first = "check", first
     try:
         if args.cmd == "check" and args.prompts < 1:
             parser.error("--prompts must be >= 1")
+        for module in args.imports_first + args.imports:
+            registry.import_module(module)
         return {"list": cmd_list, "check": cmd_check, "prove": cmd_prove, "bench": cmd_bench,
                 "reproduce": cmd_reproduce, "docs": cmd_docs}[args.cmd](args)
-    except registry.ConstructionError as e:
+    except ConstructionError as e:
         print(f"icl-verify: error: {e}", file=sys.stderr)
         return 2
 

@@ -18,7 +18,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from constructions.transformer import numpy_forward
+from constructions.numpy_pass import numpy_forward
 
 from .prompts import PromptSpec, make_prompt
 
@@ -41,33 +41,54 @@ def rational_prompt(spec: PromptSpec, denominator: int = 16):
     return rnd(p.X), rnd(p.y), rnd(p.Xq)
 
 
-def residuals(c, X, y, Xq) -> list[np.ndarray]:
-    """The construction's residual streams ``[B, T, D]`` (input first) in exact arithmetic."""
+def _float(a):
+    return np.asarray(a, dtype=np.float64)
+
+
+def residuals(c, X, y, Xq, rational: bool = True) -> list[np.ndarray]:
+    """The construction's residual streams ``[B, T, D]`` (input first) by the numpy pass, in exact
+    arithmetic (``rational=False``: in float64, the same code on floats)."""
     X, y, Xq = (np.asarray(a, dtype=np.float64) for a in (X, y, Xq))
-    c.prepare(X, y, Xq)  # the same validation and domain check as the float path
+    c.prepare(X, y, Xq, check=rational)  # the same validation and domain check as the float path
+    conv = to_exact if rational else _float
     B, n, _ = X.shape
-    h = np.zeros((B, n + Xq.shape[1], c.layout.width), dtype=object)
-    h[...] = Fraction(0)
-    c.fill(h, to_exact(X), to_exact(y), to_exact(Xq), to_exact)
+    h = np.zeros((B, n + Xq.shape[1], c.layout.width), dtype=object if rational else np.float64)
+    if rational:
+        h[...] = Fraction(0)
+    c.fill(h, conv(X), conv(y), conv(Xq), conv)
     if c.extra_tokens is not None:
-        extra = to_exact(c.extra_tokens(n))
+        extra = conv(c.extra_tokens(n))
         h = np.concatenate([h[:, :n], np.broadcast_to(extra, (B, *extra.shape)), h[:, n:]], axis=1)
-    return numpy_forward(c.blocks, h, c.n_keys(n), c.mask_query, norm=n, convert=to_exact)
+    return numpy_forward(c.blocks, h, c.n_keys(n), c.model.mask_query, norm=n, convert=conv)
 
 
-def trace(c, X, y, Xq) -> np.ndarray:
-    """``[S, B, m]`` exact predictions after every step (the readout blocks applied to the
-    stream after each step, as :meth:`Construction.trace`)."""
-    hs = residuals(c, X, y, Xq)
+def trace(c, X, y, Xq, rational: bool = True) -> np.ndarray:
+    """``[S, B, m]`` predictions after every step (the readout blocks applied to the stream after
+    each step, as :meth:`Construction.trace`), exact (or float64 with ``rational=False``)."""
+    hs = residuals(c, X, y, Xq, rational)
+    conv = to_exact if rational else _float
     n = np.asarray(X).shape[1]
     nk = c.n_keys(n)
     out = []
     for h in hs[c.step_blocks : c.n_step_blocks + 1 : c.step_blocks]:
         if c.n_readout:
-            h = numpy_forward(c.blocks[c.n_step_blocks:], h, nk, c.mask_query, norm=n, convert=to_exact)[-1]
+            h = numpy_forward(c.blocks[c.n_step_blocks:], h, nk, c.model.mask_query, norm=n, convert=conv)[-1]
         r = c.layout.readout
-        out.append(Fraction(r.sign) * h[:, nk:, c.layout[r.slot].start])
+        out.append((Fraction(r.sign) if rational else r.sign) * h[:, nk:, c.layout[r.slot].start])
     return np.stack(out)
+
+
+def trace_equals(c, ref, X, y, Xq) -> bool:
+    """The construction's exact trace equals the reference run in Fractions (zero tolerance);
+    ``ref`` is an unfitted reference whose parameters are Fractions."""
+    return bool((trace(c, X, y, Xq) == ref.fit(to_exact(X), to_exact(y)).trace(to_exact(Xq))).all())
+
+
+def unit_ball(X, y, Xq, denominator: int = 16):
+    """The prompt with X scaled into the unit ball and rounded to small-denominator rationals
+    (for constructions whose start values assume ``|x_i| <= 1``)."""
+    s = 1.01 * np.linalg.norm(X, axis=-1).max()
+    return np.vectorize(lambda v: float(Fraction(v).limit_denominator(denominator)))(X / s), y, Xq
 
 
 def exact_params(**params) -> dict:

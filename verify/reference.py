@@ -102,6 +102,31 @@ class GD(Reference):
         return self
 
 
+class HeavyBall(Reference):
+    """Heavy-ball GD (Polyak 1964) on the least-squares loss:
+    ``w_{t+1} = w_t - lr grad L(w_t) + beta (w_t - w_{t-1})``, ``w_{-1} = w_0 = 0``.
+
+    ``magnitude_``: ``|w_t| + lr (1/n) sum_i |r_i| |x_i| + beta |w_t - w_{t-1}|`` (the terms a
+    step sums)."""
+
+    def __init__(self, steps: int, lr: float, beta: float):
+        self.steps, self.lr, self.beta = steps, lr, beta
+
+    def fit(self, X, y) -> "HeavyBall":
+        X, y = _batch(X, y)
+        B, n, d = X.shape
+        w = prev = np.zeros((B, d), dtype=X.dtype)
+        ws, mags = [w], []
+        for _ in range(self.steps):
+            r = y - np.einsum("bnd,bd->bn", X, w)
+            mags.append(_norm(w, axis=-1) + self.lr * _unsigned_grad(X, r) + self.beta * _norm(w - prev, axis=-1))
+            w, prev = w + self.lr * np.einsum("bnd,bn->bd", X, r) / n + self.beta * (w - prev), w
+            ws.append(w)
+        mags.append(_norm(w, axis=-1))
+        self.iterates_, self.magnitude_ = np.stack(ws), np.stack(mags)
+        return self
+
+
 class GDPlusPlus(Reference):
     """GD++ (von Oswald et al. 2023, App. A.10), toolkit normalisation.
 

@@ -47,6 +47,8 @@ import sympy as sp
 
 from constructions.layout import ROLE_FILLS
 
+from .claims import Outcome
+
 d, n = sp.symbols("d n", integer=True, positive=True)
 LIFT_DIMS = (3, 4)  # the builder is read at these d; both must lift to the same block form
 
@@ -282,6 +284,17 @@ def is_zero(e) -> bool:
 X = sp.MatrixSymbol("X", d, n)  # context inputs, one column per example
 Y = sp.MatrixSymbol("Y", 1, n)  # context targets
 XQ = sp.MatrixSymbol("x_q", d, 1)  # a query input
+Z11 = sp.ZeroMatrix(1, 1)
+
+
+def context(**slots) -> Group:
+    """The n context (train) tokens holding ``slots`` (the other slots follow the layout's fills)."""
+    return Group("context", n, "train", slots)
+
+
+def query(**slots) -> Group:
+    """One query token holding ``slots``."""
+    return Group("query", 1, "query", slots)
 
 
 @dataclass
@@ -304,18 +317,12 @@ class Induction:
     named: Callable | None = None
 
 
-@dataclass
-class Outcome:
-    holds: bool
-    detail: str
-    premises: list = field(default_factory=list)
-
-
-def _sizes(c) -> dict:
+def slot_sizes(c) -> dict:
+    """Every slot's symbolic size (d or 1) in construction c."""
     return {s.name: _slot_size(s, c.d) for s in c.layout.slots}
 
 
-def _groups(c, groups: list[Group]) -> list[Group]:
+def key_groups(c, groups: list[Group]) -> list[Group]:
     """The groups with their key flag: queries are keys only without the query mask."""
     return [Group(g.name, g.count, g.role, g.slots, key=g.role != "query" or not c.mask_query) for g in groups]
 
@@ -352,7 +359,8 @@ def _compare(c, sizes, got: list[Group], want: list[Group], what: str) -> list[s
     return bad
 
 
-def _advance(c, sizes, heads, groups: list[Group]):
+def advance(c, sizes, heads, groups: list[Group]):
+    """The groups after the lifted layer ``heads``, and the premises the layer used."""
     res = apply_layer(heads, c.layout, groups, sizes)
     full = {g.name: complete(c.layout, g, sizes) for g in groups}
     new = [Group(g.name, g.count, g.role, {s: full[g.name][s] + res.delta[g.name][s] if s in res.delta[g.name]
@@ -364,11 +372,11 @@ def _advance(c, sizes, heads, groups: list[Group]):
 def prove_induction(spec: Induction) -> Outcome:
     """Base case, induction step for every step block, and the readout; symbolic d and n."""
     c = spec.build(LIFT_DIMS[0])
-    sizes = _sizes(c)
+    sizes = slot_sizes(c)
     V = spec.variables
     bad, premises = [], []
     # base case: the state at step 0 is the embedding
-    start = _groups(c, spec.state(spec.start))
+    start = key_groups(c, spec.state(spec.start))
     bad += _compare(c, sizes, [g for g in start if g.role != "extra"], _embedding(c), "base case")
     for g in (g for g in start if g.role == "extra"):
         if not _extra_matches(c, g, sizes):
@@ -376,13 +384,13 @@ def prove_induction(spec: Induction) -> Outcome:
     # induction step: every step block maps state(V) to state(step(V))
     for layer in range(c.n_step_blocks):
         heads = lift_layer(spec.build, layer, spec.named)
-        got, prem = _advance(c, sizes, heads, _groups(c, spec.state(V)))
+        got, prem = advance(c, sizes, heads, key_groups(c, spec.state(V)))
         premises += prem
-        bad += _compare(c, sizes, got, _groups(c, spec.state(spec.step(V, layer))), f"step layer {layer}")
+        bad += _compare(c, sizes, got, key_groups(c, spec.state(spec.step(V, layer))), f"step layer {layer}")
     # readout: the readout blocks map state(V) to the prediction x_q . w
-    groups = _groups(c, spec.state(V))
+    groups = key_groups(c, spec.state(V))
     for layer in range(c.n_step_blocks, len(c.blocks)):
-        groups, prem = _advance(c, sizes, lift_layer(spec.build, layer, spec.named), groups)
+        groups, prem = advance(c, sizes, lift_layer(spec.build, layer, spec.named), groups)
         premises += prem
     q = complete(c.layout, next(g for g in groups if g.role == "query"), sizes)
     r = c.layout.readout
@@ -395,7 +403,7 @@ def prove_induction(spec: Induction) -> Outcome:
 
 # -- lemmas (scalar identities, proved for every real input) ------------------------------
 def lemma_sign_split() -> Outcome:
-    """``relu(z) - relu(-z) = z`` for every real z (the sign split of claims.md sec. 11.17)."""
+    """``relu(z) - relu(-z) = z`` for every real z (the sign split of docs/pitfalls.md #17)."""
     z = sp.Symbol("z", real=True)
     e = sp.piecewise_fold((sp.Max(z, 0) - sp.Max(-z, 0) - z).rewrite(sp.Piecewise))
     ok = sp.simplify(e) == 0

@@ -16,8 +16,8 @@ limit), so they add up linearly in depth.  The terms summed are bounded by
 which may be tiny through cancellation (at convergence it is 0 while its terms
 are not).  ``scale`` is computed by the reference (``Reference.scale``).
 
-``C = 4`` was fixed before any test ran (engineering.md sec. 1.5 suggests
-``4 K (n+d) eps S``); the measured worst ratio error/tolerance is reported by
+``C = 4`` was fixed before any test ran (a constant of order one per summed term,
+chosen in advance); the measured worst ratio error/tolerance is reported by
 ``python benchmarks/tolerance_margin.py`` and in docs/tolerance.md.  The
 tolerance is never tuned to a failing run: a failure means a bug or a prompt
 outside the construction's domain.
@@ -52,8 +52,8 @@ def tolerance(dtype, n: int, d: int, scale: np.ndarray, step_blocks: int = 1) ->
 
 def solve_tolerance(dtype, d: int, kappa, scale) -> np.ndarray:
     """Round-off of a closed-form solve (``np.linalg.solve`` of a d x d system with condition
-    number kappa) used as a reference: ``C * eps * d * kappa * scale`` (engineering.md sec. 1.5
-    suggests ``10 d kappa eps |w*|``; measured floors are 0.05-0.5 kappa u)."""
+    number kappa) used as a reference: ``C * eps * d * kappa * scale`` (the classical backward-error
+    bound of a solve, of order ``d kappa eps``; docs/tolerance.md)."""
     return C * eps(dtype) * d * np.asarray(kappa, dtype=np.float64) * np.asarray(scale, dtype=np.float64)
 
 

@@ -1,13 +1,13 @@
 """Trained versus constructed: train small transformers on in-context regression and compare
 them with the hand-set constructions (von Oswald et al. 2023 sec. 3.5; Akyurek et al. 2022
-Fig. 2; claims.md sec. 3.5, 2.5, 11.9).
+Fig. 2; docs/training.md).
 
 Notation: B batch of tasks, n context examples, one query, d input dim, D = d + 1 width
 (von Oswald's tokens ``(x, y)``, query ``(x_q, 0)``, prediction **minus** the query's y
 after the last layer; :func:`constructions.formats.to_von_oswald`).
 
 * Tasks (:class:`TaskConfig`): ``w ~ N(0, I_d)``, ``x ~ U(-r/2, r/2)^d`` with r = 1 (von
-  Oswald's code, claims.md sec. 11.9), ``y = w.x + noise``; loss ``1/2 (y_hat - y_q)^2``.
+  Oswald's code, docs/pitfalls.md #9), ``y = w.x + noise``; loss ``1/2 (y_hat - y_q)^2``.
 * Models: the toolkit's one :class:`~constructions.transformer.Transformer` with trainable
   weights -- linear self-attention (1 head, square ``W_Q, W_K, W_V, W_O [1, D, D]``, query
   masked) or a softmax transformer with ReLU MLPs.
@@ -18,18 +18,21 @@ after the last layer; :func:`constructions.formats.to_von_oswald`).
 from __future__ import annotations
 
 import math
-import struct
-import sys
 import time
-import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
+from constructions import parts
+from constructions.errors import ConstructionError
 from constructions.formats import read_von_oswald, to_von_oswald
-from constructions.transformer import AttentionSpec, BlockSpec, MLPSpec, Transformer
+from constructions.spec import AttentionSpec, BlockSpec, MLPSpec
+from constructions.transformer import Transformer
+
+from . import baselines
 
 
 @dataclass(frozen=True)
@@ -55,10 +58,8 @@ def sample_tasks(cfg: TaskConfig, B: int, gen: torch.Generator, noise=None):
 
 def layout(d: int):
     """The trained models' residual layout: von Oswald's token ``(x, y)``, readout ``-y``; the
-    same layout as the ``gd`` construction."""
-    from constructions.linear_gd import _layout
-
-    return _layout(d, ridge=False)
+    same layout as the ``gd`` construction (:func:`constructions.parts.lsa_layout`)."""
+    return parts.lsa_layout(d)
 
 
 # -- models ----------------------------------------------------------------------------
@@ -108,16 +109,7 @@ def construction_predictor(c):
 
 def ridge_predictor(lam: float):
     """Closed-form ridge ``(X^T X/n + lam I)^{-1} X^T y/n`` (lam = 0: min-norm least squares)."""
-    def f(X, y, Xq):
-        n, d = X.shape[1], X.shape[2]
-        if lam == 0:
-            w = torch.linalg.lstsq(X, y[..., None]).solution
-        else:
-            A = X.transpose(1, 2) @ X / n + lam * torch.eye(d, dtype=X.dtype)
-            w = torch.linalg.solve(A, X.transpose(1, 2) @ y[..., None] / n)
-        return (Xq @ w)[..., 0]
-
-    return f
+    return lambda X, y, Xq: baselines.predict(Xq, baselines.ridge(X, y, lam))
 
 
 # -- training ------------------------------------------------------------------------------
@@ -130,8 +122,9 @@ def train(model: Transformer, task: TaskConfig, steps: int, batch: int = 512, lr
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     f = model_predictor(model)
-    hist, t0 = [], time.perf_counter()
-    for step in range(steps):
+    hist = []
+    bar = tqdm(range(steps), desc="train", unit="step", disable=not progress, mininterval=1.0)
+    for step in bar:
         X, y, Xq, yq = (a.to(device) for a in sample_tasks(task, batch, gen))
         loss = 0.5 * ((f(X, y, Xq) - yq) ** 2).mean()
         opt.zero_grad()
@@ -139,13 +132,8 @@ def train(model: Transformer, task: TaskConfig, steps: int, batch: int = 512, lr
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         opt.step()
         hist.append(float(loss.detach()))
-        if progress and (step % max(1, steps // 50) == 0 or step == steps - 1):
-            done = (step + 1) / steps
-            bar = "#" * int(30 * done)
-            sys.stderr.write(f"\r[{bar:<30}] {step + 1}/{steps} loss {np.mean(hist[-50:]):.4f} "
-                             f"({time.perf_counter() - t0:.0f} s)")
-            if step == steps - 1:
-                sys.stderr.write("\n")
+        if step % max(1, steps // 50) == 0:
+            bar.set_postfix(loss=f"{np.mean(hist[-50:]):.4f}")
     model.to("cpu")
     if checkpoint:
         save_checkpoint(model, checkpoint, task, steps=steps, seed=seed, lr=lr, batch=batch)
@@ -198,10 +186,7 @@ def best_gd_lr(task: TaskConfig, steps: int = 1, B: int = 10_000, seed: int = 2)
     X, y, Xq, yq = sample_tasks(task, B, gen)
 
     def loss(lr):
-        w = torch.zeros(B, task.d, 1, dtype=torch.float64)
-        for _ in range(steps):
-            w = w - lr * X.transpose(1, 2) @ (X @ w - y[..., None]) / task.n
-        return float(0.5 * (((Xq @ w)[..., 0] - yq) ** 2).mean())
+        return float(0.5 * ((baselines.predict(Xq, baselines.gd(X, y, steps, lr=lr)) - yq) ** 2).mean())
 
     # bracket: a few times 2 / (mean trace of X^T X/n) covers the stable range of every step count
     a, b = 0.0, 4 * max(1.0, 4.0 / float((X.transpose(1, 2) @ X / task.n).diagonal(dim1=1, dim2=2).sum(-1).mean()))
@@ -233,53 +218,45 @@ def weights_vs_gd(model: Transformer, lr: float, d: int) -> dict:
                 rel_dist_rescaled=float((eff / scale * -lr - gd).norm() / gd.norm()))
 
 
-# -- plots (a tiny PNG writer: no plotting dependency) --------------------------------------------
-def write_line_png(path, series: dict, width: int = 480, height: int = 300, logy: bool = True) -> None:
-    """A line chart of ``{label: y-values}`` as a PNG (each series a colour, axes as a frame)."""
-    img = np.full((height, width, 3), 255, np.uint8)
-    colors = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189)]
-    vals = [np.asarray(v, float) for v in series.values()]
-    allv = np.concatenate([v[np.isfinite(v)] for v in vals])
-    tf = (lambda v: np.log10(np.maximum(v, 1e-12))) if logy else (lambda v: v)
-    lo, hi = tf(allv).min(), tf(allv).max()
-    hi = hi if hi > lo else lo + 1
-    m = 20
-    img[m, m:-m] = img[-m, m:-m] = 0
-    img[m:-m, m] = img[m:-m, -m] = 0
-    for v, col in zip(vals, colors):
-        xs = np.linspace(m, width - m - 1, len(v))
-        ys = height - m - 1 - (tf(v) - lo) / (hi - lo) * (height - 2 * m - 1)
-        for i in range(len(v) - 1):
-            seg = int(abs(xs[i + 1] - xs[i]) + abs(ys[i + 1] - ys[i])) + 2  # one point per pixel
-            for t in np.linspace(0, 1, seg):
-                x, y_ = int(xs[i] + t * (xs[i + 1] - xs[i])), int(ys[i] + t * (ys[i + 1] - ys[i]))
-                img[max(0, y_ - 1) : y_ + 1, max(0, x - 1) : x + 1] = col
-    raw = b"".join(b"\x00" + img[r].tobytes() for r in range(height))
+# -- plots (matplotlib, the optional extra [plot]) -------------------------------------------------
+def _pyplot():
+    try:
+        import matplotlib
 
-    def chunk(tag, data):
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+        matplotlib.use("Agg")  # files only, no display
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise ConstructionError("plots need matplotlib: pip install 'icl-constructions[plot]'") from e
+    return plt
 
-    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-           + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
-    Path(path).write_bytes(png)
+
+def plot_lines(path, series: dict, title: str, xlabel: str, ylabel: str, x=None, references: dict | None = None,
+               logy: bool = True) -> Path:
+    """A line chart of ``{label: y-values}`` (against ``x``, default 1, 2, ...) with horizontal
+    reference lines ``{label: value}`` (e.g. a paper's reported value), written as a PNG."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
+    for label, v in series.items():
+        v = np.asarray(v, dtype=float)
+        ax.plot(np.arange(1, len(v) + 1) if x is None else x[: len(v)], v, marker="o" if len(v) < 20 else None,
+                label=label)
+    for label, value in (references or {}).items():
+        ax.axhline(value, linestyle="--", color="grey", linewidth=1, label=label)
+    if logy:
+        ax.set_yscale("log")
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
 
 
 # -- reproduction: von Oswald et al. 2023 ---------------------------------------------------------
 def gdpp_predictor(lr: float, gamma: float, steps: int):
     """GD++ (toolkit normalisation, verify.reference.GDPlusPlus) in torch, as a predictor."""
-    def f(X, y, Xq):
-        n = X.shape[1]
-        r, Xc, Q = y, X, Xq
-        pred = torch.zeros(Xq.shape[:2], dtype=X.dtype)
-        for _ in range(steps):
-            g = Xc.transpose(1, 2) @ r[..., None] / n
-            pred = pred + lr * (Q @ g)[..., 0]
-            r = r - lr * (Xc @ g)[..., 0]
-            M = torch.eye(X.shape[2], dtype=X.dtype) - gamma * Xc.transpose(1, 2) @ Xc / n
-            Xc, Q = Xc @ M, Q @ M
-        return pred
-
-    return f
+    return lambda X, y, Xq: baselines.gd_plus_plus(X, y, Xq, steps, lr, gamma)
 
 
 def best_gdpp(task: TaskConfig, steps: int, B: int = 4000, seed: int = 3) -> tuple[float, float, float]:
@@ -316,7 +293,7 @@ def reproduce_vonoswald(quick: bool = False, out: str = "reproduce-vonoswald23",
     cmp = compare(model_predictor(m1), construction_predictor(constructions.gd(task.d, 1, lr=lr)), task)
     w = weights_vs_gd(m1, lr, task.d)
     lines += ["| quantity | paper | ours |", "|---|---|---|",
-              f"| best one-step GD lr (toolkit = von Oswald's eta) | ~6.04 (claims.md 11.9) | {lr:.3f} |",
+              f"| best one-step GD lr (toolkit = von Oswald's eta) | ~6.04 (derived: docs/pitfalls.md #9) | {lr:.3f} |",
               f"| one GD step, 1/2 MSE | ~0.2 | {gd_loss:.4f} |",
               f"| trained 1-layer LSA, 1/2 MSE | same as GD | {cmp['loss_a']:.4f} |",
               f"| cosine of d y_hat / d x_q, trained vs GD | ~1 | {cmp['cos_dx']:.4f} |",
@@ -349,10 +326,15 @@ def reproduce_vonoswald(quick: bool = False, out: str = "reproduce-vonoswald23",
     lines += [f"Softmax transformer (1 layer, 2 heads, ReLU MLP 32): 1/2 MSE {cs['loss_a']:.4f} vs one GD step "
               f"{cs['loss_b']:.4f}; cosine of d y_hat/d x_q {cs['cos_dx']:.3f} (paper: 2 softmax heads nearly match GD)", ""]
     lines += noise_sweep(quick, seed)
-    write_line_png(outdir / "loss_vs_steps.png", {"trained 1-layer LSA": _smooth(h1), "one GD step": [gd_loss] * 50})
-    write_line_png(outdir / "loss_vs_layers.png", curves)
-    lines += ["", f"plots: {outdir / 'loss_vs_steps.png'} (blue: training loss, red: one GD step), "
-              f"{outdir / 'loss_vs_layers.png'} (blue: trained LSA, red: GD, green: GD++); "
+    plot_lines(outdir / "loss_vs_steps.png", {"trained 1-layer LSA (running mean of 50 steps)": _smooth(h1)},
+               "1-layer LSA trained on in-context regression (d = n = 10)", "Adam step",
+               "training loss, 1/2 squared error", x=np.arange(len(_smooth(h1))) * max(1, len(h1) // 200) + 50,
+               references={f"one GD step, tuned lr (ours): {gd_loss:.3f}": gd_loss,
+                           "one GD step, von Oswald et al. 2023 sec. 3.5: 0.2": 0.2})
+    plot_lines(outdir / "loss_vs_layers.png", curves, "Trained LSA vs GD and GD++ by depth (d = n = 10)",
+               "layers (= steps of GD / GD++)", "query loss, 1/2 squared error", x=np.array([1, *Ks]),
+               references={"one GD step, von Oswald et al. 2023 sec. 3.5: 0.2": 0.2})
+    lines += ["", f"plots: {outdir / 'loss_vs_steps.png'}, {outdir / 'loss_vs_layers.png'}; "
               f"checkpoint {outdir / 'lsa1.safetensors'}; total {time.perf_counter() - t0:.0f} s"]
     return "\n".join(lines)
 

@@ -1,7 +1,7 @@
 """Softmax regression (Li et al. 2023; Gao, Song, Xie 2023): losses, gradients, Hessian,
 the tensor trick, Lipschitz bounds, and the softmax self-attention layer they describe.
 
-Notation (claims.md sec. 5): ``A [n, d]``, ``b [n]``, ``x [d]``; ``u(x) = exp(Ax)``,
+Notation (Li et al. 2023, sec. 2; Gao, Song, Xie 2023, sec. 2): ``A [n, d]``, ``b [n]``, ``x [d]``; ``u(x) = exp(Ax)``,
 ``alpha(x) = <u, 1>``, ``f(x) = u/alpha`` (a softmax over the n rows), ``c(x) = f - b``.
 Multiple (attention) regression: ``A1, A2 [n, d]``, ``B [n, n]``, ``X [d, d]``,
 ``S = A1 X A2^T``, ``D(X) = diag(exp(S) 1)``, ``F = D^{-1} exp(S)`` (row softmax).
@@ -21,6 +21,14 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+
+from verify.claims import Claim, Part, Proof, lemma
+from verify.tolerance import C, Comparison, eps
+
+from .layout import Readout, ResidualLayout
+from .registry import add_claim
+from .spec import AttentionSpec, BlockSpec
+from .transformer import Transformer
 
 T = torch.Tensor
 
@@ -121,7 +129,7 @@ def kron(P: T, Q: T) -> T:
 
 def tensor_trick(A1: T, A2: T, order: str = "row") -> T:
     """``cal A`` with ``vec(A1 X A2^T) = cal A vec(X)``: ``A1 (x) A2`` for row-major vec,
-    ``A2 (x) A1`` for column-major (claims.md sec. 11.11)."""
+    ``A2 (x) A1`` for column-major (docs/pitfalls.md #11)."""
     return kron(A1, A2) if order == "row" else kron(A2, A1)
 
 
@@ -136,7 +144,9 @@ def attention_as_single(A1: T, A2: T, B: T, X: T) -> T:
 
 # -- Lipschitz bounds --------------------------------------------------------------------------
 def li_constant(n: int, R: float) -> float:
-    """Li et al.'s ``M = n^1.5 exp(10 R^2)`` (claims.md sec. 5.1, as restated; [MEM])."""
+    """Li et al.'s Lipschitz constant in the form ``M = n^1.5 exp(10 R^2)`` for ``|A|, |x| <= R``
+    (its form poly(n) exp(O(R^2)) is the paper's; the exponents follow a restatement of the main
+    theorem and were not read in the full text: docs/softmax_regression.md)."""
     return n**1.5 * float(np.exp(10 * R**2))
 
 
@@ -153,9 +163,6 @@ def attention_layer(d: int, n: int):
     the score is ``x . a_i`` and the value of key i is ``e_i``, so the query's ``f`` slot
     becomes ``f(x) = softmax(A x)``.  Returns ``(model, layout, embed)``; ``embed(A, x)``
     builds the stream ``[B, n + 1, D]`` (n must be the built n)."""
-    from constructions.layout import Readout, ResidualLayout
-    from constructions.transformer import AttentionSpec, BlockSpec, Transformer
-
     lay = ResidualLayout.of([("a", d, "x"), ("x", d, "x"), ("pos", n, "zero"), ("f", n, "zero"),
                              ("out", 1, "zero")], Readout("out"))
     head = dict(W_Q=lay.read({"x": np.eye(d)}, d), W_K=lay.read({"a": np.eye(d)}, d),
@@ -191,8 +198,6 @@ def _instance(prompt, knobs):
 
 
 def _cmp(measured, bound, roundoff):
-    from .tolerance import Comparison
-
     m = torch.stack(measured, -1).numpy()[None]  # [1, B, k]
     t = (torch.stack(bound, -1) + torch.stack(roundoff, -1)).numpy()[None]
     return Comparison(m, np.zeros_like(m), t, t)
@@ -204,8 +209,6 @@ def check_closeness(prompt, knobs):
     with ``b~ = b - (f(x') - f(x))``; and ``|b~ - b| <= |A| |x' - x| / 2`` (ours; Li's
     ``M = n^1.5 exp(10 R^2)`` is far looser).  Measured: the layer vs the closed form, the
     label-shift identity, and the shift vs our bound."""
-    from .tolerance import C, eps
-
     A, b, x = _instance(prompt, knobs)
     eta = 10.0**knobs.log10_eta
     x1 = x - eta * grad(A, b, x)
@@ -227,8 +230,6 @@ def check_tensor_trick(prompt, knobs):
     ``(A2 (x) A1) vec_col(X)``; the attention loss equals n single regressions sharing
     ``vec(X)``; its closed-form gradient equals autograd.  Tolerance: the model's
     ``C eps (d^2 + n) scale``."""
-    from .tolerance import C, eps
-
     A1, b, x = _instance(prompt, knobs)
     g = torch.Generator().manual_seed(knobs.seed)
     A2 = torch.randn(A1.shape, generator=g, dtype=torch.float64)
@@ -253,8 +254,6 @@ def check_lipschitz(prompt, knobs):
     """Lipschitz and Hessian bounds on ``|A| <= R``, ``|x| <= R`` (ours, tight up to the
     constants; the papers' are ``poly(n) exp(O(R^2))``): the row softmax
     ``|F(X) - F(Y)|_F <= |A1| |A2| |X - Y|_F / 2`` and ``|Hess L_exp| <= |A|^2 (5/2 + 3|b|/2)``."""
-    from .tolerance import C, eps
-
     A1, b, x = _instance(prompt, knobs)
     g = torch.Generator().manual_seed(knobs.seed)
     A2 = torch.randn(A1.shape, generator=g, dtype=torch.float64)
@@ -269,3 +268,49 @@ def check_lipschitz(prompt, knobs):
     hn = torch.linalg.matrix_norm(H, 2)
     u = C * eps(torch.float64) * (d + A1.shape[-2])
     return _cmp([moved, hn], [bound, hessian_bound(A1, b)], [u * torch.ones_like(moved), u * hessian_bound(A1, b)])
+
+
+# -- registration: claims about mathematics (no registered construction) ------------------------------------
+def tensor_trick_exact():
+    """``vec(A1 X A2^T) = (A1 (x) A2) vec_row(X) = (A2 (x) A1) vec_col(X)`` in exact rational
+    arithmetic on random rational matrices (n = 4, d = 3), and the swapped order fails."""
+    from fractions import Fraction
+
+    from verify.claims import Outcome
+
+    rng = np.random.default_rng(0)
+    R = lambda *s: np.array([[Fraction(int(v), 7) for v in row] for row in rng.integers(-9, 10, s)], dtype=object)  # noqa: E731
+    A1, A2, Xm = R(4, 3), R(4, 3), R(3, 3)
+    S = A1 @ Xm @ A2.T
+    row = (S.reshape(-1) == np.kron(A1, A2) @ Xm.reshape(-1)).all()
+    col = (S.T.reshape(-1) == np.kron(A2, A1) @ Xm.T.reshape(-1)).all()
+    swapped = (S.reshape(-1) == np.kron(A2, A1) @ Xm.reshape(-1)).all()
+    ok = bool(row and col and not swapped)
+    return Outcome(ok, "row-major: A1 (x) A2, column-major: A2 (x) A1, exactly; the swapped order is wrong"
+                   if ok else "a Kronecker identity failed")
+
+
+for _claim in (
+    Claim("li23-closeness", "Li et al. 2023", "sec. 4-5 (softmax regression vs one attention layer)",
+          "one GD step x' = x - eta grad L_exp on single softmax regression moves a softmax attention layer's "
+          "output by a label shift: c(x'; b) = c(x; b~) exactly, |b~ - b| <= |A||x' - x|/2 = O(eta) "
+          "(ours; Li's M = n^1.5 exp(10R^2) is looser)",
+          "closed-form softmax regression (torch)", check_closeness, kind="bound",
+          subject="softmax attention layer (constructions.softmax_regression)", prompt=dict(n=(2, 40), d=(1, 12)),
+          proof=Proof("exact-rational", (lemma("gradient formulas (symbolic, n = 3)", "lemma_softmax_gradients"),
+                                         lemma("softmax Jacobian norm <= 1/2", "lemma_softmax_jacobian_norm")),
+                      note="the label-shift identity is a definition; the bound follows from the lemma")),
+    Claim("gao23-tensor-trick", "Gao, Song, Xie 2023", "tensor trick; docs/pitfalls.md #11",
+          "vec(A1 X A2^T) = (A1 (x) A2) vec_row(X) = (A2 (x) A1) vec_col(X); the attention loss is n single "
+          "regressions sharing vec(X); its closed-form gradient A1^T G A2 equals autograd",
+          "torch.kron, autograd", check_tensor_trick, kind="bound", subject="(identities)",
+          prompt=dict(n=(2, 16), d=(1, 6)),
+          proof=Proof("exact-rational", (Part("Kronecker vec identities, exact", tensor_trick_exact),))),
+    Claim("gao23-lipschitz", "Gao, Song, Xie 2023; Li et al. 2023", "Lipschitz lemmas",
+          "on |A| <= R: the row softmax is |A1||A2|/2-Lipschitz in X (Frobenius) and |Hess L_exp| <= "
+          "|A|^2 (5/2 + 3|b|/2) (our constants; the papers state poly(n) exp(O(R^2)))",
+          "autograd Hessian", check_lipschitz, kind="bound", subject="(bounds)", prompt=dict(n=(2, 16), d=(1, 6)),
+          proof=Proof("general", (lemma("softmax Jacobian norm <= 1/2", "lemma_softmax_jacobian_norm"),),
+                      note="the Hessian bound's triangle inequalities are checked numerically")),
+):
+    add_claim(_claim)

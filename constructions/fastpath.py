@@ -1,0 +1,144 @@
+"""How the transformer is evaluated fast on CPU: cost models, the padded width, and the no-hook pass.
+
+Notation: B batch, T tokens, S key tokens, D residual width, Dp >= D the padded width the
+pass computes in, H heads, E head width, F MLP width.  Measured in ``docs/performance.md``.
+
+* **Evaluation order.**  Linear, non-causal attention can be *folded*:
+  ``h (sum_h (QK_h / n) (keys^T keys) OV_h)``, the same sums reassociated into D x D GEMMs.
+  :func:`use_folded` picks it when its FLOPs (:func:`folded_cost`) are at most
+  :data:`FOLD_GAIN` times those of the per-head order (:func:`per_head_cost`).
+* **Padding.**  On CPU the stream is zero-padded to a width where MKL's small batched GEMMs
+  run faster (:data:`PADDING`, :func:`compute_width`).  The padding holds exact zeros, so
+  hooks, the cache and the output see the same D columns.
+* **No-hook pass.**  Without hooks, cache or autograd the batch runs on preallocated buffers
+  in cache-sized chunks (:data:`CHUNK_BYTES`, :func:`fast_forward`).  On the same batch it
+  gives the bits of the hooked pass; a prompt's result may change in its last bits with the
+  batch (or chunk) it runs in, since MKL picks kernels by matrix size (the tolerance model
+  covers that: ``tests/test_fast_path.py``).
+
+The functions take the torch modules of :mod:`constructions.transformer` (duck-typed: an
+attention module has ``W_Q [H, D, E]``, ``kind``, ``causal``; an MLP ``W_in [D, F]``).
+"""
+from __future__ import annotations
+
+import torch
+
+#: the no-hook pass runs the batch in chunks of about this many bytes of padded stream
+#: (cache-sized: ``python benchmarks/tuning.py --only chunks``, docs/performance.md)
+CHUNK_BYTES = 2**21
+#: on CPU the stream is zero-padded inside the forward pass, per dtype, to ``multiple`` when
+#: that grows the D x D GEMMs' FLOPs, (Dp/D)^2, by at most ``max_growth``: MKL's batched
+#: GEMMs run up to 2x faster at these widths (``python benchmarks/tuning.py``,
+#: docs/performance.md).  Padding adds exact zeros only; hooks, the cache and the output
+#: see the D real columns.
+PADDING = {torch.float64: dict(multiple=24, max_growth=1.35), torch.float32: dict(multiple=8, max_growth=1.25)}
+#: the folded order is used when its FLOPs are at most this factor above the per-head
+#: order's: its D x D GEMMs can run faster (``python benchmarks/tuning.py --only fold``: the
+#: crossover lies between FLOP ratios 1.07 and 1.69, by dtype; docs/performance.md)
+FOLD_GAIN = 1.6
+
+
+def pad(W: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """``W [..., r, c]`` (or ``[c]``) with ``rows`` zero rows and ``cols`` zero columns appended."""
+    if not (rows or cols):
+        return W
+    return torch.nn.functional.pad(W, (0, cols) if W.ndim == 1 else (0, cols, 0, rows))
+
+
+def compute_width(D: int, h: torch.Tensor, padding: dict) -> int:
+    """The width Dp >= D the forward pass computes in for ``h`` under a padding rule table."""
+    rule = padding.get(h.dtype)
+    if h.device.type != "cpu" or rule is None:
+        return D
+    Dp = -(-D // rule["multiple"]) * rule["multiple"]
+    return Dp if (Dp / D) ** 2 <= rule["max_growth"] else D
+
+
+# -- cost models (FLOPs per prompt, of the D-wide maps) ------------------------------------
+def per_head_cost(attn, T: int, S: int) -> int:
+    """FLOPs per prompt of the per-head evaluation order."""
+    H, D, E = attn.W_Q.shape
+    if attn.kind == "linear" and not attn.causal:
+        mix = 2 * H * E * E * (S + T)  # K^T V, then Q (K^T V)
+    else:
+        mix = 4 * H * T * S * E  # scores, then pattern @ V
+    return 2 * H * E * D * (T + 2 * S) + mix + 2 * H * T * E * D
+
+
+def folded_cost(attn, T: int, S: int) -> int:
+    """FLOPs per prompt of the folded order (linear attention): keys^T keys, the per-head
+    D x D products, and h @ M."""
+    H, D, _ = attn.W_Q.shape
+    return 2 * S * D * D + 4 * H * D**3 + 2 * T * D * D
+
+
+def use_folded(attn, T: int, S: int) -> bool:
+    """Whether the attention's forward pass uses the folded order (cheaper in FLOPs)."""
+    return attn.kind == "linear" and not attn.causal and folded_cost(attn, T, S) <= FOLD_GAIN * per_head_cost(attn, T, S)
+
+
+def attention_flops(attn, T: int, S: int) -> int:
+    """FLOPs per prompt in the order the forward pass uses (the padding's multiplications by
+    zero are not counted)."""
+    return folded_cost(attn, T, S) if use_folded(attn, T, S) else per_head_cost(attn, T, S)
+
+
+def mlp_flops(mlp, T: int) -> int:
+    D, F = mlp.W_in.shape
+    return 4 * T * D * F
+
+
+# -- the no-hook pass ---------------------------------------------------------------------------
+def chunk_size(B: int, T: int, Dp: int, h: torch.Tensor, chunk_bytes: int) -> int:
+    """Prompts per chunk of the no-hook pass: ``chunk_bytes`` of padded stream on CPU."""
+    chunk = chunk_bytes // (T * Dp * h.element_size()) if h.device.type == "cpu" else B
+    return max(1, min(B, chunk))
+
+
+def fast_forward(h, n_context, norm, blocks, weights, Dp, mask_query, chunk_bytes):
+    """The forward pass without hooks or autograd: the same operations as the hooked pass on
+    preallocated buffers (a padded stream pair and the folded order's scratch), reused across
+    layers and, on CPU, across cache-sized chunks of the batch (prompts are independent).
+    ``blocks``: the torch blocks to run; ``weights``: their padded maps (one pair per block)."""
+    B, T, D = h.shape
+    S = n_context if mask_query else T
+    chunk = chunk_size(B, T, Dp, h, chunk_bytes)
+    new = lambda *shape: h.new_empty(chunk, *shape)  # noqa: E731
+    x_buf, y_buf, out = new(T, Dp), new(T, Dp), h.new_empty(B, T, D)
+    scratch = None
+    if any(b.attn is not None and use_folded(b.attn, T, S) for b in blocks):
+        scratch = dict(G=new(Dp, Dp), A=new(Dp, Dp), P=new(Dp, Dp), M=new(Dp, Dp), Z=new(T, Dp))
+    for i in range(0, B, chunk):
+        b = min(chunk, B - i)
+        x, y = x_buf[:b], y_buf[:b]
+        x[..., :D] = h[i : i + b]
+        x[..., D:] = 0
+        s = None if scratch is None else {k: v[:b] for k, v in scratch.items()}
+        for block, (wa, wm) in zip(blocks, weights):
+            if block.attn is not None:
+                folded = use_folded(block.attn, T, S)
+                a = block.attn(x, n_context, mask_query, norm, wa, s if folded else None)
+                x, y = torch.add(x, a, out=y), x
+            if block.mlp is not None:
+                x, y = torch.add(x, block.mlp(x, wm), out=y), x
+        out[i : i + b] = x[..., :D]
+    return out
+
+
+def fast_pass_bytes(model, h: torch.Tensor, n_context: int) -> int:
+    """Bytes the no-hook forward pass allocates for ``h [B, T, D]``: the output, its buffers,
+    and the largest temporaries of one block on one chunk (the input not counted)."""
+    (B, T, D), S = h.shape, (n_context if model.mask_query else h.shape[1])
+    Dp = model.compute_width(h)
+    c = chunk_size(B, T, Dp, h, model.chunk_bytes)
+    temps = [0]
+    for b in model.blocks:
+        if b.attn is not None and use_folded(b.attn, T, S):
+            temps.append(4 * Dp * Dp + T * Dp)  # the scratch G, A, P, M, Z
+        elif b.attn is not None:
+            H, _, E = b.attn.W_Q.shape
+            mix = 2 * H * E * E if b.attn.kind == "linear" and not b.attn.causal else 2 * H * T * S
+            temps.append((T + 2 * S) * H * E + mix + T * H * E + T * Dp)  # q, k, v; kv or scores; z; out
+        if b.mlp is not None:
+            temps.append(2 * T * b.mlp.W_in.shape[1] + T * Dp)  # pre, post, out
+    return h.element_size() * (B * T * D + 2 * c * T * Dp + c * max(temps))

@@ -1,0 +1,50 @@
+"""The plain-data reference forward pass in numpy: the specification the torch model is tested against.
+
+Shapes: a stream ``h [B, T, D]`` whose first ``n_context`` tokens are the keys (with the
+query mask); the result is the list of residual streams ``[h_0, ..., h_L]``.  The same
+equations as :class:`constructions.transformer.Transformer` (attention patterns from
+:func:`constructions.spec.attention_pattern`), evaluated head by head in the scores-first
+order, on numpy arrays of any dtype: float64, or object arrays of ``fractions.Fraction``
+for exact rational arithmetic (:mod:`verify.exact`), in which linear and ReLU attention and
+ReLU MLPs are exact.  Softmax, GeLU and LayerNorm need floats.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .spec import BlockSpec, attention_pattern
+
+
+def numpy_forward(blocks: list[BlockSpec], h: np.ndarray, n_context: int, mask_query: bool = True,
+                  norm: int | None = None, convert=lambda a: a) -> list[np.ndarray]:
+    """Residual streams ``[h_0, ..., h_L]`` of ``blocks`` on ``h``; ``convert`` maps each float64
+    weight array to h's element type (e.g. :func:`verify.exact.to_exact`)."""
+    norm = n_context if norm is None else norm
+    hs = [h]
+    for spec in blocks:
+        if spec.attn is not None:
+            a = spec.attn
+            keys = h[:, :n_context] if mask_query else h
+            future = np.triu(np.ones((h.shape[1], keys.shape[1]), dtype=bool), 1) if a.causal else None
+            out = 0
+            for WQ, WK, WV, WO in zip(*(convert(getattr(a, k)) for k in ("W_Q", "W_K", "W_V", "W_O"))):
+                q, k, v = h @ WQ, keys @ WK, keys @ WV
+                pattern = attention_pattern(a.kind, q @ k.transpose(0, 2, 1), norm, a.null_score, future)
+                out = out + pattern @ v @ WO
+            h = h + out
+        if spec.mlp is not None:
+            m = spec.mlp
+            x = h
+            if m.layernorm:
+                c = h - h.mean(-1, keepdims=True)
+                x = c / np.sqrt((c**2).mean(-1, keepdims=True) + m.ln_eps)
+            pre = x @ convert(m.W_in) + convert(m.b_in)
+            if m.act == "relu":
+                post = np.maximum(pre, 0)
+            else:
+                post = 0.5 * pre * (1 + np.vectorize(math.erf)(pre / math.sqrt(2.0)))
+            h = h + post @ convert(m.W_out) + convert(m.b_out)
+        hs.append(h)
+    return hs

@@ -1,0 +1,321 @@
+"""The parts kit: the shared building blocks every construction is made of (public API).
+
+A construction module (the toolkit's own, or a user's) builds its weights from these parts,
+writing them through the named slots of a :class:`~constructions.layout.ResidualLayout`,
+never at hand-computed indices.  No construction module imports another: what two of them
+share lives here.
+
+Shapes: D residual width, d input dimension, ``e`` a head's width.  A *head* is a dict of
+``W_Q [D, e], W_K [D, e], W_V [D, e'], W_O [e', D]`` (rows and columns as TransformerLens:
+token row-vectors times weights); :func:`block` stacks heads into a
+:class:`~constructions.spec.BlockSpec`.  Slot reads and writes are ``{slot: [size, e]}`` and
+``{slot: [e, size]}`` blocks (:meth:`ResidualLayout.read` / :meth:`~ResidualLayout.write`).
+
+* **Parameter validators**: :func:`positive_int`, :func:`real`.
+* **Layouts**: :func:`lsa_layout` (von Oswald's token ``(x, y)``, readout ``-y``).
+* **Linear-attention heads**: :func:`gd_head` (a (preconditioned) GD step on the residuals
+  in ``y``), :func:`product_head` (a token's own linear form times the mean of a value over
+  the context keys: the ridge decay term, momentum, products of replicated scalars).
+* **ReLU-attention heads** (Bai et al.'s gated heads): :func:`gated_relu_head`,
+  :func:`sign_split` (two gated heads whose sum is a linear head), :func:`relu_gd_heads`,
+  :func:`relu_decay_head`, :func:`relu_readout_heads`.
+* **MLPs**: :func:`units_mlp` (any ReLU/GeLU MLP from units), :func:`soft_threshold_mlp`,
+  :func:`zero_mlp`, :func:`bias_mlp`.
+* **Domain checks** (``check(X, y, Xq)`` functions for ``Construction(domain=...)``):
+  :func:`step_check`, :func:`precond_check`, :func:`norm_check`, :func:`mask_check`,
+  :func:`label_check`, :func:`all_checks`.
+* **Iteration counts and splits**: :func:`squaring_iters`, :func:`fixed_examples`.
+
+Domain-check contract: ``check(X, y, Xq)`` receives the validated prompt as float64 torch
+tensors ``X [B, n, d]``, ``y [B, n]``, ``Xq [B, m, d]`` (finite, shapes checked, on the
+model's device); it returns nothing and raises :class:`ConstructionError` naming the
+violated condition, the prompt of the batch and the fix.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .errors import ConstructionError
+from .layout import Readout, ResidualLayout
+from .spec import AttentionSpec, BlockSpec, MLPSpec
+
+#: relative slack on the stability limits (round-off of the eigenvalue solver)
+STABILITY_SLACK = 1e-9
+#: relative slack on a norm bound: float32 rounding moves a norm by <= 6e-8 relative
+NORM_SLACK = 1e-6
+
+
+# -- parameter validators ------------------------------------------------------------------------
+def positive_int(v, name: str) -> int:
+    """``v`` as an int >= 1 (bools and floats refused), else :class:`ConstructionError`."""
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise ConstructionError(f"{name} must be a positive integer, got {v!r}")
+    return int(v)
+
+
+def real(v, name: str, low: float = 0.0, strict: bool = True) -> float:
+    """``v`` as a finite float ``> low`` (``>= low`` with ``strict=False``)."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise ConstructionError(f"{name} must be a real number, got {v!r}") from None
+    if not np.isfinite(f) or (f <= low if strict else f < low):
+        raise ConstructionError(f"{name} must be finite and {'>' if strict else '>='} {low}, got {v!r}")
+    return f
+
+
+# -- layouts ---------------------------------------------------------------------------------------
+def lsa_layout(d: int, *extra) -> ResidualLayout:
+    """von Oswald et al.'s token ``(x, y)`` (x_i and y_i on context tokens, x_q and 0 on queries),
+    then the ``extra`` slots ``(name, size, fill)``; readout ``-y`` (docs/pitfalls.md #1)."""
+    return ResidualLayout.of([("x", d, "x"), ("y", 1, "y"), *extra], Readout("y", -1.0))
+
+
+# -- linear-attention heads ------------------------------------------------------------------------
+def gd_head(lay: ResidualLayout, P: np.ndarray, x: str = "x", y: str = "y") -> dict:
+    """One linear head: ``y_j <- y_j - (1/n) sum_i (x_j^T P x_i) y_i`` for every token j.
+
+    With the residuals ``y_i - w.x_i`` in the context's ``y`` slots this is
+    ``w <- w - P grad L(w)``.  The score is ``q_j.k_i`` with ``q_j = P^T x_j`` (``W_Q``'s x
+    block is P because tokens are row vectors) and ``k_i = x_i``: the transpose trap of
+    docs/pitfalls.md #5.
+    """
+    d = lay[x].size
+    return dict(W_Q=lay.read({x: P}, d), W_K=lay.read({x: np.eye(d)}, d),
+                W_V=lay.read({y: np.eye(1)}, 1), W_O=lay.write({y: -np.eye(1)}, 1))
+
+
+def product_head(lay: ResidualLayout, q: dict, v: dict, o: dict, e: int = 1) -> dict:
+    """Linear head ``out_j = o^T (q^T h_j) mean_i v^T h_i``, the key being the constant slot
+    ``one``: a token's own linear form ``q`` (``{slot: [size, e]}``) times the mean over the n
+    context keys of the value ``v``.  With ``v = {"one": 1}`` it is a token-local linear map
+    (the ridge decay term, momentum); with v a quantity replicated in every context token it
+    is a product of the token's scalar with that quantity."""
+    ev = np.shape(next(iter(v.values())))[1]
+    return dict(W_Q=lay.read(q, e), W_K=lay.read({"one": np.ones((1, e))}, e), W_V=lay.read(v, ev),
+                W_O=lay.write(o, ev))
+
+
+# -- ReLU-attention heads (Bai et al. 2023, sec. 4.1: attention relu(q.k)/n) -----------------------------
+def gated_relu_head(lay: ResidualLayout, q: dict, k: dict, v: dict, o: dict, e: int, mask_const: float,
+                    gate="gate", sign: float = 1.0) -> dict:
+    """One ReLU head with score ``sign * (q_i.k_j) + B * gate_j`` (B = ``mask_const``).
+
+    ``q``/``k`` are slot reads ``[size, e]`` forming the linear score; ``v``/``o`` the value
+    read ``[size, e']`` and output write ``[e', size]``.  The gate is one extra head
+    dimension: the query reads ``one`` (times B), the key reads ``gate`` (a slot of size 1,
+    or ``(slot, i)`` for entry i of a wider slot).  A gate slot holds 0 on the keys a head
+    admits and -1 on the others, so their score drops by B (docs/pitfalls.md #15).
+    ``sign = -1`` negates the score and the output (the second head of a sign split).
+    """
+    qe = {s: np.hstack([sign * np.asarray(b, float), np.zeros((np.shape(b)[0], 1))]) for s, b in q.items()}
+    qe["one"] = qe.get("one", np.zeros((1, e + 1))) + np.eye(e + 1)[e:] * mask_const
+    ke = {s: np.hstack([np.asarray(b, float), np.zeros((np.shape(b)[0], 1))]) for s, b in k.items()}
+    gslot, gi = (gate, 0) if isinstance(gate, str) else gate
+    gread = np.zeros((lay[gslot].size, e + 1))
+    gread[gi, e] = 1.0
+    ke[gslot] = ke.get(gslot, np.zeros_like(gread)) + gread
+    ev = np.shape(next(iter(v.values())))[1]
+    return dict(W_Q=lay.read(qe, e + 1), W_K=lay.read(ke, e + 1), W_V=lay.read(v, ev),
+                W_O=lay.write({s: sign * np.asarray(b, float) for s, b in o.items()}, ev))
+
+
+def sign_split(lay, q, k, v, o, e, mask_const, gate="gate") -> list[dict]:
+    """Two gated ReLU heads whose sum is the linear head ``(q_i.k_j) v_j o`` over admitted keys:
+    ``relu(z) v - relu(-z) v = z v`` (the second head carries the *negated* value,
+    docs/pitfalls.md #17)."""
+    return [gated_relu_head(lay, q, k, v, o, e, mask_const, gate, s) for s in (1.0, -1.0)]
+
+
+def relu_gd_heads(lay: ResidualLayout, lr: float, mask_const: float, w: str = "w", gate="gate",
+                  scale: float = 1.0) -> list[dict]:
+    """Two heads: ``w <- w - scale * lr * (1/n) sum_{admitted j} (w.x_j - y_j) x_j`` for the
+    iterate replicated in every token's slot ``w`` (Bai et al. 2023, Prop. C.2, square loss)."""
+    d = lay["x"].size
+    q = {w: np.eye(d, d + 1), "one": -np.eye(d + 1)[d:]}  # q_i = (w_i, -1)
+    k = {"x": np.eye(d, d + 1), "y": np.eye(d + 1)[d:]}  # k_j = (x_j, y_j)
+    return sign_split(lay, q, k, {"x": np.eye(d)}, {w: -scale * lr * np.eye(d)}, d + 1, mask_const, gate)
+
+
+def relu_decay_head(lay: ResidualLayout, rate: float, mask_const: float, w: str = "w", gate="gate") -> dict:
+    """Bai et al.'s l2 head (Cor. C.1): constant score 1 on admitted keys, value ``-rate * w_j``:
+    ``w <- (1 - rate) w`` for a replicated iterate."""
+    d = lay["x"].size
+    return gated_relu_head(lay, {"one": [[1.0]]}, {"one": [[1.0]]}, {w: np.eye(d)}, {w: -rate * np.eye(d)},
+                           1, mask_const, gate)
+
+
+def relu_readout_heads(lay: ResidualLayout, mask_const: float, w: str = "w", out: str = "y", gate="gate",
+                       scale: float = 1.0) -> list[dict]:
+    """Two heads writing ``scale * <w, x_i>`` into slot ``out`` of every token i (Bai's readout)."""
+    d = lay["x"].size
+    return sign_split(lay, {"x": np.eye(d)}, {w: np.eye(d)}, {"one": [[1.0]]}, {out: [[scale]]}, d, mask_const, gate)
+
+
+# -- MLPs ------------------------------------------------------------------------------------------------
+def units_mlp(lay: ResidualLayout, act: str, units: list[tuple[dict, float, dict]], bias_out: dict | None = None,
+              layernorm: bool = False) -> MLPSpec:
+    """An MLP from hidden units ``(reads {slot: vector}, bias, writes {slot: vector})``: unit f
+    computes ``act(sum_s reads[s] . h[s] + bias)`` and adds ``writes[s]`` times it to slot s;
+    ``bias_out`` adds constants to slots."""
+    F = len(units)
+    W_in, W_out, b_in = np.zeros((lay.width, F)), np.zeros((F, lay.width)), np.zeros(F)
+    for f, (reads, b, writes) in enumerate(units):
+        for s, v in reads.items():
+            W_in[lay[s].index, f] += v
+        for s, v in writes.items():
+            W_out[f, lay[s].index] += v
+        b_in[f] = b
+    b_out = np.zeros(lay.width)
+    for s, v in (bias_out or {}).items():
+        b_out[lay[s].index] += v
+    return MLPSpec(act, W_in, b_in, W_out, b_out, layernorm=layernorm)
+
+
+def soft_threshold_mlp(lay: ResidualLayout, threshold: float, w: str = "w") -> MLPSpec:
+    """``w <- S_c(w)``, ``S_c(v) = sign(v) max(|v| - c, 0)``, as a residual ReLU MLP with 4d units
+    (Bai et al. 2023, Prop. C.1): ``S_c(w) - w = relu(w - c) - relu(-w - c) - relu(w) + relu(-w)``."""
+    d = lay[w].size
+    I = np.eye(d)
+    W_in = lay.read({w: np.hstack([I, -I, I, -I])}, 4 * d)
+    b_in = np.concatenate([-threshold * np.ones(d), -threshold * np.ones(d), np.zeros(2 * d)])
+    W_out = lay.write({w: np.vstack([I, -I, -I, I])}, 4 * d)
+    return MLPSpec("relu", W_in, b_in, W_out, np.zeros(lay.width))
+
+
+def zero_mlp(lay: ResidualLayout, slots) -> MLPSpec:
+    """A ReLU MLP that sets the given slots to exactly 0: ``z - relu(z) + relu(-z) = 0``."""
+    units = []
+    for s in slots:
+        for i in range(lay[s].size):
+            e = np.eye(lay[s].size)[i]
+            units += [({s: e}, 0.0, {s: -e}), ({s: -e}, 0.0, {s: e})]
+    return units_mlp(lay, "relu", units)
+
+
+def bias_mlp(lay: ResidualLayout, values: dict) -> MLPSpec:
+    """A ReLU MLP that adds constants to slots (its output bias; one idle unit)."""
+    return units_mlp(lay, "relu", [({}, 0.0, {})], bias_out=values)
+
+
+def block(kind: str, heads: list[dict], mlp: MLPSpec | None = None, **options) -> BlockSpec:
+    """One block: the heads stacked as ``kind`` attention (``options``: ``causal``,
+    ``null_score``), then the MLP (if any)."""
+    return BlockSpec(AttentionSpec.from_heads(kind, heads, **options), mlp)
+
+
+# -- domain checks -----------------------------------------------------------------------------------
+def covariance(X: torch.Tensor) -> torch.Tensor:
+    """``X^T X / n`` per prompt ``[B, d, d]``."""
+    return X.transpose(1, 2) @ X / X.shape[1]
+
+
+def lambda_max(X: torch.Tensor) -> torch.Tensor:
+    """``lambda_max(X^T X / n)`` per prompt ``[B]``."""
+    return torch.linalg.eigvalsh(covariance(X))[:, -1]
+
+
+def stability_error(what: str, value: float, limit: float, b: int, fix: str) -> ConstructionError:
+    return ConstructionError(
+        f"{what}={value:.6g} exceeds the stability limit {limit:.6g} for prompt {b} of the batch, "
+        f"so the iteration would diverge; {fix}, or pass check=False to run it anyway"
+    )
+
+
+def step_check(lr: float, lam: float = 0.0, limit: float = 2.0, name: str = "lr", rows: int | None = None):
+    """``name * lambda_max(X^T X/n + lam I) <= limit`` per prompt (the GD step's stability
+    limit is 2); ``rows``: only the first ``rows`` context examples (a train split)."""
+    def check(X, y, Xq):
+        Xs = X if rows is None else X[:, :rows]
+        for b, v in enumerate((lambda_max(Xs) + lam).tolist()):
+            if lr * v > limit * (1 + STABILITY_SLACK):
+                lam_term = " + lam I" if lam else ""
+                raise stability_error(name, lr, limit / v, b, f"use {name} <= {limit:g}/lambda_max(X^T X/n{lam_term})")
+
+    return check
+
+
+def precond_check(Ps: np.ndarray):
+    """Spectral radius of ``I - P_t X^T X/n`` at most 1 for every layer's ``P_t`` (``[L, d, d]``)."""
+    def check(X, y, Xq):
+        A = covariance(X)
+        I = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
+        for t, P in enumerate(Ps):
+            rho = torch.linalg.eigvals(I - torch.from_numpy(P).to(A) @ A).abs().max(-1).values
+            for b, v in enumerate(rho.tolist()):
+                if v > 1 + STABILITY_SLACK:
+                    raise stability_error(f"spectral radius of I - P A (layer {t})", v, 1.0, b,
+                                          "scale the preconditioner P down")
+
+    return check
+
+
+def norm_check(x_bound: float, why: str, queries: bool = False):
+    """``|x| <= x_bound`` for every context input (and every query with ``queries=True``);
+    ``why``: what relies on the bound (for the message)."""
+    def check(X, y, Xq):
+        xs = torch.cat([X, Xq], 1) if queries else X
+        xmax = float(xs.norm(dim=-1).max())
+        if xmax > x_bound * (1 + NORM_SLACK):
+            which = "an input" if queries else "a context input"
+            raise ConstructionError(f"{which} has norm {xmax:.6g} > x_bound={x_bound:.6g}: {why}; "
+                                    f"rebuild with x_bound >= {xmax:.6g}")
+
+    return check
+
+
+def mask_check(mask_const: float, bound, what: str):
+    """``mask_const >=`` the per-prompt score bound ``bound(X, y, Xq) -> [B]`` (every score a gate
+    must push below zero; ``what`` names the bound in the message)."""
+    def check(X, y, Xq):
+        for b, v in enumerate(bound(X, y, Xq).tolist()):
+            if mask_const < v:
+                raise ConstructionError(
+                    f"mask_const={mask_const:.6g} is below the score bound {v:.6g} ({what}) of prompt {b}: "
+                    f"the gate would not exclude the tokens it must; rebuild with mask_const >= {v:.6g}")
+
+    return check
+
+
+def label_check(values, name: str):
+    """Every label ``y_i`` is one of ``values``."""
+    values = tuple(float(v) for v in values)
+
+    def check(X, y, Xq):
+        ok = torch.zeros_like(y, dtype=torch.bool)
+        for v in values:
+            ok |= y == v
+        if not torch.all(ok):
+            raise ConstructionError(f"{name} needs labels y_i in {set(values)}")
+
+    return check
+
+
+def all_checks(*checks):
+    """One domain check running ``checks`` in order."""
+    def check(X, y, Xq):
+        for c in checks:
+            c(X, y, Xq)
+
+    return check
+
+
+# -- iteration counts and splits ---------------------------------------------------------------------
+def squaring_iters(q: float, eps: float = 2.0**-53) -> int:
+    """Smallest k >= 1 with ``q^(2^k) <= eps``: the iterations an error-squaring scheme (Newton
+    for a reciprocal or an inverse) needs from a start with error factor ``q in [0, 1)``."""
+    return max(1, math.ceil(math.log2(math.log(eps) / math.log(q)))) if q > 0 else 1
+
+
+def fixed_examples(n: int, name: str, fix: str, n_train: int | None = None):
+    """A ``Construction.split`` for a construction built for exactly n context examples; it
+    returns the number of train tokens (``n_train``, default all n)."""
+    def split(n_prompt: int) -> int:
+        if n_prompt != n:
+            raise ConstructionError(f"{name} was built for n={n} context examples, got {n_prompt}; {fix}")
+        return n if n_train is None else n_train
+
+    return split

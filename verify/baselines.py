@@ -1,0 +1,66 @@
+"""The algorithms themselves in batched torch (differentiable, any device): what a user would write.
+
+Shapes: X ``[B, n, d]``, y ``[B, n]``, Xq ``[B, m, d]``; iterates ``[B, d]``, predictions
+``[B, m]``.  Toolkit conventions (``L(w) = 1/(2n)|Xw - y|^2 + (lam/2)|w|^2``, ``w_0 = 0``).
+``icl-verify bench`` times them beside the constructions (:class:`constructions.Bench`), and
+:mod:`verify.train` uses them as tuned baselines.  The independent float64 references that the
+claims are checked against are :mod:`verify.reference` (numpy), not these.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def gd(X, y, steps: int, lr: float | None = None, lam: float = 0.0, precond=None, link=None) -> torch.Tensor:
+    """``steps`` steps of ``w <- w - P (X^T (link(Xw) - y)/n + lam w)`` from 0, ``P = lr I`` or
+    ``precond`` (``[d, d]``, or ``[steps, d, d]`` one per step); ``link``: e.g. ``torch.sigmoid``
+    for logistic regression."""
+    B, n, d = X.shape
+    P = None if precond is None else torch.as_tensor(precond).to(X)
+    w = torch.zeros(B, d, 1, dtype=X.dtype, device=X.device)
+    Xt = X.transpose(1, 2)
+    for t in range(steps):
+        s = X @ w
+        r = (s if link is None else link(s)) - y[..., None]
+        g = (Xt @ r) / n + lam * w
+        w = w - (lr * g if P is None else (P[t] if P.ndim == 3 else P) @ g)
+    return w[..., 0]
+
+
+def heavy_ball(X, y, steps: int, lr: float, beta: float) -> torch.Tensor:
+    """``w <- w - lr grad L(w) + beta (w - w_prev)`` from ``w_prev = w = 0``."""
+    n = X.shape[1]
+    w = prev = torch.zeros(X.shape[0], X.shape[2], 1, dtype=X.dtype, device=X.device)
+    for _ in range(steps):
+        w, prev = w - lr * X.transpose(1, 2) @ (X @ w - y[..., None]) / n + beta * (w - prev), w
+    return w[..., 0]
+
+
+def gd_plus_plus(X, y, Xq, steps: int, lr: float, gamma: float) -> torch.Tensor:
+    """GD++ predictions (:class:`verify.reference.GDPlusPlus`): a GD step on the residuals, then
+    every input (queries too) mapped by ``I - gamma X^T X/n``."""
+    n = X.shape[1]
+    r, Xc, Q = y, X, Xq
+    pred = torch.zeros(Xq.shape[:2], dtype=X.dtype, device=X.device)
+    eye = torch.eye(X.shape[2], dtype=X.dtype, device=X.device)
+    for _ in range(steps):
+        g = Xc.transpose(1, 2) @ r[..., None] / n
+        pred = pred + lr * (Q @ g)[..., 0]
+        r = r - lr * (Xc @ g)[..., 0]
+        M = eye - gamma * Xc.transpose(1, 2) @ Xc / n
+        Xc, Q = Xc @ M, Q @ M
+    return pred
+
+
+def ridge(X, y, lam: float) -> torch.Tensor:
+    """``(X^T X/n + lam I)^{-1} X^T y/n`` (lam = 0: the least-squares solution by lstsq)."""
+    n, d = X.shape[1], X.shape[2]
+    if lam == 0:
+        return torch.linalg.lstsq(X, y[..., None]).solution[..., 0]
+    A = X.transpose(1, 2) @ X / n + lam * torch.eye(d, dtype=X.dtype, device=X.device)
+    return torch.linalg.solve(A, X.transpose(1, 2) @ y[..., None] / n)[..., 0]
+
+
+def predict(Xq, w) -> torch.Tensor:
+    """``x_q . w`` for every query: ``[B, m]``."""
+    return (Xq @ w[..., None])[..., 0]
