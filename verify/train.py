@@ -240,10 +240,13 @@ def plot_lines(path, series: dict, title: str, xlabel: str, ylabel: str, x=None,
         v = np.asarray(v, dtype=float)
         ax.plot(np.arange(1, len(v) + 1) if x is None else x[: len(v)], v, marker="o" if len(v) < 20 else None,
                 label=label)
-    for label, value in (references or {}).items():
-        ax.axhline(value, linestyle="--", color="grey", linewidth=1, label=label)
+    styles = [("--", "grey"), (":", "black"), ("-.", "tab:brown")]
+    for (label, value), (ls, color) in zip((references or {}).items(), styles * 4):
+        ax.axhline(value, linestyle=ls, color=color, linewidth=1, label=label)
     if logy:
         ax.set_yscale("log")
+    if x is not None and np.issubdtype(np.asarray(x).dtype, np.integer) and len(x) < 20:
+        ax.set_xticks(np.asarray(x))
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     ax.grid(True, alpha=0.3)
     ax.legend()
