@@ -11,6 +11,7 @@ import pytest
 
 import constructions
 from constructions import registry
+from verify import bench
 from verify.claims import check_claim
 from verify.proofs import prove
 from verify.reference import HeavyBall
@@ -55,6 +56,9 @@ def test_the_tutorial_construction_is_checked_proved_and_tested(tutorial):
     assert result.kind == "general" and result.holds, result.parts
     tests.test_every_layer_is_a_heavy_ball_step()  # the hypothesis property test, as pytest would run it
     tests.test_without_the_momentum_head_the_layers_are_gd()
+    row = bench.bench_one("my_heavy_ball", d=3, n=8, B=4)  # its benchmark row (no torch baseline declared)
+    assert row["layers"] == 10 and row["flop_rate"] > 0 and np.isnan(row["ref_seconds"])
+    assert "| my_heavy_ball | 3 | 8 | 4 |" in bench.report([row])
 
 
 def test_the_tutorial_construction_is_the_toolkits_heavy_ball(tutorial):
