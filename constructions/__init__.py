@@ -17,7 +17,7 @@ from .construction import Construction
 from .errors import ConstructionError
 from .io import load
 from .layout import Readout, ResidualLayout
-from .registry import Bench, add_claim, build, claims, entries, entry, names, register, unregister
+from .registry import Bench, add_claim, build, claims, entries, entry, names, register, remove_claim, unregister
 from .spec import AttentionSpec, BlockSpec, MLPSpec
 from .transformer import Transformer
 
@@ -29,7 +29,9 @@ from .raw import RawConfig  # noqa: E402
 
 
 def __getattr__(name: str):
-    """``constructions.<name>``: the factory of a registered construction (a user's too)."""
+    """``constructions.<name>``: the factory of a registered construction (a user's or an
+    installed plugin's too)."""
+    registry.load_plugins()
     try:
         return registry._ENTRIES[name].factory
     except KeyError:
@@ -37,11 +39,12 @@ def __getattr__(name: str):
 
 
 def __dir__():
-    return sorted(set(globals()) | set(registry._ENTRIES))
+    return sorted(set(globals()) | set(registry.names()))
 
 
 __all__ = [
     "Construction", "ConstructionError", "ResidualLayout", "Readout", "Transformer", "AttentionSpec", "BlockSpec",
-    "MLPSpec", "RawConfig", "Bench", "parts", "registry", "register", "add_claim", "unregister", "names", "build",
+    "MLPSpec", "RawConfig", "Bench", "parts", "registry", "register", "add_claim", "remove_claim", "unregister", "names",
+    "build",
     "entry", "entries", "claims", "load",
 ]

@@ -83,7 +83,7 @@ def lasso_score_bound(X: torch.Tensor, y: torch.Tensor, Xq: torch.Tensor, lam: f
 def relu_gd(d: int, steps: int, lr: float, lam: float = 0.0, mask_const: float = 1e9) -> Construction:
     """Gradient descent with ReLU attention (Bai et al. 2023, Prop. C.2 / Thm 13, square loss).
 
-    **Theorem** (Bai et al. 2023, sec. 4.2, Prop. C.2 with Cor. C.1 for the l2 term).  After
+    **Theorem** (Bai et al. 2023, Prop. C.2 with Cor. C.1 for the l2 term).  After
     step layer t the ``w`` slot of *every* token equals ``w_t`` of GD on
     ``L(w) = 1/(2n)|Xw - y|^2 + (lam/2)|w|^2`` from ``w_0 = 0`` with step ``lr``; the readout
     layer writes ``<w_t, x_q>`` into the query's ``y`` slot, so ``trace()[t-1] = Xq @ w_t``.
@@ -119,7 +119,7 @@ def relu_gd(d: int, steps: int, lr: float, lam: float = 0.0, mask_const: float =
 def lasso_ista(d: int, steps: int, lr: float, lam: float, mask_const: float = 1e9) -> Construction:
     """LASSO by proximal gradient descent (ISTA) in context (Bai et al. 2023, Thm 10, Prop. C.1).
 
-    **Theorem** (Bai et al. 2023, sec. 4.4 and App. C).  Step layer t maps the replicated
+    **Theorem** (Bai et al. 2023, Thm 10 and App. C, Prop. C.1).  Step layer t maps the replicated
     iterate by ``w <- S_{lr lam}(w - lr grad L0(w))`` with ``L0(w) = 1/(2n)|Xw - y|^2`` and
     ``S_c(v) = sign(v) max(|v| - c, 0)``: its attention is the GD step of :func:`relu_gd` and
     its MLP is the soft threshold ``relu(v - c) - relu(-v - c)`` written residually (4d ReLUs).
@@ -174,7 +174,7 @@ def sigmoid_fit_error(heads: int, radius: float) -> float:
 def logistic_gd(d: int, steps: int, lr: float, heads: int, x_bound: float, mask_const: float = 1e9) -> Construction:
     """GD on the logistic loss with the sigmoid replaced by a sum of ``heads`` ReLUs (Bai et al. 2023, Thm 13).
 
-    **Theorem** (Bai et al. 2023, sec. 4.2 Thm 13 and sec. 4.4 GLMs).  Labels ``y_i in {0, 1}``;
+    **Theorem** (Bai et al. 2023, Thm 13; the GLM results, Thms 7-8).  Labels ``y_i in {0, 1}``;
     loss ``l(s, y) = -y s + log(1 + e^s)``, ``d l/ds = sigma(s) - y``.  The construction runs GD
     exactly with ``sigma`` replaced by ``sigma_hat``, the piecewise-linear interpolant of sigma at
     ``heads`` equispaced knots on ``[-R, R]`` (flat outside), ``R = logistic_radius(steps, lr,
@@ -230,7 +230,7 @@ def select_score_bound(X, y, Xq, lam: float, n_train: int) -> torch.Tensor:
 
 def ridge_select(d: int, lams, steps: int, lr: float, n_train: int, n_val: int, gamma: float,
                  mask_const: float = 1e9) -> Construction:
-    """In-context algorithm selection by post-ICL validation (Bai et al. 2023, sec. 4.5, Prop. 15, Thm 16).
+    """In-context algorithm selection by post-ICL validation (Bai et al. 2023, Prop. 15, Thm 16).
 
     **Theorem** (Bai et al. 2023, Prop. 15 / Thm H.1-H.3 and Thm 16).  The first ``n_train``
     context examples are train tokens, the next ``n_val`` validation tokens.  For every
@@ -327,7 +327,7 @@ def binary_psi_knots(eps: float) -> list[tuple[float, float]]:
 def binary_test(d: int, eps: float = 0.1, threshold: float = 0.5) -> Construction:
     """Pre-ICL testing: are all labels binary? (Bai et al. 2023, Lemma 18 and Cor. H.1).
 
-    **Theorem** (Bai et al. 2023, sec. 4.5 / App. H.3).  Layer 1 (6 ReLU heads) writes
+    **Theorem** (Bai et al. 2023, Lemma 18, Cor. H.1, App. H.3).  Layer 1 (6 ReLU heads) writes
     ``Psi = (1/n) sum_i psi(y_i)`` into every token, psi the sum of 6 ReLUs
     (:func:`binary_psi_knots`): 1 at y in {0, 1}, 0 farther than eps from both.  Layer 2 (2 ReLU
     heads) writes ``clip((Psi - threshold)/(1 - threshold), 0, 1)`` into the query's ``test``

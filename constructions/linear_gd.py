@@ -3,7 +3,7 @@
 Notation: B batch, n context examples, m queries, d input dim, D residual width, L layers
 (= steps).  Toolkit loss ``L(w) = 1/(2n) sum_i (w.x_i - y_i)^2 + (lam/2)|w|^2``, ``w_0 = 0``.
 
-Token layout (von Oswald et al. 2023, sec. 3.2, columns renamed; :func:`parts.lsa_layout`):
+Token layout (von Oswald et al. 2023, the tokens of Prop. 1, columns renamed; :func:`parts.lsa_layout`):
 
 =========  ==================  =============
 slot       context token i     query token
@@ -67,7 +67,7 @@ def ridge_decay_head(lay: ResidualLayout, rate: float) -> dict:
 def gd(d: int, steps: int, lr: float, lam: float = 0.0) -> Construction:
     """Gradient descent in context: one linear self-attention layer per GD step.
 
-    **Theorem** (von Oswald et al. 2023, Prop. 1, sec. 3.2; ridge term after Bai et al. 2023,
+    **Theorem** (von Oswald et al. 2023, Prop. 1; ridge term after Bai et al. 2023,
     Cor. C.1).  For every prompt and every t = 1..steps, the query readout after layer t
     equals ``x_q . w_t`` where ``w_0 = 0`` and ``w_{t+1} = w_t - lr * grad L(w_t)``,
     ``L(w) = 1/(2n) sum_i (w.x_i - y_i)^2 + (lam/2)|w|^2``.  For ``lam = 0`` this is
@@ -130,7 +130,7 @@ def gd_plus_plus(d: int, steps: int, lr: float, gamma: float) -> Construction:
 def preconditioned_gd(d: int, steps: int, precond) -> Construction:
     """Preconditioned GD: ``w <- w - P grad L(w)`` per layer, any d x d matrix P.
 
-    **Theorem** (Ahn et al. 2023, sec. 3).  The query readout after layer t equals
+    **Theorem** (Ahn et al. 2023, the linear-transformer layer with P and Q).  The query readout after layer t equals
     ``x_q . w_t`` with ``w_0 = 0``, ``w_{t+1} = w_t - P_t grad L(w_t)``,
     ``L(w) = 1/(2n)|Xw - y|^2``.  ``precond`` is one ``[d, d]`` matrix (used in every
     layer) or ``[steps, d, d]`` (one per layer).  P need not be symmetric.
@@ -316,7 +316,7 @@ register(
     source="von Oswald et al. 2023, Prop. 1 (+ Bai et al. 2023, Cor. C.1)", exactness="exact",
     bench=Bench(lambda d, n: dict(steps=10, lr=0.01), baseline=_gd_baseline),
     claims=[
-        Claim("vonoswald23-prop1", "von Oswald et al. 2023", "Prop. 1 (sec. 3.2)",
+        Claim("vonoswald23-prop1", "von Oswald et al. 2023", "Prop. 1",
               "one linear self-attention layer = one GD step on 1/(2n)|Xw-y|^2; L stacked layers = L steps "
               "(query masked out of keys/values)",
               "GD iterates x_q.w_t, t = 1..L (numpy)", _gd_case, GD,
@@ -333,7 +333,7 @@ register(
               knobs=dict(steps=(1, 60)), bounds=_gd_ridge_rate,
               proof=Proof("general", (induction("induction gd(lam>0)", lambda: gd_induction(LAM)),),
                           note="the layer identity; the contraction rate is checked numerically")),
-        Claim("vonoswald23-mask", "von Oswald et al. 2023", "sec. 3.2 remark; docs/pitfalls.md #2",
+        Claim("vonoswald23-mask", "von Oswald et al. 2023", "remark on Prop. 1; docs/pitfalls.md #2",
               "negative control: without the query mask, layer 1 still equals GD but layers >= 2 miss it",
               "GD iterates (numpy)", _gd_unmasked_case, GD, variant="mask_query=False",
               kind="negative", prompt=dict(m=3), knobs=dict(steps=3, lr_factor=1.0),

@@ -99,7 +99,7 @@ def product_head(lay: ResidualLayout, q: dict, v: dict, o: dict, e: int = 1) -> 
                 W_O=lay.write(o, ev))
 
 
-# -- ReLU-attention heads (Bai et al. 2023, sec. 4.1: attention relu(q.k)/n) -----------------------------
+# -- ReLU-attention heads (Bai et al. 2023, Defs. 1-3: attention relu(q.k)/n) -----------------------------
 def gated_relu_head(lay: ResidualLayout, q: dict, k: dict, v: dict, o: dict, e: int, mask_const: float,
                     gate="gate", sign: float = 1.0) -> dict:
     """One ReLU head with score ``sign * (q_i.k_j) + B * gate_j`` (B = ``mask_const``).

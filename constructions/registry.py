@@ -99,7 +99,8 @@ def register(factory: Callable, *, summary: str, source: str, exactness: str, cl
 def add_claim(claim, construction: Callable | None = None):
     """Register ``claim`` (a :class:`verify.claims.Claim`) about ``construction`` (a registered
     factory; default ``claim.construction``; None for a claim about mathematics alone).
-    Returns the claim as registered."""
+    Claims are frozen: the registry keeps a copy whose ``construction`` is set, and returns it
+    (``constructions.registry.claim(id)`` gives it back later)."""
     if not hasattr(claim, "id") or not hasattr(claim, "evaluate"):
         raise ConstructionError(f"a claim must be a verify.claims.Claim, got {claim!r}")
     if not isinstance(claim.id, str) or not re.fullmatch(r"[a-z0-9][a-z0-9.\-]*", claim.id):
@@ -163,6 +164,12 @@ def import_module(spec: str):
             if not path.is_file():
                 raise ConstructionError(f"--import {spec}: no such file")
             name = path.stem
+            known = sys.modules.get(name)
+            if known is not None:
+                if Path(getattr(known, "__file__", "") or "").resolve() == path.resolve():
+                    return known
+                raise ConstructionError(f"--import {spec}: a module named {name!r} is imported already (from "
+                                        f"{getattr(known, '__file__', 'built in')}); rename the file")
             module_spec = importlib.util.spec_from_file_location(name, path)
             module = importlib.util.module_from_spec(module_spec)
             sys.modules[name] = module
@@ -190,6 +197,8 @@ def names() -> list[str]:
 
 
 def entry(name: str) -> Entry:
+    """The registered construction ``name`` (factory, module, summary, source, exactness,
+    bench row, claims)."""
     load_plugins()
     try:
         return _ENTRIES[name]
@@ -224,4 +233,5 @@ def claims(ids=None) -> list:
 
 
 def claim(claim_id: str):
+    """The registered claim with this id."""
     return claims([claim_id])[0]

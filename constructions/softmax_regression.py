@@ -1,7 +1,7 @@
 """Softmax regression (Li et al. 2023; Gao, Song, Xie 2023): losses, gradients, Hessian,
 the tensor trick, Lipschitz bounds, and the softmax self-attention layer they describe.
 
-Notation (Li et al. 2023, sec. 2; Gao, Song, Xie 2023, sec. 2): ``A [n, d]``, ``b [n]``, ``x [d]``; ``u(x) = exp(Ax)``,
+Notation (Li et al. 2023; Gao, Song, Xie 2023): ``A [n, d]``, ``b [n]``, ``x [d]``; ``u(x) = exp(Ax)``,
 ``alpha(x) = <u, 1>``, ``f(x) = u/alpha`` (a softmax over the n rows), ``c(x) = f - b``.
 Multiple (attention) regression: ``A1, A2 [n, d]``, ``B [n, n]``, ``X [d, d]``,
 ``S = A1 X A2^T``, ``D(X) = diag(exp(S) 1)``, ``F = D^{-1} exp(S)`` (row softmax).
@@ -291,7 +291,7 @@ def tensor_trick_exact():
 
 
 for _claim in (
-    Claim("li23-closeness", "Li et al. 2023", "sec. 4-5 (softmax regression vs one attention layer)",
+    Claim("li23-closeness", "Li et al. 2023", "main theorem (softmax regression vs one attention layer)",
           "one GD step x' = x - eta grad L_exp on single softmax regression moves a softmax attention layer's "
           "output by a label shift: c(x'; b) = c(x; b~) exactly, |b~ - b| <= |A||x' - x|/2 = O(eta) "
           "(ours; Li's M = n^1.5 exp(10R^2) is looser)",

@@ -6,7 +6,7 @@ from hypothesis import given
 
 import constructions
 from constructions import ConstructionError, registry
-from constructions.bai import score_bound, sigmoid_fit_error, sigmoid_knots
+from constructions.bai import logistic_radius, score_bound, sigmoid_fit_error, sigmoid_knots
 from verify.bounds import slot_matches_iterates
 from verify.knobs import lasso_lam, stable_lr
 from verify.prompts import PromptSpec, make_prompt
@@ -78,7 +78,7 @@ def _glm_errors(seed, heads_list, steps=6):
         c = constructions.logistic_gd(4, steps, lr, h, xb)
         w = c.read_slot(p.X, y, p.Xq, "w")[-1][:, -1]
         errs.append(np.linalg.norm(w - exact, axis=-1).max())
-        assert errs[-1] <= sigmoid_fit_error(h, steps * lr * xb**2) * steps * lr * xb  # Thm 13's bound
+        assert errs[-1] <= sigmoid_fit_error(h, logistic_radius(steps, lr, xb)) * steps * lr * xb  # Thm 13's bound
     return np.array(errs)
 
 

@@ -26,6 +26,7 @@ def test_no_reference_to_a_document_outside_the_repository(path):
         return
     for outside in ("engineering.md", "anchors-code", "claims.md sec", "claims.md §", "[MEM]", "[REC]", "[NUM]"):
         assert outside not in text, f"{path}: cites {outside!r}, which is not in this repository"
+    assert not re.search(r"\b[Ii]ssue \d", text), f"{path}: cites an issue of the tracker, which is not in this repository"
 
 
 @pytest.mark.parametrize("path", TRACKED, ids=lambda p: str(p.relative_to(ROOT)))
@@ -57,6 +58,7 @@ def test_the_pitfalls_are_numbered_and_each_shows_its_evidence():
         claims = [c for c in re.findall(r"`([a-z0-9.\-]+)`", evidence) if c in claim_ids]
         commands = re.findall(r"`(icl-verify [^`]+|bash [^`]+)`", evidence)
         assert tests or claims or commands, body[:80]
+        assert re.search(r"(et al\.|Polyak|Gao, Song and Xie)\s+(19|20)\d\d", body), f"no paper named: {body[:80]}"
         for file, name in tests:
             assert (ROOT / file).exists(), file
             assert not name or f"def {name}(" in (ROOT / file).read_text(), f"{file}::{name}"

@@ -104,7 +104,7 @@ def test_exact_rational_checks_catch_a_perturbed_weight():
     assert not bai.lasso_exact(_tampered(c, 0, "b_in", factor=1 + 2.0**-20)).holds
     sel = constructions.ridge_select(2, [1 / 16, 1 / 2], 2, lr=LR, n_train=4, n_val=4, gamma=1 / 4, mask_const=MASK)
     assert not bai.selection_exact(_tampered(sel, 1, "W_O")).holds
-    sm = constructions.ridge_sherman_morrison(2, lam=4.0, n=2, x_bound=1.0)
+    sm = constructions.ridge_sherman_morrison(2, lam=sherman_morrison.PROOF_LAM, n=sherman_morrison.PROOF_N, x_bound=1.0)
     assert not sherman_morrison.exact_rls(_tampered(sm, 3, "W_O")).holds
     bt = constructions.binary_test(3, eps=0.125, threshold=0.5)
     assert bai.binary_exact(bt).holds and not bai.binary_exact(_tampered(bt, 0, "W_O", factor=1.001)).holds
@@ -141,8 +141,9 @@ def _newton_case(seed):  # dyadic parameters: the deep Fractions of a float lr w
 
 
 def _sm_case(seed):
-    X, y, Xq = exact.unit_ball(*exact.rational_prompt(PromptSpec(B=2, n=2, m=2, d=2, seed=seed)))
-    return constructions.ridge_sherman_morrison(2, lam=4.0, n=2, x_bound=1.0), RecursiveLeastSquares(4.0), X, y, Xq
+    lam, n = sherman_morrison.PROOF_LAM, sherman_morrison.PROOF_N
+    X, y, Xq = exact.unit_ball(*exact.rational_prompt(PromptSpec(B=2, n=n, m=2, d=2, seed=seed)))
+    return constructions.ridge_sherman_morrison(2, lam=lam, n=n, x_bound=1.0), RecursiveLeastSquares(lam), X, y, Xq
 
 
 #: the proofs' own dyadic parameters for the deep constructions (Fractions of float parameters grow large)

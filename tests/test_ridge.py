@@ -8,7 +8,7 @@ from hypothesis import given
 
 import constructions
 from constructions import ConstructionError, registry
-from constructions.ridge import newton_iters, newton_mask_bound
+from constructions.ridge import newton_alpha, newton_iters, newton_mask_bound, newton_rate
 from constructions.sherman_morrison import reciprocal_iters
 from verify.knobs import ridge_lam
 from verify.prompts import PromptSpec, make_prompt
@@ -41,7 +41,7 @@ def test_deep_newton_stays_at_round_off(seed):
     """60 layers (3-4x the default): round-off does not grow with depth (no 2^L doubling of a
     token's own copy; module docstring of constructions.ridge)."""
     p, lam, xb, c = _newton_case(seed, iters=60)
-    cmp = compare_trace(c, NewtonSchulz(60, lam, 1 / (xb**2 + lam)), *p.arrays)
+    cmp = compare_trace(c, NewtonSchulz(60, lam, newton_alpha(lam, xb)), *p.arrays)
     assert cmp.ok, cmp.report()
     A = np.einsum("bni,bnj->bij", p.X, p.X) / p.spec.n + lam * np.eye(p.spec.d)
     kappa = np.linalg.cond(A)
@@ -54,7 +54,7 @@ def test_deep_newton_stays_at_round_off(seed):
 def test_default_iterations_follow_log_kappa():
     for lam, xb in [(1.0, 1.0), (1e-2, 1.0), (1e-4, 3.0), (1e-8, 1.0)]:
         k = newton_iters(lam, xb)
-        q = xb**2 / (xb**2 + lam)
+        q = newton_rate(lam, xb)
         assert q ** (2**k) <= 2.0**-53 < q ** (2 ** (k - 1))
         assert k <= math.log2((xb**2 + lam) / lam) + 6
 
@@ -63,7 +63,7 @@ def test_u_slot_holds_the_scaled_iterate():
     p, lam, xb, c = _newton_case(1, iters=4)
     U = c.read_slot(*p.arrays, "u")  # [S+1, B, T, d]
     A = np.einsum("bni,bnj->bij", p.X, p.X) / p.spec.n + lam * np.eye(p.spec.d)
-    alpha = 1 / (xb**2 + lam)
+    alpha = newton_alpha(lam, xb)
     M = np.broadcast_to(np.eye(p.spec.d), A.shape).copy()  # Mt_0 = I
     xmax = np.linalg.norm(p.X, axis=-1).max()
     mags = []

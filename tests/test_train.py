@@ -72,3 +72,12 @@ def test_without_matplotlib_plotting_names_the_extra(monkeypatch, tmp_path):
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
     with pytest.raises(ConstructionError, match=r"\[plot\]"):
         T.plot_lines(tmp_path / "p.png", {"a": [1.0]}, "t", "x", "y")
+
+
+def test_the_input_distribution_of_von_oswald_et_al():
+    """docs/pitfalls.md #9: with x ~ U(-0.5, 0.5) (their code) one GD step reaches the reported loss
+    of about 0.2 at lr about 6; with U(-1, 1) (their text) it would be about 0.8 at lr about 1.5."""
+    lr, loss = T.best_gd_lr(T.TaskConfig(x_range=1.0))
+    assert 5.8 < lr < 6.2 and 0.19 < loss < 0.21
+    lr2, loss2 = T.best_gd_lr(T.TaskConfig(x_range=2.0))
+    assert 1.4 < lr2 < 1.6 and 0.75 < loss2 < 0.85

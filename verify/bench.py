@@ -31,6 +31,7 @@ from constructions.errors import ConstructionError
 
 from .prompts import PromptSpec, make_prompt
 
+
 def _timeit(fn, min_time: float = 0.1, repeats: int = 5, sync=None, slow: float = 1.0) -> float:
     """Best of ``repeats`` timings, each averaging calls over at least ``min_time`` seconds
     (the best is the least disturbed by other load on a shared machine).  A call slower than

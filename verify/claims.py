@@ -98,6 +98,16 @@ class Proof:
 
 @dataclass(frozen=True)
 class Claim:
+    """A claim of the literature, checkable on random prompts (module docstring).
+
+    Positional fields: ``id`` (lower case, digits, ``-``: ``"polyak64-heavy-ball"``), ``paper``,
+    ``section``, ``statement`` (what is claimed), ``reference`` (what it is checked against, in
+    words), ``case`` (``(prompt, knobs) -> case``) and ``algorithm`` (the reference class the case
+    returns).  ``prompt`` and ``knobs`` narrow the drawn ranges (a value or ``(lo, hi)``); a knob
+    name outside :data:`verify.knobs.KNOB_RANGES` adds a knob of the claim's own, drawn from its
+    range and read as ``knobs.<name>``.  ``construction`` is set when the claim is registered
+    with its factory (``constructions.register(..., claims=[...])``)."""
+
     id: str
     paper: str
     section: str
@@ -128,6 +138,9 @@ class Claim:
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"claim kind must be one of {KINDS}, got {self.kind!r}")
+        taken = [k for k in self.knobs if k in ("seed", "extra")]
+        if taken:
+            raise ValueError(f"claim {self.id}: a knob cannot be named {taken[0]!r} (a field of Knobs)")
 
     @property
     def name(self) -> str:

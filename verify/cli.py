@@ -147,15 +147,21 @@ def cmd_docs(args) -> int:
     if args.out == "-":
         sys.stdout.write(text)
         return 0
-    with open(args.out, "w") as f:
-        f.write(text)
-    print(f"wrote {args.out}")
-    if args.readme:
-        with open(args.readme) as f:
-            readme = docs.readme_with_table(f.read())
-        with open(args.readme, "w") as f:
-            f.write(readme)
-        print(f"wrote the constructions table of {args.readme}")
+    readme = None
+    try:
+        if args.readme:
+            with open(args.readme) as f:
+                readme = docs.readme_with_table(f.read())
+        with open(args.out, "w") as f:
+            f.write(text)
+        print(f"wrote {args.out}")
+        if readme is not None:
+            with open(args.readme, "w") as f:
+                f.write(readme)
+            print(f"wrote the constructions table of {args.readme}")
+    except OSError as e:
+        raise ConstructionError(f"docs: {e.strerror}: {e.filename} (run from the repository's root, or pass "
+                                "--out PATH and --readme '')") from None
     return 0
 
 

@@ -3,7 +3,7 @@
 Shapes as everywhere: X ``[B, n, d]``, y ``[B, n]``, Xq ``[B, m, d]``; traces
 ``[S, B, m]``.  Every float64 weight and input is a dyadic rational, so
 converting it to a Fraction is exact; linear and ReLU attention and ReLU MLPs
-then compute exactly (:func:`constructions.transformer.numpy_forward`), and so
+then compute exactly (:func:`constructions.numpy_pass.numpy_forward`), and so
 do the numpy references of :mod:`verify.reference` when their inputs and
 parameters are Fractions.  The comparison has zero tolerance.
 
@@ -89,8 +89,3 @@ def unit_ball(X, y, Xq, denominator: int = 16):
     (for constructions whose start values assume ``|x_i| <= 1``)."""
     s = 1.01 * np.linalg.norm(X, axis=-1).max()
     return np.vectorize(lambda v: float(Fraction(v).limit_denominator(denominator)))(X / s), y, Xq
-
-
-def exact_params(**params) -> dict:
-    """Float parameters as the Fractions they exactly are (for the references)."""
-    return {k: Fraction(v) if isinstance(v, float) else v for k, v in params.items()}

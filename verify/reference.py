@@ -278,7 +278,7 @@ class LogisticGD(Reference):
 
 
 class RidgeSelect:
-    """Post-ICL validation (Bai et al. 2023, sec. 4.5), in numpy.
+    """Post-ICL validation (Bai et al. 2023, Prop. 15), in numpy.
 
     GD (``steps``, ``lr``) on the first ``n_train`` examples for every ``lam_k``;
     validation losses ``L_k`` on the remaining examples; weights

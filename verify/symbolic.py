@@ -469,7 +469,7 @@ def lemma_newton_schulz() -> Outcome:
 # -- softmax regression (Li et al. / Gao et al.) ----------------------------------------------
 def lemma_softmax_gradients(n_: int = 3) -> Outcome:
     """The closed-form gradients (and the normalised loss's Hessian) of
-    :mod:`verify.softmax_regression` in logit space, with
+    :mod:`constructions.softmax_regression` in logit space, with
     symbolic logits z and labels b at n = 3 (so for every x and A by the chain rule
     ``grad_x = A^T grad_z``): ``d/dz 1/2|f - b|^2 = f o c - <f, c> f`` and
     ``d/dz 1/2|u - alpha b|^2 = u o c' - <b, c'> u``."""

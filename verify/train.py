@@ -1,5 +1,5 @@
 """Trained versus constructed: train small transformers on in-context regression and compare
-them with the hand-set constructions (von Oswald et al. 2023 sec. 3.5; Akyurek et al. 2022
+them with the hand-set constructions (von Oswald et al. 2023's regression experiments; Akyurek et al. 2022
 Fig. 2; docs/training.md).
 
 Notation: B batch of tasks, n context examples, one query, d input dim, D = d + 1 width
@@ -219,23 +219,24 @@ def weights_vs_gd(model: Transformer, lr: float, d: int) -> dict:
 
 
 # -- plots (matplotlib, the optional extra [plot]) -------------------------------------------------
-def _pyplot():
+def _figure():
+    """A new matplotlib Figure drawn off screen (no pyplot: a user's backend stays as it is)."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")  # files only, no display
-        import matplotlib.pyplot as plt
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
     except ImportError as e:
         raise ConstructionError("plots need matplotlib: pip install 'icl-constructions[plot]'") from e
-    return plt
+    fig = Figure(figsize=(6.4, 4.0), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def plot_lines(path, series: dict, title: str, xlabel: str, ylabel: str, x=None, references: dict | None = None,
                logy: bool = True) -> Path:
     """A line chart of ``{label: y-values}`` (against ``x``, default 1, 2, ...) with horizontal
     reference lines ``{label: value}`` (e.g. a paper's reported value), written as a PNG."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
+    fig = _figure()
+    ax = fig.add_subplot()
     for label, v in series.items():
         v = np.asarray(v, dtype=float)
         ax.plot(np.arange(1, len(v) + 1) if x is None else x[: len(v)], v, marker="o" if len(v) < 20 else None,
@@ -252,7 +253,6 @@ def plot_lines(path, series: dict, title: str, xlabel: str, ylabel: str, x=None,
     ax.legend()
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return Path(path)
 
 
@@ -278,16 +278,17 @@ def best_gdpp(task: TaskConfig, steps: int, B: int = 4000, seed: int = 3) -> tup
 
 
 def reproduce_vonoswald(quick: bool = False, out: str = "reproduce-vonoswald23", seed: int = 0) -> str:
-    """Train and compare as von Oswald et al. 2023 sec. 3.5 (d = n = 10, x ~ U(-0.5, 0.5));
+    """Train and compare as in von Oswald et al. 2023's regression experiments (d = n = 10, x ~ U(-0.5, 0.5));
     returns the report and writes PNG plots into ``out``."""
     import constructions
 
+    _figure()  # matplotlib is needed for the plots: say so before minutes of training
     t0 = time.perf_counter()
     task = TaskConfig()
     steps = 2000 if quick else 10000
     outdir = Path(out)
     outdir.mkdir(parents=True, exist_ok=True)
-    lines = [f"von Oswald et al. 2023, sec. 3.5 setting: d = n = 10, x ~ U(-0.5, 0.5), w ~ N(0, I), noiseless; "
+    lines = [f"von Oswald et al. 2023, regression setting: d = n = 10, x ~ U(-0.5, 0.5), w ~ N(0, I), noiseless; "
              f"Adam, batch 512, {steps} steps per model ({'--quick' if quick else 'full'}), seed {seed}", ""]
     # 1 layer vs one GD step
     lr, gd_loss = best_gd_lr(task, 1)
@@ -296,7 +297,7 @@ def reproduce_vonoswald(quick: bool = False, out: str = "reproduce-vonoswald23",
     cmp = compare(model_predictor(m1), construction_predictor(constructions.gd(task.d, 1, lr=lr)), task)
     w = weights_vs_gd(m1, lr, task.d)
     lines += ["| quantity | paper | ours |", "|---|---|---|",
-              f"| best one-step GD lr (toolkit = von Oswald's eta) | ~6.04 (derived: docs/pitfalls.md #9) | {lr:.3f} |",
+              f"| best one-step GD lr (toolkit = von Oswald's eta) | ~6.0 (derived from the setting: docs/pitfalls.md #9) | {lr:.3f} |",
               f"| one GD step, 1/2 MSE | ~0.2 | {gd_loss:.4f} |",
               f"| trained 1-layer LSA, 1/2 MSE | same as GD | {cmp['loss_a']:.4f} |",
               f"| cosine of d y_hat / d x_q, trained vs GD | ~1 | {cmp['cos_dx']:.4f} |",
@@ -333,10 +334,10 @@ def reproduce_vonoswald(quick: bool = False, out: str = "reproduce-vonoswald23",
                "1-layer LSA trained on in-context regression (d = n = 10)", "Adam step",
                "training loss, 1/2 squared error", x=np.arange(len(_smooth(h1))) * max(1, len(h1) // 200) + 50,
                references={f"one GD step, tuned lr (ours): {gd_loss:.3f}": gd_loss,
-                           "one GD step, von Oswald et al. 2023 sec. 3.5: 0.2": 0.2})
+                           "one GD step, von Oswald et al. 2023: 0.2": 0.2})
     plot_lines(outdir / "loss_vs_layers.png", curves, "Trained LSA vs GD and GD++ by depth (d = n = 10)",
                "layers (= steps of GD / GD++)", "query loss, 1/2 squared error", x=np.array([1, *Ks]),
-               references={"one GD step, von Oswald et al. 2023 sec. 3.5: 0.2": 0.2})
+               references={"one GD step, von Oswald et al. 2023: 0.2": 0.2})
     lines += ["", f"plots: {outdir / 'loss_vs_steps.png'}, {outdir / 'loss_vs_layers.png'}; "
               f"checkpoint {outdir / 'lsa1.safetensors'}; total {time.perf_counter() - t0:.0f} s"]
     return "\n".join(lines)
