@@ -400,15 +400,25 @@ def _lasso_case(p, k):
 
 
 def _lasso_bounds(p, k, c) -> Comparison:
-    """ISTA's rate: ``F(w_t) - F* <= |w*|^2 / (2 lr t)``, F* certified by a duality gap."""
+    """ISTA's rate, on the model's own iterate: ``F(w_hat_t) - F* <= |w*|^2 / (2 lr t)`` for the
+    query token's ``w`` slot after layer t, F* certified by a duality gap.  The slack for the model
+    is ``Lip * tol_w``: the slot's tolerance (the ``w`` tolerance of the iterate claim) times F's
+    Lipschitz constant on that ball, ``|X^T X/n| (|w_t| + tol_w) + |X^T y|/n + lam sqrt(d)``."""
     lr, lam = c.params["lr"], c.params["lam"]
     ref = ISTA(k.steps, lr, lam).fit(p.X, p.y)
+    W = np.asarray(c.read_slot(*p.arrays, "w"), dtype=np.float64)[1:, :, -1]  # query token's w: [S, B, d]
     w_star, lower = lasso_solution(p.X, p.y, lam, gap=LASSO_GAP)
-    F = np.stack([lasso_objective(p.X, p.y, w, lam) for w in ref.iterates_[1:]])  # [S, B]
+    F = np.stack([lasso_objective(p.X, p.y, w, lam) for w in W])  # [S, B]
     t = np.arange(1, k.steps + 1)[:, None]
-    F0 = np.maximum(1.0, (p.y**2).sum(-1) / (2 * p.spec.n))  # F(0): the scale of every objective value
-    roundoff = LASSO_GAP * F0 + tolerance(torch.float64, p.spec.n, p.spec.d, F0[None])[0]  # certificate + evaluation
-    allowed = (w_star**2).sum(-1)[None] / (2 * lr * t) + roundoff[None]
+    n, d = p.spec.n, p.spec.d
+    F0 = np.maximum(1.0, (p.y**2).sum(-1) / (2 * n))  # F(0): the scale of every objective value
+    roundoff = LASSO_GAP * F0 + tolerance(torch.float64, n, d, F0[None])[0]  # certificate + evaluation
+    scale = np.maximum.accumulate(ref.magnitude_, axis=0)[1:]  # [S, B]
+    tol_w = tolerance(c.dtype, n, d, scale)
+    gram = np.linalg.norm(np.einsum("bni,bnj->bij", p.X, p.X) / n, ord=2, axis=(1, 2))  # [B]
+    lip = gram[None] * (np.linalg.norm(ref.iterates_[1:], axis=-1) + tol_w) \
+        + np.linalg.norm(np.einsum("bni,bn->bi", p.X, p.y) / n, axis=-1)[None] + lam * np.sqrt(d)
+    allowed = (w_star**2).sum(-1)[None] / (2 * lr * t) + roundoff[None] + lip * tol_w
     dev = np.maximum(F - lower[None], 0.0)[..., None]
     return Comparison(dev, np.zeros_like(dev), allowed[..., None], allowed[..., None])
 
@@ -442,12 +452,19 @@ def select_split(n: int) -> int:
 
 
 def _select_case(p, k):
+    """Three lambdas a decade apart, a 60/40 split; gamma from its knob, or on odd knob seeds twice
+    the largest runner-up gap of the batch (after the last step), so that the selection weights
+    are fractional and the validation-loss and selection maps are exercised."""
     n_train = select_split(p.spec.n)
     Xtr = p.X[:, :n_train]
     base = ridge_lam(Xtr, k.log10_lam - 1.0)
     lams = [base * 10.0**j for j in range(3)]
     lr = stable_lr(Xtr, k.lr_factor, lams[-1])
     gamma = float(10.0**k.log10_gamma * np.mean(p.y**2))
+    if k.seed % 2:  # half the prompts near a tie: the runner-up within gamma, fractional weights
+        L = RidgeSelect(lams, k.steps, lr, n_train, gamma).fit(p.X, p.y).losses_[-1]  # [B, K]
+        gap = np.sort(L - L.min(-1, keepdims=True), axis=-1)[:, 1]
+        gamma = max(gamma, 2 * float(gap.max()))
     bound = max(float(select_score_bound(*_torch(p), lam, n_train).max()) for lam in lams)
     c = ridge_select(p.spec.d, lams, k.steps, lr, n_train, p.spec.n - n_train, gamma,
                      mask_const=masking_constant(k.log10_mask, bound))
@@ -510,12 +527,19 @@ def _rational_prompts(seeds=(0, 1, 2), **spec):
 
 
 def lasso_exact(c: Construction | None = None) -> Outcome:
-    """lasso_ista(d=3, 4 steps) equals ISTA in exact rational arithmetic (zero tolerance)."""
+    """lasso_ista(d=3, 4 steps) equals ISTA in exact rational arithmetic (zero tolerance), every
+    ReLU of the soft-threshold MLPs open and closed over the prompts."""
     from verify import exact as ex
 
     c = c or lasso_ista(3, 4, lr=LR, lam=LAM, mask_const=MASK)
-    ok = all(ex.trace_equals(c, ISTA(4, Fraction(LR), Fraction(LAM)), *pr) for pr in _rational_prompts(B=2, n=6, d=3, m=2))
-    return Outcome(ok, "lasso_ista(d=3, 4 steps) = ISTA exactly on 3x2 rational prompts (n=6)")
+    gates = ex.ReluGates(blocks={b for b, blk in enumerate(c.blocks) if blk.mlp is not None})
+    ok = all(ex.trace_equals(c, ISTA(4, Fraction(LR), Fraction(LAM)), *pr, record=gates)
+             for pr in _rational_prompts(B=2, n=6, d=3, m=2))
+    if gates.stuck():
+        return Outcome(False, f"the proof's prompts are not generic: gates never switched {gates.stuck()}")
+    return Outcome(ok, "lasso_ista(d=3, 4 steps) = ISTA exactly on 3x2 rational prompts (n=6); every "
+                       "soft-threshold gate open and closed" if ok else
+                   "lasso_ista(d=3, 4 steps) differs from ISTA in exact arithmetic on a rational prompt")
 
 
 def soft_threshold_lemma(c: Construction | None = None) -> Outcome:
@@ -528,29 +552,83 @@ def soft_threshold_lemma(c: Construction | None = None) -> Outcome:
     return lemma_soft_threshold(lambda: (m.W_in[w], m.b_in, m.W_out[:, w], m.b_out[w], np.float64(LR * LAM)))
 
 
-def selection_exact(c: Construction | None = None) -> Outcome:
+#: the selection proof's candidates and slack: the largest lambda first, so that the best candidate is
+#: not always the first and the selection weights are fractional
+SELECTION_PROOF = dict(lams=[4.0, 1 / 2, 1 / 16], steps=2, n_train=4, n_val=4, gamma=1 / 16)
+
+
+def _selection_prompts():
+    """Three rational prompts, the last with heavy label noise (a large lambda then wins): across them
+    every candidate is beaten, near-best and best, so that every selection gate opens and closes."""
     from verify import exact as ex
 
-    lams, n_tr, n_val, gamma = [1 / 16, 1 / 2], 4, 4, 1 / 4
-    c = c or ridge_select(2, lams, 2, lr=LR, n_train=n_tr, n_val=n_val, gamma=gamma, mask_const=MASK)
-    ref = RidgeSelect([Fraction(v) for v in lams], 2, Fraction(LR), n_tr, Fraction(gamma))
-    ok = all(ex.trace_equals(c, ref, *pr) for pr in _rational_prompts(B=2, n=n_tr + n_val, d=2, m=2))
-    return Outcome(ok, "ridge_select(d=2, 2 lams, 2 steps) = GD + validation + selection exactly on 3x2 "
-                       "rational prompts (4 train + 4 validation)")
+    n = SELECTION_PROOF["n_train"] + SELECTION_PROOF["n_val"]
+    return [ex.rational_prompt(PromptSpec(seed=s, B=2, n=n, d=2, m=2, noise=3.0 if s == 2 else 0.1)) for s in (0, 1, 2)]
+
+
+def selection_exact(c: Construction | None = None) -> Outcome:
+    """ridge_select equals GD + validation + selection in exact arithmetic, on prompts in general
+    position for the selection maps: some weights strictly between 0 and 1, and every ReLU of the
+    selection MLPs both open and closed (but ``P_K = 1 - sum_k u_k``, which is <= 0 whenever the
+    best candidate has ``u = 1``)."""
+    from verify import exact as ex
+
+    P = dict(SELECTION_PROOF)
+    c = c or ridge_select(2, P["lams"], P["steps"], lr=LR, n_train=P["n_train"], n_val=P["n_val"], gamma=P["gamma"],
+                          mask_const=MASK)
+    cp = c.params
+    ref = RidgeSelect([Fraction(v) for v in cp["lams"]], cp["steps"], Fraction(cp["lr"]), cp["n_train"],
+                      Fraction(cp["gamma"]))
+    K, steps = len(cp["lams"]), cp["steps"]
+    gates = ex.ReluGates(blocks={steps + 1, steps + 2, steps + 3})  # the validation losses and selection MLPs
+    ok, weights = True, []
+    for X, y, Xq in _selection_prompts():
+        ok = ex.trace_equals(c, ref, X, y, Xq, record=gates)
+        weights.append(ref.weights_[-1])
+        if not ok:
+            break
+    weights = np.concatenate(weights)
+    stuck = gates.stuck(ignore={("mlp", steps + 3, K - 1)})  # the unit of P_K (docstring)
+    fractional = bool(((weights > 0) & (weights < 1)).any())
+    generic = fractional and not stuck
+    detail = (f"ridge_select(d=2, {K} lams, {steps} steps) = GD + validation + selection exactly on 3x2 rational prompts "
+              f"({cp['n_train']} train + {cp['n_val']} validation); fractional weights and every selection gate open "
+              "and closed")
+    if not ok:
+        detail = "ridge_select differs from GD + validation + selection in exact arithmetic"
+    elif not generic:
+        detail = f"the proof's prompts are not generic: fractional weights {fractional}, gates never switched {stuck}"
+    return Outcome(ok and generic, detail)
+
+
+#: the binary test proof's labels (eps = 1/8): binary; nearly binary (within eps of 0 or 1 on both
+#: sides, Psi above the threshold); and real-valued (below -eps, above 1 + eps, Psi = 0), so that every
+#: psi ReLU and the threshold ReLU both open and close
+BINARY_PROOF_LABELS = [
+    [[0, 1, 1, 0, 1, 0], [1, 1, 1, 1, 1, 1]],
+    [[1 / 16, 1, 0, 17 / 16, 0, 1], [-1 / 16, 0, 1, 15 / 16, 1, 0]],
+    [[-1 / 4, 5 / 4, 1 / 2, 3, -2, 9 / 8 + 1 / 16], [0, 1, 1 / 2, 1 / 2, 1 / 2, -1]],
+]
 
 
 def binary_exact(c: Construction | None = None) -> Outcome:
     """The binary test in exact arithmetic (eps = 1/8, threshold = 1/2) on binary, nearly binary
-    and real-valued labels."""
+    and real-valued labels (:data:`BINARY_PROOF_LABELS`), every ReLU head switched (but the second
+    threshold head ``relu(s (Psi - 1))``, closed for every prompt since ``Psi <= 1``)."""
     from verify import exact as ex
 
     c = c or binary_test(3, eps=0.125, threshold=0.5)
+    gates = ex.ReluGates()
     ok = True
-    for i, (Xc, y, Xq) in enumerate(_rational_prompts(seeds=(0, 1, 2), B=2, n=6, d=3, m=1)):
-        y = (y > 0).astype(float) + (np.array([0.0625, 0.0])[:, None] * (np.arange(6) == 0) if i == 1 else 0)
-        y = y if i < 2 else np.round(y * 16) / 16
-        ok &= ex.trace_equals(c, BinaryTest(Fraction(1, 8), Fraction(1, 2)), Xc, y, Xq)
-    return Outcome(ok, "binary_test(d=3) = psi-and-threshold exactly on binary, nearly binary and real labels")
+    for labels, (Xc, _, Xq) in zip(BINARY_PROOF_LABELS, _rational_prompts(seeds=(0, 1, 2), B=2, n=6, d=3, m=1)):
+        ok &= ex.trace_equals(c, BinaryTest(Fraction(1, 8), Fraction(1, 2)), Xc, np.array(labels, float), Xq,
+                              record=gates)
+    stuck = gates.stuck(ignore={("head", 1, 1)})
+    if stuck:
+        return Outcome(False, f"the proof's prompts are not generic: gates never switched {stuck}")
+    return Outcome(ok, "binary_test(d=3) = psi-and-threshold exactly on binary, nearly binary and real labels; "
+                       "every psi and threshold gate open and closed" if ok else
+                   "binary_test(d=3) differs from psi-and-threshold in exact arithmetic")
 
 
 # -- registration -------------------------------------------------------------------------------------------

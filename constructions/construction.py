@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from . import parts
 from .errors import ConstructionError
 from .layout import ROLE_FILLS, ResidualLayout
 from .transformer import BlockSpec, Transformer
@@ -82,7 +83,8 @@ class Construction:
     ``check=False``: it receives the validated prompt as float64 torch tensors ``X [B, n, d]``,
     ``y [B, n]``, ``Xq [B, m, d]`` (finite, shapes and d checked, on the model's device),
     returns nothing, and raises :class:`ConstructionError` naming the violated condition, the
-    prompt of the batch and the fix (the checks of :mod:`constructions.parts` do this).
+    prompt of the batch and the fix (the checks of :mod:`constructions.parts` do this).  A domain
+    taking a ``dtype`` keyword also gets the run dtype (range checks: underflow, overflow).
 
     The path of a prompt: :meth:`prepare` (validate, batch, cast) -> :meth:`embed` (the
     residual stream ``[B, T, D]`` filled slot by slot, ``T = n_keys(n) + m``) ->
@@ -210,7 +212,8 @@ class Construction:
             if not torch.isfinite(t).all():
                 raise ConstructionError(f"{name} contains NaN or inf (or overflows {self.dtype}); clean the prompt first")
         if check and self.domain is not None:
-            self.domain(X.to(torch.float64), y.to(torch.float64), Xq.to(torch.float64))
+            args = (X.to(torch.float64), y.to(torch.float64), Xq.to(torch.float64))
+            self.domain(*args, dtype=self.dtype) if parts.takes_dtype(self.domain) else self.domain(*args)
         return Prepared(X, y, Xq, batched, np_x)
 
     def embed(self, p: Prepared) -> torch.Tensor:

@@ -36,6 +36,12 @@ PADDING = {torch.float64: dict(multiple=24, max_growth=1.35), torch.float32: dic
 #: order's: its D x D GEMMs can run faster (``python benchmarks/tuning.py --only fold``: the
 #: crossover lies between FLOP ratios 1.07 and 1.69, by dtype; docs/performance.md)
 FOLD_GAIN = 1.6
+#: the evaluation orders of an attention block: folded D x D maps, per head with ``K^T V`` first,
+#: per head with the scores first (the only order of ReLU, softmax and causal attention)
+ORDERS = ("folded", "kv", "scores")
+#: a forced order (``Transformer.order``) folds only where that costs at most this factor of the
+#: per-head FLOPs (wide, thin-headed blocks would take orders of magnitude longer)
+FORCE_LIMIT = 8.0
 
 
 def pad(W: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
@@ -72,14 +78,32 @@ def folded_cost(attn, T: int, S: int) -> int:
     return 2 * S * D * D + 4 * H * D**3 + 2 * T * D * D
 
 
+def _linear(attn) -> bool:
+    return attn.kind == "linear" and not attn.causal
+
+
 def use_folded(attn, T: int, S: int) -> bool:
-    """Whether the attention's forward pass uses the folded order (cheaper in FLOPs)."""
-    return attn.kind == "linear" and not attn.causal and folded_cost(attn, T, S) <= FOLD_GAIN * per_head_cost(attn, T, S)
+    """Whether the attention's forward pass folds by default (cheaper in FLOPs)."""
+    return _linear(attn) and folded_cost(attn, T, S) <= FOLD_GAIN * per_head_cost(attn, T, S)
+
+
+def order_of(attn, T: int, S: int, forced: str | None = None) -> str:
+    """The evaluation order of an attention block (:data:`ORDERS`): ``forced`` where the block
+    admits it (folding a linear block costs at most :data:`FORCE_LIMIT` times its per-head
+    FLOPs), else the default: folded when :func:`use_folded`, else ``kv`` for linear
+    non-causal attention, else ``scores``.  All orders compute the same sums."""
+    if forced not in (None, *ORDERS):
+        raise ValueError(f"evaluation order must be one of {ORDERS} or None, got {forced!r}")
+    if forced == "scores" or (forced == "kv" and _linear(attn)):
+        return forced
+    if forced == "folded" and _linear(attn) and folded_cost(attn, T, S) <= FORCE_LIMIT * per_head_cost(attn, T, S):
+        return forced
+    return "folded" if use_folded(attn, T, S) else ("kv" if _linear(attn) else "scores")
 
 
 def attention_flops(attn, T: int, S: int) -> int:
-    """FLOPs per prompt in the order the forward pass uses (the padding's multiplications by
-    zero are not counted)."""
+    """FLOPs per prompt in the order the forward pass uses by default (the padding's
+    multiplications by zero are not counted)."""
     return folded_cost(attn, T, S) if use_folded(attn, T, S) else per_head_cost(attn, T, S)
 
 
@@ -95,18 +119,18 @@ def chunk_size(B: int, T: int, Dp: int, h: torch.Tensor, chunk_bytes: int) -> in
     return max(1, min(B, chunk))
 
 
-def fast_forward(h, n_context, norm, blocks, weights, Dp, mask_query, chunk_bytes):
+def fast_forward(h, n_context, norm, blocks, weights, orders, Dp, mask_query, chunk_bytes):
     """The forward pass without hooks or autograd: the same operations as the hooked pass on
     preallocated buffers (a padded stream pair and the folded order's scratch), reused across
     layers and, on CPU, across cache-sized chunks of the batch (prompts are independent).
-    ``blocks``: the torch blocks to run; ``weights``: their padded maps (one pair per block)."""
+    ``blocks``: the torch blocks to run; ``weights``: their padded maps (one pair per block);
+    ``orders``: each block's attention order."""
     B, T, D = h.shape
-    S = n_context if mask_query else T
     chunk = chunk_size(B, T, Dp, h, chunk_bytes)
     new = lambda *shape: h.new_empty(chunk, *shape)  # noqa: E731
     x_buf, y_buf, out = new(T, Dp), new(T, Dp), h.new_empty(B, T, D)
     scratch = None
-    if any(b.attn is not None and use_folded(b.attn, T, S) for b in blocks):
+    if "folded" in orders:
         scratch = dict(G=new(Dp, Dp), A=new(Dp, Dp), P=new(Dp, Dp), M=new(Dp, Dp), Z=new(T, Dp))
     for i in range(0, B, chunk):
         b = min(chunk, B - i)
@@ -114,10 +138,9 @@ def fast_forward(h, n_context, norm, blocks, weights, Dp, mask_query, chunk_byte
         x[..., :D] = h[i : i + b]
         x[..., D:] = 0
         s = None if scratch is None else {k: v[:b] for k, v in scratch.items()}
-        for block, (wa, wm) in zip(blocks, weights):
+        for block, (wa, wm), order in zip(blocks, weights, orders):
             if block.attn is not None:
-                folded = use_folded(block.attn, T, S)
-                a = block.attn(x, n_context, mask_query, norm, wa, s if folded else None)
+                a = block.attn(x, n_context, mask_query, norm, wa, s if order == "folded" else None, order=order)
                 x, y = torch.add(x, a, out=y), x
             if block.mlp is not None:
                 x, y = torch.add(x, block.mlp(x, wm), out=y), x

@@ -18,20 +18,26 @@ from .spec import BlockSpec, attention_pattern
 
 
 def numpy_forward(blocks: list[BlockSpec], h: np.ndarray, n_context: int, mask_query: bool = True,
-                  norm: int | None = None, convert=lambda a: a) -> list[np.ndarray]:
+                  norm: int | None = None, convert=lambda a: a, record=None) -> list[np.ndarray]:
     """Residual streams ``[h_0, ..., h_L]`` of ``blocks`` on ``h``; ``convert`` maps each float64
-    weight array to h's element type (e.g. :func:`verify.exact.to_exact`)."""
+    weight array to h's element type (e.g. :func:`verify.exact.to_exact`).  ``record(block, part,
+    index, values)``, if given, sees every ReLU's input: each ReLU head's scores
+    (``part="head"``, ``[B, T, S]``) and each ReLU MLP's pre-activations (``part="mlp"``,
+    ``[B, T, F]``)."""
     norm = n_context if norm is None else norm
     hs = [h]
-    for spec in blocks:
+    for l, spec in enumerate(blocks):
         if spec.attn is not None:
             a = spec.attn
             keys = h[:, :n_context] if mask_query else h
             future = np.triu(np.ones((h.shape[1], keys.shape[1]), dtype=bool), 1) if a.causal else None
             out = 0
-            for WQ, WK, WV, WO in zip(*(convert(getattr(a, k)) for k in ("W_Q", "W_K", "W_V", "W_O"))):
+            for i, (WQ, WK, WV, WO) in enumerate(zip(*(convert(getattr(a, k)) for k in ("W_Q", "W_K", "W_V", "W_O")))):
                 q, k, v = h @ WQ, keys @ WK, keys @ WV
-                pattern = attention_pattern(a.kind, q @ k.transpose(0, 2, 1), norm, a.null_score, future)
+                scores = q @ k.transpose(0, 2, 1)
+                if record is not None and a.kind == "relu":
+                    record(l, "head", i, scores)
+                pattern = attention_pattern(a.kind, scores, norm, a.null_score, future)
                 out = out + pattern @ v @ WO
             h = h + out
         if spec.mlp is not None:
@@ -41,6 +47,8 @@ def numpy_forward(blocks: list[BlockSpec], h: np.ndarray, n_context: int, mask_q
                 c = h - h.mean(-1, keepdims=True)
                 x = c / np.sqrt((c**2).mean(-1, keepdims=True) + m.ln_eps)
             pre = x @ convert(m.W_in) + convert(m.b_in)
+            if record is not None and m.act == "relu":
+                record(l, "mlp", None, pre)
             if m.act == "relu":
                 post = np.maximum(pre, 0)
             else:

@@ -33,6 +33,7 @@ violated condition, the prompt of the batch and the fix.
 """
 from __future__ import annotations
 
+import inspect
 import math
 
 import numpy as np
@@ -294,11 +295,39 @@ def label_check(values, name: str):
     return check
 
 
+def takes_dtype(check) -> bool:
+    """Whether a domain check takes the run dtype (a ``dtype`` keyword): range checks need it."""
+    try:
+        return "dtype" in inspect.signature(check).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def all_checks(*checks):
-    """One domain check running ``checks`` in order."""
-    def check(X, y, Xq):
+    """One domain check running ``checks`` in order (those taking ``dtype`` get the run dtype)."""
+    def check(X, y, Xq, dtype=torch.float64):
         for c in checks:
-            c(X, y, Xq)
+            c(X, y, Xq, dtype=dtype) if takes_dtype(c) else c(X, y, Xq)
+
+    return check
+
+
+def magnitude_check(power: int, what: str):
+    """The products of ``power`` input magnitudes the construction forms (``what``) stay normal
+    numbers of the run dtype with ``1/eps`` to spare on both sides: ``tiny/eps <= s^power <=
+    eps * max`` for ``s = max_i |x_i|`` of every prompt (context and queries).  Below, the terms
+    that matter at relative precision eps are subnormal or zero (underflow); above, they overflow."""
+    def check(X, y, Xq, dtype=torch.float64):
+        fi = torch.finfo(dtype)
+        lo, hi = (fi.tiny / fi.eps) ** (1 / power), (fi.max * fi.eps) ** (1 / power)
+        s = torch.cat([X, Xq], 1).norm(dim=-1).amax(-1)
+        for b, v in enumerate(s.tolist()):
+            if not lo <= v <= hi:
+                side = "underflow" if v < lo else "overflow"
+                raise ConstructionError(
+                    f"prompt {b}: max |x_i| = {v:.3g} is outside [{lo:.3g}, {hi:.3g}], where {what} (size |x|^{power}) "
+                    f"would {side} {str(dtype).replace('torch.', '')}; rescale X (and y) into that range "
+                    "(ridge is equivariant: w* scales by 1/s when X scales by s and lam by s^2)")
 
     return check
 

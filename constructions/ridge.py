@@ -158,7 +158,11 @@ def ridge_newton(d: int, lam: float, iters: int | None = None, x_bound: float = 
 
     **Domain.**  ``lam > 0``; every context input ``|x_i| <= x_bound`` (the start value
     depends on it: a prompt beyond it raises instead of diverging silently);
-    ``mask_const >= 2 kappa_b max(x_bound^2, sqrt(n lam) x_bound)`` (every gated score).
+    ``mask_const >= 2 kappa_b max(x_bound^2, sqrt(n lam) x_bound)`` (every gated score);
+    ``max |x_i|`` with its cube inside the run dtype's normal range with 1/eps to spare
+    (:func:`constructions.parts.magnitude_check`: float64 about [4.6e-98, 3.4e97], float32 [4.6e-11,
+    3.4e10]); outside it the Newton products underflow (measured: 78% error at |x| ~ 1e-16 in
+    float32) or overflow to NaN, and the prompt is refused.
     """
     d = parts.positive_int(d, "d")
     lam, x_bound = parts.real(lam, "lam"), parts.real(x_bound, "x_bound")
@@ -173,6 +177,7 @@ def ridge_newton(d: int, lam: float, iters: int | None = None, x_bound: float = 
     blocks = [step] * iters + [parts.block("linear", [readout])]
     domain = parts.all_checks(
         parts.norm_check(x_bound, "the start value alpha = 1/(x_bound^2 + lam) may leave the convergence region"),
+        parts.magnitude_check(3, "the Newton term's products (score x^T Mt x times value Mt x)"),
         parts.mask_check(mask_const, lambda X, y, Xq: torch.full((X.shape[0],), newton_mask_bound(X.shape[1], lam, x_bound), dtype=torch.float64),
                          "2 kappa_b max(x_bound^2, sqrt(n lam) x_bound)"))
 
@@ -193,10 +198,14 @@ def _newton_case(p, k):
 
 
 def _newton_rate(p, k, c):
-    """``|w_k - w*| <= q^(2^k) |w*|``, ``q = x_bound^2/(x_bound^2 + lam)``."""
+    """``|w_k - w*| <= q^(2^k) |w*|``, ``q = x_bound^2/(x_bound^2 + lam)``; and the last layer is
+    ridge to round-off, ``2^-53 |w*|`` (the contract of :func:`newton_iters`, independent of the
+    count the construction was built with)."""
     lam, x_bound, iters = c.params["lam"], c.params["x_bound"], c.params["iters"]
     q = newton_rate(lam, x_bound)
-    factor = np.broadcast_to((q ** (2.0 ** np.arange(1, iters + 1)))[:, None], (iters, p.spec.B))
+    factor = q ** (2.0 ** np.arange(1, iters + 1))
+    factor[-1] = 2.0**-53
+    factor = np.broadcast_to(factor[:, None], (iters, p.spec.B))
     return ridge_rate(p, c, NewtonSchulz(iters, lam, newton_alpha(lam, x_bound)), lam, factor)
 
 
@@ -238,6 +247,20 @@ def newton_induction():
                        dict(M=Mt), state, step, dict(M=I), lambda v: alpha * S.XQ.T * v["M"] * S.X * S.Y.T / S.n)
 
 
+def newton_count() -> Outcome:
+    """The factory's default iteration count is the smallest k with ``q^(2^k) <= 2^-53``, at the
+    proof's lam and x_bound and at a spread of others (in logs: ``2^k log q <= -53 log 2``)."""
+    worst = []
+    for lam, xb in ((PROOF_LAM, PROOF_XB), (1e-3, 1.0), (0.5, 2.0), (1e-6, 3.0)):
+        k = ridge_newton(2, lam, x_bound=xb, mask_const=MASK).params["iters"]
+        log_q = math.log1p(-lam / (xb**2 + lam))  # log q, q = x_bound^2/(x_bound^2 + lam)
+        reaches = lambda j: 2.0**j * log_q <= -53 * math.log(2)  # noqa: E731
+        if not (reaches(k) and (k == 1 or not reaches(k - 1))):
+            worst.append((lam, xb, k))
+    return Outcome(not worst, "iters = the smallest k with q^(2^k) <= 2^-53 at 4 (lam, x_bound)" if not worst
+                   else f"iters is not the smallest count reaching 2^-53 at (lam, x_bound, iters) = {worst}")
+
+
 def printed_values_counterexample() -> Outcome:
     """Negative control: with Fu et al.'s printed V_1 = V_2 the first layer misses the Newton-Schulz
     iterate exactly (a rational counterexample), where the fixed layer is exact."""
@@ -269,12 +292,14 @@ register(
     claims=[
         Claim("fu23-newton", "Fu et al. 2023", "Thm 5.1, App. B.2 (with the V_2 = -V_1 fix)",
               "one attention+MLP layer per Newton-Schulz iteration M <- 2M - MAM for A = X^T X/n + lam I (d ridge "
-              "tokens make the keys' moment A); prediction -> ridge with |w_k - w*| <= q^(2^k)|w*|",
+              "tokens make the keys' moment A); prediction -> ridge with |w_k - w*| <= q^(2^k)|w*|, the last layer "
+              "ridge to round-off",
               "Newton-Schulz iterates M_k X^T y/n; np.linalg.solve ridge (numpy)", _newton_case, NewtonSchulz,
               bounds=_newton_rate,
               proof=Proof("general", (lemma("lemma Newton-Schulz error squaring", "lemma_newton_schulz"),
                                       lemma("lemma sign split", "lemma_sign_split"),
-                                      induction("induction ridge_newton", newton_induction)),
+                                      induction("induction ridge_newton", newton_induction),
+                                      Part("iteration count reaches round-off", newton_count)),
                           note="the layer identity; the convergence rate follows from the error-squaring lemma")),
         Claim("fu23-printed-values", "Fu et al. 2023", "App. B (V_1 = V_2 as printed); docs/pitfalls.md #17",
               "negative control: the printed value matrices compute relu(z)v + relu(-z)v = |z|v and miss the "

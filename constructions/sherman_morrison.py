@@ -29,6 +29,7 @@ I/mu in every token), ``w`` (d), scratch ``u`` (d), ``v`` (d), ``c``, ``e``, ``r
 """
 from __future__ import annotations
 
+import math
 from fractions import Fraction
 
 import numpy as np
@@ -37,14 +38,23 @@ import torch
 from verify import baselines
 from verify.bounds import ridge_quantities
 from verify.claims import Claim, Outcome, Part, Proof, lemma
-from verify.knobs import ridge_lam
 from verify.reference import RecursiveLeastSquares
 from verify.tolerance import Comparison, solve_tolerance, tolerance
 
 from . import parts
 from .construction import Construction
+from .errors import ConstructionError
 from .layout import Readout, ResidualLayout
 from .registry import Bench, register
+
+
+#: the largest reciprocal start ``C = 1 + x_bound^2/(n lam)`` the construction accepts.  ``|P_t| <=
+#: 1/(n lam) = (C - 1)/x_bound^2``, and RLS in float64 loses about C eps against the closed form
+#: (``python benchmarks/sm_conditioning.py``, table in docs/tolerance.md: the numpy recursion 1-2 eps
+#: at C <= 100, ~10 at 1e3, ~100 at 1e4, 1e10 at 1e12; this construction 2-5 eps at C <= 100, ~30 at
+#: 1e3).  Within C <= 1e3 the claim's tolerance scale, which holds ``|P_t| max|x|^2 <= C - 1``, is
+#: at most 1e3 times the prompt's own size, and the result is ridge to round-off.
+SM_C_MAX = 1e3
 
 
 def reciprocal_start(lam: float, n: int, x_bound: float) -> float:
@@ -81,7 +91,7 @@ def ridge_sherman_morrison(d: int, lam: float, n: int, x_bound: float = 1.0, mas
     score times value), selection from ReLU gating.  Width ``d^2 + 4d + n + 6``
     (O(d^2), as Akyurek's Thm 2 states); ``J = reciprocal_iters(1 + x_bound^2/mu)``.
 
-    **Exactness.**  Exact to float64 round-off on the domain: every operation is exact
+    **Exactness.**  Exact to round-off on the domain (``C eps`` at most, C as below): every operation is exact
     algebra except ``1/c``, whose Newton iteration is run until its error
     ``(1 - c/C)^(2^J)`` is below ``2^-53``.  Akyurek's own chain is approximate
     (softmax/GeLU/LayerNorm primitives).
@@ -90,12 +100,18 @@ def ridge_sherman_morrison(d: int, lam: float, n: int, x_bound: float = 1.0, mas
 
     **Domain.**  Prompts with exactly n examples; ``|x_i| <= x_bound`` for every context
     input (the reciprocal's start uses it); ``mask_const`` above every gated score
-    (``sm_mask_bound``).
+    (``sm_mask_bound``); ``C = 1 + x_bound^2/(n lam) <= SM_C_MAX = 1e3`` (smaller lam is refused:
+    the recursion's round-off grows like C eps, :data:`SM_C_MAX`).
     """
     d, n = parts.positive_int(d, "d"), parts.positive_int(n, "n")
     lam, x_bound, B = parts.real(lam, "lam"), parts.real(x_bound, "x_bound"), parts.real(mask_const, "mask_const")
     mu = n * lam
     C = reciprocal_start(lam, n, x_bound)
+    if not C <= SM_C_MAX:
+        raise ConstructionError(
+            f"lam = {lam:.3g} is too small for x_bound = {x_bound:.3g} at n = {n}: the conditioning C = 1 + "
+            f"x_bound^2/(n lam) = {C:.3g} exceeds {SM_C_MAX:.0e}, where RLS in floating point loses about C eps; "
+            f"use lam >= {x_bound**2 / (n * (SM_C_MAX - 1)):.3g} (or ridge_newton)")
     J = reciprocal_iters(C)
     scratch = [("u", d, "zero"), ("v", d, "zero"), ("c", 1, "zero"), ("e", 1, "zero"), ("r", 1, "zero"),
                ("s", 1, "zero")]
@@ -163,9 +179,14 @@ def sm_mask_bound(X, y, lam: float, x_bound: float):
 
 
 # -- claims -------------------------------------------------------------------------------------------
+def sm_lam(n: int, x_bound: float, log10_C1: float) -> float:
+    """The lam at which ``C - 1 = x_bound^2/(n lam) = 10^log10_C1`` (the claim draws C over the domain)."""
+    return x_bound**2 / (n * 10.0**log10_C1)
+
+
 def _case(p, k):
-    lam = ridge_lam(p.X, k.log10_lam)
     x_bound = float(np.linalg.norm(p.X, axis=-1).max())
+    lam = sm_lam(p.spec.n, x_bound, k.log10_C1)
     bound = sm_mask_bound(*(torch.from_numpy(a) for a in p.arrays[:2]), lam, x_bound)
     c = ridge_sherman_morrison(p.spec.d, lam, p.spec.n, x_bound=x_bound, mask_const=10.0**k.log10_mask * float(bound.max()))
     return c, RecursiveLeastSquares(lam)
@@ -194,18 +215,30 @@ PROOF_LAM, PROOF_N = 4.0, 2
 
 def exact_rls(c: Construction | None = None) -> Outcome:
     """ridge_sherman_morrison(d=2, n=2) equals RLS with the same J-step Newton reciprocal, every step,
-    in exact rational arithmetic."""
+    in exact rational arithmetic, on prompts whose two rows are not orthogonal (``log10_kappa = 0.5``:
+    with ``X^T X = n I`` and ``n = d`` the rows are orthogonal, and the rank-one correction of the
+    second step never meets the first example).  Larger n is out of reach exactly: each step's
+    Newton reciprocal raises the previous step's Fractions to the power ``2^J``."""
     from verify import exact as ex
     from verify.prompts import PromptSpec
 
     c = c or ridge_sherman_morrison(2, lam=PROOF_LAM, n=PROOF_N, x_bound=1.0)
     C = reciprocal_start(PROOF_LAM, PROOF_N, 1.0)
-    J = reciprocal_iters(C)
+    J = (c.step_blocks - 4) // 2  # the Newton steps the construction runs per reciprocal
+    if 2.0**J * math.log1p(-1 / C) > -53 * math.log(2):  # (1 - 1/C)^(2^J) > 2^-53
+        return Outcome(False, f"the construction's J = {J} Newton steps leave the reciprocal's relative error "
+                              f"(1 - 1/C)^(2^J) = {(1 - 1 / C) ** (2**J):.3g} above 2^-53")
     ref = RecursiveLeastSquares(Fraction(PROOF_LAM), reciprocal=(Fraction(1.0 / C), J))
-    prompts = (ex.unit_ball(*ex.rational_prompt(PromptSpec(seed=s, B=2, n=PROOF_N, d=2, m=1))) for s in (0, 1, 2))
+    prompts = [ex.unit_ball(*ex.rational_prompt(PromptSpec(seed=s, B=2, n=PROOF_N, d=2, m=1, log10_kappa=0.5)))
+               for s in (0,)]
+    crossed = all((np.einsum("bd,bd->b", X[:, 0], X[:, 1]) != 0).all() for X, _, _ in prompts)
+    if not crossed:
+        return Outcome(False, "the proof's prompts are not generic: two rows of a prompt are orthogonal")
     ok = all(ex.trace_equals(c, ref, *pr) for pr in prompts)
     return Outcome(ok, f"ridge_sherman_morrison(d=2, n=2) = RLS with J={J} Newton reciprocal steps exactly, "
-                       "every step, on 3x2 rational prompts")
+                       "every step, on 2 rational prompts with non-orthogonal rows" if ok else
+                   f"ridge_sherman_morrison(d=2, n=2) differs from RLS with J={J} Newton reciprocal steps in exact "
+                   "arithmetic")
 
 
 def _baseline(prep, c):
@@ -222,7 +255,9 @@ register(
               "one step (a fixed group of 2J+4 blocks) per example applies the Sherman-Morrison update: after step t "
               "the prediction is ridge on the first t+1 examples (mu = n lam), the last step the toolkit's ridge",
               "RLS recursion with exact division; np.linalg.solve ridge (numpy)", _case, RecursiveLeastSquares,
-              prompt=dict(n=(1, 16), d=(1, 8)), knobs=dict(log10_lam=(-2.0, 0.5)), bounds=_final_is_ridge,
+              prompt=dict(n=(1, 16), d=(1, 8)), bounds=_final_is_ridge,
+              # C - 1 from 0.1 to SM_C_MAX - 1: the whole domain in lam (larger lam only shrinks C)
+              knobs=dict(log10_C1=(-1.0, float(np.log10(SM_C_MAX - 1)))),
               proof=Proof("exact-rational", (lemma("lemma Sherman-Morrison", "lemma_sherman_morrison"),
                                              lemma("lemma Newton reciprocal", "lemma_newton_reciprocal"),
                                              Part("exact ridge_sherman_morrison", exact_rls)))),

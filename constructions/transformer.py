@@ -67,7 +67,7 @@ class Attention(nn.Module):
         self.W_Q, self.W_K, self.W_V, self.W_O = (_param(getattr(spec, k)) for k in ("W_Q", "W_K", "W_V", "W_O"))
 
     def folded(self, T: int, S: int) -> bool:
-        """Whether :meth:`forward` uses the folded order (:func:`constructions.fastpath.use_folded`)."""
+        """Whether :meth:`forward` folds by default (:func:`constructions.fastpath.use_folded`)."""
         return fastpath.use_folded(self, T, S)
 
     def cost(self, T: int, S: int) -> int:
@@ -91,20 +91,23 @@ class Attention(nn.Module):
         return dict(W_Q=cat(self.W_Q), W_K=cat(self.W_K), W_V=cat(self.W_V), W_O=p(self.W_O.reshape(H * E, D), 0, pad))
 
     def forward(self, h: torch.Tensor, n_context: int, mask_query: bool = True, norm: int | None = None,
-                weights: dict | None = None, scratch: dict | None = None, point=None) -> torch.Tensor:
+                weights: dict | None = None, scratch: dict | None = None, point=None,
+                order: str | None = None) -> torch.Tensor:
         """Attention output ``[B, T, Dp]`` for a stream ``h [B, T, Dp]`` whose last ``Dp - D``
         columns are zero padding (:data:`constructions.fastpath.PADDING`); the output's padding
         columns are zero.  ``weights``: :meth:`weights` computed once for many calls (else
-        computed here; they must be the per-head maps when ``point`` is given).
+        computed here; the folded maps for the folded order, the per-head maps otherwise).
         ``scratch``: preallocated outputs ``G, A, P, M [B, Dp, Dp]``, ``Z [B, T, Dp]`` for the
         folded order (no autograd): the same kernels, so the same bits, without allocations.
         ``point(name, tensor) -> tensor``: evaluate head by head, scores first, and pass the
-        per-head values through it (:data:`HEAD_POINTS`)."""
+        per-head values through it (:data:`HEAD_POINTS`).  ``order``: the evaluation order
+        (:data:`constructions.fastpath.ORDERS`; default: :func:`constructions.fastpath.order_of`)."""
         keys = h[:, :n_context] if mask_query else h
         norm = n_context if norm is None else norm
         H, D, E = self.W_Q.shape
         B, T, S = h.shape[0], h.shape[1], keys.shape[1]
-        folded = point is None and self.folded(T, S)
+        order = "scores" if point is not None else (order or fastpath.order_of(self, T, S))
+        folded = order == "folded"
         w = self.weights(h.shape[-1] - D, norm, folded) if weights is None else weights
         if folded:
             # folded circuits: h (sum_h (QK_h / n) (keys^T keys) OV_h), the same sums reassociated;
@@ -120,7 +123,7 @@ class Attention(nn.Module):
         q = (h @ w["W_Q"]).view(B, T, H, E)
         k = (keys @ w["W_K"]).view(B, S, H, E)
         v = (keys @ w["W_V"]).view(B, S, H, E)
-        if self.kind == "linear" and not self.causal and point is None:
+        if order == "kv":
             # (K^T V) first: O(n E^2) instead of O(n T E); the same sum in exact arithmetic.
             kv = torch.einsum("bshe,bshf->bhef", k, v) / norm
             z = torch.einsum("bthe,bhef->bthf", q, kv)
@@ -182,6 +185,9 @@ class Transformer(nn.Module):
         #: (cache-sized; measured by ``icl-verify bench``, docs/performance.md)
         self.chunk_bytes = CHUNK_BYTES
         self.padding = {k: dict(v) for k, v in PADDING.items()}
+        #: force one evaluation order of the attention blocks that admit it (None: the fastest;
+        #: :func:`constructions.fastpath.order_of`); the claims force each order on a share of prompts
+        self.order: str | None = None
 
     def compute_width(self, h: torch.Tensor) -> int:
         """The width Dp >= D the forward pass computes in for ``h`` (:data:`PADDING`)."""
@@ -220,13 +226,16 @@ class Transformer(nn.Module):
         hooks = hooks or {}
         per_head = [b.attn is not None and (heads or any(f"blocks.{l}.attn.{p}" in hooks for p in HEAD_POINTS))
                     for l, b in zip(layers, blocks)]
+        orders = [None if b.attn is None else "scores" if ph else fastpath.order_of(b.attn, T, S, self.order)
+                  for b, ph in zip(blocks, per_head)]
         # the padded maps, once per call (not per chunk)
-        weights = [(b.attn.weights(Dp - D, norm, b.attn.folded(T, S) and not ph) if b.attn is not None else None,
-                    b.mlp.weights(Dp - D) if b.mlp is not None else None) for b, ph in zip(blocks, per_head)]
+        weights = [(b.attn.weights(Dp - D, norm, o == "folded") if b.attn is not None else None,
+                    b.mlp.weights(Dp - D) if b.mlp is not None else None) for b, o in zip(blocks, orders)]
 
         if cache is None and not hooks and not any(per_head) and not (torch.is_grad_enabled() and (
                 h.requires_grad or any(q.requires_grad for q in self.parameters()))):
-            return fastpath.fast_forward(h, n_context, norm, blocks, weights, Dp, self.mask_query, self.chunk_bytes)
+            return fastpath.fast_forward(h, n_context, norm, blocks, weights, orders, Dp, self.mask_query,
+                                         self.chunk_bytes)
 
         def point(name, x, real=D):  # hooks and the cache see the D real columns
             if name in hooks:
@@ -237,12 +246,13 @@ class Transformer(nn.Module):
             return x
 
         h = fastpath.pad(h, 0, Dp - D)
-        for l, block, (wa, wm), ph in zip(layers, blocks, weights, per_head):
+        for l, block, (wa, wm), ph, order in zip(layers, blocks, weights, per_head, orders):
             p = f"blocks.{l}."
             h = point(p + "hook_resid_pre", h)
             if block.attn is not None:
                 head_point = (lambda name, x, p=p: point(p + "attn." + name, x, x.shape[-1])) if ph else None
-                h = h + point(p + "hook_attn_out", block.attn(h, n_context, self.mask_query, norm, wa, point=head_point))
+                h = h + point(p + "hook_attn_out", block.attn(h, n_context, self.mask_query, norm, wa, point=head_point,
+                                                              order=order))
             h = point(p + "hook_resid_mid", h)
             if block.mlp is not None:
                 h = h + point(p + "hook_mlp_out", block.mlp(h, wm))

@@ -1,6 +1,7 @@
 """The proofs the claims declare: each passes, and each fails on a perturbed construction."""
 import copy
 import dataclasses
+import functools
 
 import numpy as np
 import pytest
@@ -25,6 +26,11 @@ def _holds(spec) -> bool:
         return symbolic.prove_induction(spec).holds
     except symbolic.NotLiftable:  # prove() reports this as a failed proof
         return False
+
+
+@functools.lru_cache(maxsize=None)
+def _holds_as_built(name: str) -> bool:
+    return _holds(INDUCTIONS[name]())
 
 
 def _tampered(c, block, key, factor=1 + 2.0**-20, entry=None):
@@ -71,13 +77,14 @@ def test_a_claim_without_a_proof_is_shown_as_none(capsys):
 def test_a_scaled_weight_breaks_the_induction(name, block, key):
     spec = INDUCTIONS[name]()
     b = 0 if block == "first" else len(spec.build(3).blocks) - 1
-    assert _holds(spec)
+    assert _holds_as_built(name)
     assert not _holds(dataclasses.replace(spec, build=lambda dd: _tampered(spec.build(dd), b, key)))
 
 
 @pytest.mark.parametrize("name", list(INDUCTIONS))
 def test_an_off_pattern_entry_breaks_the_lift(name):
     spec = INDUCTIONS[name]()
+    assert _holds_as_built(name)
     bad = dataclasses.replace(spec, build=lambda dd: _tampered(spec.build(dd), 0, "W_V", entry=(0, 0)))
     assert not _holds(bad)
 
@@ -102,12 +109,35 @@ def test_exact_rational_checks_catch_a_perturbed_weight():
     assert bai.lasso_exact(c).holds
     assert not bai.lasso_exact(_tampered(c, 0, "W_O")).holds
     assert not bai.lasso_exact(_tampered(c, 0, "b_in", factor=1 + 2.0**-20)).holds
-    sel = constructions.ridge_select(2, [1 / 16, 1 / 2], 2, lr=LR, n_train=4, n_val=4, gamma=1 / 4, mask_const=MASK)
-    assert not bai.selection_exact(_tampered(sel, 1, "W_O")).holds
+    P = bai.SELECTION_PROOF
+    sel = constructions.ridge_select(2, P["lams"], P["steps"], lr=LR, n_train=P["n_train"], n_val=P["n_val"],
+                                     gamma=P["gamma"], mask_const=MASK)
+    assert bai.selection_exact(sel).holds and not bai.selection_exact(_tampered(sel, 1, "W_O")).holds
     sm = constructions.ridge_sherman_morrison(2, lam=sherman_morrison.PROOF_LAM, n=sherman_morrison.PROOF_N, x_bound=1.0)
     assert not sherman_morrison.exact_rls(_tampered(sm, 3, "W_O")).holds
     bt = constructions.binary_test(3, eps=0.125, threshold=0.5)
     assert bai.binary_exact(bt).holds and not bai.binary_exact(_tampered(bt, 0, "W_O", factor=1.001)).holds
+
+
+def test_exact_checks_refuse_prompts_that_are_not_generic(monkeypatch):
+    """A proof on prompts that leave a gate unswitched, or rows orthogonal, says so and fails."""
+    monkeypatch.setattr(bai, "BINARY_PROOF_LABELS", [[[0, 1, 1, 0, 1, 0], [1, 1, 1, 1, 1, 1]]] * 3)
+    out = bai.binary_exact()
+    assert not out.holds and "not generic" in out.detail
+    prompts = bai._selection_prompts
+    monkeypatch.setattr(bai, "_selection_prompts", lambda: prompts()[:1])  # without the noisy prompt
+    out = bai.selection_exact()
+    assert not out.holds and "not generic" in out.detail
+
+
+def test_sherman_morrison_proof_needs_non_orthogonal_rows(monkeypatch):
+    """With kappa = 1 and n = d = 2 the rows are orthogonal (X^T X = n I): the check refuses them."""
+    from verify import prompts as vp
+
+    real = vp.PromptSpec
+    monkeypatch.setattr(vp, "PromptSpec", lambda **kw: real(**{**kw, "log10_kappa": 0.0}))
+    out = sherman_morrison.exact_rls()
+    assert not out.holds and "orthogonal" in out.detail
 
 
 def test_soft_threshold_lemma_reads_the_mlp():

@@ -9,7 +9,7 @@ from hypothesis import given
 import constructions
 from constructions import ConstructionError, registry
 from constructions.ridge import newton_alpha, newton_iters, newton_mask_bound, newton_rate
-from constructions.sherman_morrison import reciprocal_iters
+from constructions.sherman_morrison import SM_C_MAX, reciprocal_iters
 from verify.knobs import ridge_lam
 from verify.prompts import PromptSpec, make_prompt
 from verify.reference import NewtonSchulz, RecursiveLeastSquares, Ridge
@@ -173,3 +173,31 @@ def test_sm_with_too_small_mask_leaks_other_examples():
     bound = float(sm_mask_bound(torch.from_numpy(p.X), torch.from_numpy(p.y), 0.2, xb).max())
     small = constructions.ridge_sherman_morrison(3, 0.2, 6, x_bound=xb, mask_const=bound / 100)
     assert not compare_trace(small, RecursiveLeastSquares(0.2), *p.arrays, check=False).ok
+
+
+@pytest.mark.parametrize("dtype, scale, side", [(torch.float32, 1e-16, "underflow"), (torch.float32, 1e15, "overflow"),
+                                                (torch.float64, 1e-110, "underflow"), (torch.float64, 1e100, "overflow")])
+def test_newton_refuses_prompts_whose_products_leave_the_dtype(dtype, scale, side):
+    """Measured without the check: 78% error at |x| ~ 1e-16 in float32 (1e-110 in float64), NaN above."""
+    p = make_prompt(PromptSpec(seed=1, B=2, n=8, d=3, m=2))
+    X, y, Xq = p.X * scale, p.y * scale, p.Xq * scale
+    xb = float(np.linalg.norm(X, axis=-1).max())
+    lam = 0.1 * xb**2
+    c = constructions.ridge_newton(3, lam, x_bound=xb, mask_const=10 * newton_mask_bound(8, lam, xb)).to(dtype)
+    with pytest.raises(ConstructionError, match=side):
+        c.predict(X, y, Xq)
+    ok = 1e-9 if dtype == torch.float32 else 1e-90  # inside the range the same prompt is ridge
+    X, y, Xq = p.X * ok, p.y * ok, p.Xq * ok
+    xb, lam = xb / scale * ok, lam / scale**2 * ok**2
+    c = constructions.ridge_newton(3, lam, x_bound=xb, mask_const=10 * newton_mask_bound(8, lam, xb)).to(dtype)
+    rel = np.abs(np.asarray(c.predict(X, y, Xq), np.float64) - Ridge(lam).fit(X, y).predict(Xq)).max()
+    assert rel <= 1e3 * torch.finfo(dtype).eps * np.abs(Ridge(lam).fit(X, y).predict(Xq)).max()
+
+
+def test_sherman_morrison_refuses_small_lam():
+    """C = 1 + x_bound^2/(n lam) above SM_C_MAX is refused with the smallest lam that is accepted."""
+    n, xb = 4, 1.0
+    lam_min = xb**2 / (n * (SM_C_MAX - 1))
+    constructions.ridge_sherman_morrison(2, lam_min * 1.001, n, x_bound=xb)
+    with pytest.raises(ConstructionError, match="lam >= "):
+        constructions.ridge_sherman_morrison(2, lam_min / 2, n, x_bound=xb)

@@ -45,7 +45,7 @@ def _float(a):
     return np.asarray(a, dtype=np.float64)
 
 
-def residuals(c, X, y, Xq, rational: bool = True) -> list[np.ndarray]:
+def residuals(c, X, y, Xq, rational: bool = True, record=None) -> list[np.ndarray]:
     """The construction's residual streams ``[B, T, D]`` (input first) by the numpy pass, in exact
     arithmetic (``rational=False``: in float64, the same code on floats)."""
     X, y, Xq = (np.asarray(a, dtype=np.float64) for a in (X, y, Xq))
@@ -59,13 +59,14 @@ def residuals(c, X, y, Xq, rational: bool = True) -> list[np.ndarray]:
     if c.extra_tokens is not None:
         extra = conv(c.extra_tokens(n))
         h = np.concatenate([h[:, :n], np.broadcast_to(extra, (B, *extra.shape)), h[:, n:]], axis=1)
-    return numpy_forward(c.blocks, h, c.n_keys(n), c.model.mask_query, norm=n, convert=conv)
+    return numpy_forward(c.blocks, h, c.n_keys(n), c.model.mask_query, norm=n, convert=conv, record=record)
 
 
-def trace(c, X, y, Xq, rational: bool = True) -> np.ndarray:
+def trace(c, X, y, Xq, rational: bool = True, record=None) -> np.ndarray:
     """``[S, B, m]`` predictions after every step (the readout blocks applied to the stream after
-    each step, as :meth:`Construction.trace`), exact (or float64 with ``rational=False``)."""
-    hs = residuals(c, X, y, Xq, rational)
+    each step, as :meth:`Construction.trace`), exact (or float64 with ``rational=False``);
+    ``record`` sees every ReLU input of the full pass (:func:`constructions.numpy_pass.numpy_forward`)."""
+    hs = residuals(c, X, y, Xq, rational, record)
     conv = to_exact if rational else _float
     n = np.asarray(X).shape[1]
     nk = c.n_keys(n)
@@ -78,10 +79,39 @@ def trace(c, X, y, Xq, rational: bool = True) -> np.ndarray:
     return np.stack(out)
 
 
-def trace_equals(c, ref, X, y, Xq) -> bool:
+class ReluGates:
+    """A ``record`` for the exact pass: for every ReLU of the given blocks (default all) -- each ReLU
+    head (``("head", block, head)``, over all its query-key scores) and each ReLU MLP unit
+    (``("mlp", block, unit)``) -- ``seen[gate] = (opened, closed)`` over every pass it watched,
+    opened = some input > 0, closed = some input <= 0.  A proof whose prompts leave a gate always
+    open or always closed has not exercised both branches of that ReLU."""
+
+    def __init__(self, blocks=None):
+        self.blocks, self.seen = blocks, {}
+
+    def _see(self, gate, values):
+        values = values.ravel()
+        o, z = self.seen.get(gate, (False, False))
+        self.seen[gate] = (o or any(v > 0 for v in values), z or any(v <= 0 for v in values))
+
+    def __call__(self, block, part, index, values):
+        if self.blocks is not None and block not in self.blocks:
+            return
+        if part == "head":
+            self._see(("head", block, index), values)
+        else:
+            for unit in range(values.shape[-1]):
+                self._see(("mlp", block, unit), values[..., unit])
+
+    def stuck(self, ignore=()) -> list:
+        """The gates never both open and closed (but ``ignore``)."""
+        return sorted(g for g, (o, z) in self.seen.items() if not (o and z) and g not in set(ignore))
+
+
+def trace_equals(c, ref, X, y, Xq, record=None) -> bool:
     """The construction's exact trace equals the reference run in Fractions (zero tolerance);
     ``ref`` is an unfitted reference whose parameters are Fractions."""
-    return bool((trace(c, X, y, Xq) == ref.fit(to_exact(X), to_exact(y)).trace(to_exact(Xq))).all())
+    return bool((trace(c, X, y, Xq, record=record) == ref.fit(to_exact(X), to_exact(y)).trace(to_exact(Xq))).all())
 
 
 def unit_ball(X, y, Xq, denominator: int = 16):

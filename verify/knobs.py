@@ -27,7 +27,7 @@ KNOB_RANGES = dict(
     gamma_factor=(0.0, 1.9),
     skew=(0.0, 2.0),
     log10_mask=(0.3, 6.0),  # B >= 2x the bound: a float32-rounded prompt moves the bound
-    log10_gamma=(-3.0, 0.0),
+    log10_gamma=(-9.0, 0.0),  # ridge_select takes any gamma > 0; its 1/gamma conditioning counts only at near ties
     heads=(3, 40),
     log10_eta=(-4.0, 0.0),
     R=(0.5, 4.0),

@@ -318,12 +318,31 @@ class RidgeSelect:
         return self.trace(Xq)[-1]
 
     def scale(self, Xq) -> np.ndarray:
-        """GD's scale for the worst candidate, times ``1 + K (max_k L_k + |y|^2) / gamma``: the
-        selection maps amplify round-off in the losses by at most ``1/gamma`` per candidate."""
+        """GD's scale for the worst candidate, times the selection's conditioning ``1 + K max_k L_k /
+        gamma`` where it is not flat: the weights move with the losses (slope ``1/gamma`` per
+        candidate) only when a second candidate is within ``gamma`` of the best (plus a margin
+        ``SELECT_TIE_MARGIN * max_k L_k`` for the losses' own round-off).  Elsewhere the weights are
+        one-hot with a loss gap above the margin, round-off in the losses cannot move them, and the
+        scale is GD's.  ``test_select.py`` checks both: the slope near a tie and flatness away."""
         base = np.max([g.scale(Xq) for g in self.gds_], axis=0)  # [S, B, m]
-        K = len(self.lams)
-        amp = 1 + K * self.losses_[1:].max(-1) / self.gamma  # [S, B]
-        return base * amp[:, :, None]
+        return base * self.conditioning()[:, :, None]
+
+    def conditioning(self) -> np.ndarray:
+        """``[S, B]``: ``1 + K max_k L_k / gamma`` after the steps with a near tie, else 1."""
+        L = self.losses_[1:]  # [S, B, K]
+        K = L.shape[-1]
+        top = L.max(-1)
+        if K == 1:
+            return np.ones(top.shape)
+        second = np.sort(L - L.min(-1, keepdims=True), axis=-1)[..., 1]  # the runner-up's gap
+        near = second <= self.gamma + SELECT_TIE_MARGIN * top
+        return np.where(near, 1 + K * top / self.gamma, 1.0)
+
+
+#: the loss gap (relative to the largest loss) within which RidgeSelect's conditioning counts a tie as
+#: near: well above the losses' relative round-off in float32 (``C eps (t+1)(n+d) <= 1e-4`` for the
+#: claims' sizes)
+SELECT_TIE_MARGIN = 1e-3
 
 
 class NewtonSchulz(Reference):

@@ -50,7 +50,11 @@ from constructions.layout import ROLE_FILLS
 from .claims import Outcome
 
 d, n = sp.symbols("d n", integer=True, positive=True)
-LIFT_DIMS = (3, 4)  # the builder is read at these d; both must lift to the same block form
+LIFT_DIMS = (3, 4)  # the builder is lifted at these d; both must give the same block form
+#: the factory's weights are compared, exactly, with the lifted form instantiated at every d here
+CHECK_DIMS = tuple(range(1, 9))
+#: the numeric anchor of each proved layer: a random rational point at these sizes
+ANCHOR_D, ANCHOR_N = 3, 4
 
 
 class NotLiftable(Exception):
@@ -92,7 +96,8 @@ def _slot_size(slot, dd: int):
 
 def lift_layer(build: Callable[[int], object], layer: int, named: Callable[[int], dict] | None = None) -> list[dict]:
     """The symbolic circuits of block ``layer``: per head ``dict(kind, QK={(a, b): expr}, OV=...)``,
-    read from ``build(dd)`` for every ``dd`` in :data:`LIFT_DIMS` (they must agree)."""
+    read from ``build(dd)`` for every ``dd`` in :data:`LIFT_DIMS` (they must agree), then checked
+    against the factory's weights at every d in :data:`CHECK_DIMS` (:func:`check_instances`)."""
     lifted = []
     for dd in LIFT_DIMS:
         c = build(dd)
@@ -112,7 +117,37 @@ def lift_layer(build: Callable[[int], object], layer: int, named: Callable[[int]
         lifted.append(heads)
     if any(str(h) != str(lifted[0]) for h in lifted[1:]):
         raise NotLiftable(f"block {layer} has different block forms at d = {LIFT_DIMS}")
+    check_instances(build, layer, lifted[0], named)
     return lifted[0]
+
+
+def _instance(expr, dd: int, named_at: dict) -> sp.Matrix:
+    """A lifted block at d = dd, with the named matrices' values: exact rationals."""
+    e = expr.subs(d, dd).xreplace({s.subs(d, dd): sp.ImmutableMatrix(np.vectorize(exact)(M).tolist())
+                                   for s, M in named_at.items()})
+    return sp.Matrix(e.doit().as_explicit())
+
+
+def check_instances(build: Callable[[int], object], layer: int, heads: list[dict], named=None) -> None:
+    """The lifted form of block ``layer``, instantiated at every d in :data:`CHECK_DIMS`, equals the
+    factory's weights there exactly (every nonzero slot block, every head); else NotLiftable.  A
+    weight that depends on d in another way than the proved form is caught at every d <= 8."""
+    for dd in CHECK_DIMS:
+        c = build(dd)
+        nm = named(dd) if named else {}
+        circuits = c.circuits(layer)
+        if len(circuits) != len(heads) or c.blocks[layer].attn.kind != heads[0]["kind"]:
+            raise NotLiftable(f"block {layer} at d = {dd} has other heads than the lifted form")
+        for h, circ in zip(heads, circuits):
+            for k in ("QK", "OV"):
+                extra = set(circ[k]) - set(h[k])
+                if extra:
+                    raise NotLiftable(f"block {layer} at d = {dd}: nonzero {k} blocks {sorted(extra)} outside the lifted form")
+                for ab, expr in h[k].items():  # a block the form has may vanish at some d (a zero entry of P)
+                    want = _instance(expr, dd, nm)
+                    got = sp.Matrix(np.vectorize(exact)(circ[k][ab]).tolist()) if ab in circ[k] else sp.zeros(*want.shape)
+                    if got != want:
+                        raise NotLiftable(f"block {layer} at d = {dd}: the {k} block {ab} is not the lifted form")
 
 
 # -- 2. token groups and the symbolic layer -------------------------------------------
@@ -369,8 +404,142 @@ def advance(c, sizes, heads, groups: list[Group]):
     return new, res.premises
 
 
+# -- the numeric anchor: the proved layer against the toolkit's own forward passes -------------------
+def _fraction(v) -> Fraction:
+    v = sp.sympify(v)
+    if not v.is_Rational:
+        v = sp.simplify(v)  # e.g. sqrt(n lam) at n lam = 1; never a rational approximation
+    if not v.is_Rational:
+        raise NotLiftable(f"the numeric anchor met the irrational value {v}")
+    return Fraction(int(v.p), int(v.q))
+
+
+def evaluate(e, sizes_at: dict, values: dict) -> np.ndarray:
+    """A matrix expression at concrete sizes (``{d: dd, n: nn}``) and values (``{symbol name: object
+    array of Fractions}``), as an exact object array (numpy arithmetic on Fractions, no symbolic sums)."""
+    def shape(m):
+        return tuple(int(sp.sympify(k).subs(sizes_at)) for k in m.shape)
+
+    def full(m, v):
+        a = np.empty(shape(m), dtype=object)
+        a[...] = Fraction(v)
+        return a
+
+    if isinstance(e, sp.MatrixSymbol):
+        return values[e.name]
+    if isinstance(e, sp.Identity):
+        a = full(e, 0)
+        np.fill_diagonal(a, Fraction(1))
+        return a
+    if isinstance(e, sp.ZeroMatrix):
+        return full(e, 0)
+    if isinstance(e, sp.OneMatrix):
+        return full(e, 1)
+    if isinstance(e, sp.MatAdd):
+        return sum(evaluate(a, sizes_at, values) for a in e.args)
+    if isinstance(e, sp.MatMul):
+        coeff, mats = e.as_coeff_matrices()
+        out = evaluate(mats[0], sizes_at, values)
+        for m in mats[1:]:
+            out = out @ evaluate(m, sizes_at, values)
+        return _fraction(sp.sympify(coeff).subs(sizes_at)) * out
+    if isinstance(e, sp.Transpose):
+        return evaluate(e.arg, sizes_at, values).T
+    if isinstance(e, sp.MatPow) and e.exp.is_Integer and e.exp > 0:
+        base = evaluate(e.base, sizes_at, values)
+        out = base
+        for _ in range(int(e.exp) - 1):
+            out = out @ base
+        return out
+    raise NotLiftable(f"the numeric anchor cannot evaluate {type(e).__name__}")
+
+
+def _point(spec: Induction, dd: int, nn: int, seed: int = 0):
+    """A random rational point: values of X, Y, x_q, the state variables and the named matrices at
+    d = dd, n = nn, by symbol name."""
+    rng = np.random.default_rng(seed)
+    sizes_at = {d: dd, n: nn}
+    values = {}
+    for sym in (X, Y, XQ, *spec.variables.values()):
+        shape = tuple(int(sp.sympify(k).subs(sizes_at)) for k in sym.shape)
+        values[sym.name] = np.vectorize(lambda v: Fraction(int(v), 8), otypes=[object])(rng.integers(-8, 9, size=shape))
+    for sym, M in (spec.named(dd) if spec.named else {}).items():
+        values[sym.name] = np.vectorize(lambda v: Fraction(float(v)), otypes=[object])(M)
+    return sizes_at, values
+
+
+def _stream(c, groups: list[Group], sizes: dict, sizes_at: dict, values: dict) -> np.ndarray:
+    """The residual stream ``[1, T, D]`` (Fractions) of symbolic token groups at a concrete point:
+    context tokens, then extra tokens, then the query, each token its slots in layout order."""
+    order = {"train": 0, "extra": 1, "query": 2}
+    columns = []
+    for g in sorted(groups, key=lambda g: order[g.role]):
+        full = complete(c.layout, g, sizes)
+        columns.append(np.concatenate([evaluate(full[s.name], sizes_at, values) for s in c.layout.slots], axis=0))
+    return np.concatenate(columns, axis=1).T[None]
+
+
+def _unsigned_scale(blocks, h: np.ndarray, n_keys: int, norm: int, mask_query: bool) -> float:
+    """The size of the terms a stack of attention blocks sums, with every weight and value taken
+    in absolute value (a bound on the unsigned sums; |relu(s)| <= |s|)."""
+    h = np.abs(np.asarray(h, dtype=np.float64))
+    for b in blocks:
+        a = b.attn
+        keys = h[:, :n_keys] if mask_query else h
+        out = np.zeros_like(h)
+        for WQ, WK, WV, WO in zip(*(np.abs(getattr(a, k)) for k in ("W_Q", "W_K", "W_V", "W_O"))):
+            out += ((h @ WQ) @ (keys @ WK).transpose(0, 2, 1) / norm) @ (keys @ WV) @ WO
+        h = h + out
+    return float(h.max())
+
+
+def anchor(spec: Induction, c, first: int, last: int, before: list[Group], after: list[Group] | None,
+           prediction=None) -> list[str]:
+    """Blocks ``first..last-1`` of ``c`` (built at d = :data:`ANCHOR_D`) on the stream of the groups
+    ``before`` at a random rational point (n = :data:`ANCHOR_N`): the numpy pass in exact arithmetic
+    must give the stream of ``after`` (or, for the readout, the prediction ``prediction``) exactly,
+    and the torch model, in every evaluation order, must give the exact result within the
+    tolerance model.  Ties the symbolic model of attention to the code that users run."""
+    import torch
+
+    from constructions.fastpath import ORDERS
+    from constructions.numpy_pass import numpy_forward
+
+    from .exact import to_exact
+    from .tolerance import tolerance
+
+    sizes = slot_sizes(c)
+    sizes_at, values = _point(spec, ANCHOR_D, ANCHOR_N, seed=first)
+    h = _stream(c, before, sizes, sizes_at, values)
+    n_keys = ANCHOR_N + sum(int(sp.sympify(g.count).subs(sizes_at)) for g in before if g.role == "extra")
+    blocks = c.blocks[first:last]
+    out = numpy_forward(blocks, h, n_keys, c.model.mask_query, norm=ANCHOR_N, convert=to_exact)[-1]
+    if after is not None:
+        got, want = out, _stream(c, after, sizes, sizes_at, values)
+    else:
+        r = c.layout.readout
+        got = Fraction(r.sign) * out[0, -1:, c.layout[r.slot].start]
+        want = evaluate(prediction, sizes_at, values)[0]
+    bad = []
+    if not (got == want).all():
+        bad.append(f"numeric anchor: the numpy pass of blocks {first}..{last - 1} differs from the proved step")
+    scale = _unsigned_scale(blocks, h, n_keys, ANCHOR_N, c.model.mask_query)
+    tol = tolerance(torch.float64, n_keys, max(b.attn.W_Q.shape[2] for b in blocks), np.array([scale]), len(blocks))[0]
+    ht = torch.from_numpy(h.astype(np.float64))
+    for order in ORDERS:
+        c.model.order = order
+        with torch.no_grad():
+            t = c.model(ht, n_keys, start=first, stop=last, norm=ANCHOR_N).numpy()
+        if not np.abs(t - out.astype(np.float64)).max() <= tol:
+            bad.append(f"numeric anchor: the torch model ({order} order) of blocks {first}..{last - 1} differs from "
+                       "the exact pass")
+    c.model.order = None
+    return bad
+
+
 def prove_induction(spec: Induction) -> Outcome:
-    """Base case, induction step for every step block, and the readout; symbolic d and n."""
+    """Base case, induction step for every step block, and the readout; symbolic d and n; each
+    layer anchored to the toolkit's forward passes (:func:`anchor`)."""
     c = spec.build(LIFT_DIMS[0])
     sizes = slot_sizes(c)
     V = spec.variables
@@ -382,11 +551,13 @@ def prove_induction(spec: Induction) -> Outcome:
         if not _extra_matches(c, g, sizes):
             bad.append(f"base case: the {g.name} tokens differ from the construction's extra tokens")
     # induction step: every step block maps state(V) to state(step(V))
+    anchored = spec.build(ANCHOR_D)
     for layer in range(c.n_step_blocks):
         heads = lift_layer(spec.build, layer, spec.named)
         got, prem = advance(c, sizes, heads, key_groups(c, spec.state(V)))
         premises += prem
-        bad += _compare(c, sizes, got, key_groups(c, spec.state(spec.step(V, layer))), f"step layer {layer}")
+        wrong = _compare(c, sizes, got, key_groups(c, spec.state(spec.step(V, layer))), f"step layer {layer}")
+        bad += wrong or anchor(spec, anchored, layer, layer + 1, spec.state(V), spec.state(spec.step(V, layer)))
     # readout: the readout blocks map state(V) to the prediction x_q . w
     groups = key_groups(c, spec.state(V))
     for layer in range(c.n_step_blocks, len(c.blocks)):
@@ -396,8 +567,11 @@ def prove_induction(spec: Induction) -> Outcome:
     r = c.layout.readout
     if not is_zero(exact(r.sign) * q[r.slot] - spec.prediction(V)):
         bad.append("readout: the query's readout slot is not x_q . w")
-    detail = "; ".join(bad) if bad else (f"base case, {c.n_step_blocks} step layer(s) and the readout, "
-                                         "for symbolic d and n")
+    elif c.n_step_blocks < len(c.blocks):
+        bad += anchor(spec, anchored, c.n_step_blocks, len(c.blocks), spec.state(V), None, spec.prediction(V))
+    detail = "; ".join(bad) if bad else (f"base case, {c.n_step_blocks} step layer(s) and the readout, for symbolic d "
+                                         f"and n; weights checked for d <= {CHECK_DIMS[-1]}; each layer anchored to the "
+                                         "numpy pass (exact) and the torch model (every evaluation order)")
     return Outcome(not bad, detail, sorted(set(premises)))
 
 
