@@ -16,6 +16,7 @@ from pathlib import Path
 
 from constructions import registry
 from verify import mutation as M
+from verify.docs import write_between
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "mutation.md"
@@ -76,11 +77,8 @@ def main() -> int:
     note = (f"\n\n{len(rows) - 2} mutations, {len(rows) - 2 - len(escaped)} caught by check and every applicable "
             f"proof ({time.perf_counter() - t0:.0f} s).")
     print(note.strip())
-    if DOC.exists() and args.only is None:
-        text = DOC.read_text()
-        if BEGIN in text and END in text:
-            head, rest = text.split(BEGIN, 1)
-            DOC.write_text(head + BEGIN + "\n" + table + note + "\n" + END + rest.split(END, 1)[1])
+    if args.only is None:
+        write_between(DOC, BEGIN, END, table + note)
     return 1 if escaped else 0
 
 

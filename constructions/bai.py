@@ -107,6 +107,7 @@ def relu_gd(d: int, steps: int, lr: float, lam: float = 0.0, mask_const: float =
     d, steps = parts.positive_int(d, "d"), parts.positive_int(steps, "steps")
     lr, lam = parts.real(lr, "lr"), parts.real(lam, "lam", strict=False)
     mask_const = parts.real(mask_const, "mask_const")
+    parts.budget("relu_gd", layers=steps + 1, width=2 * d + 3, heads=3, d_head=d + 2)
     lay = _bai_layout(d)
     heads = parts.relu_gd_heads(lay, lr, mask_const) + ([parts.relu_decay_head(lay, lr * lam, mask_const)] if lam > 0 else [])
     blocks = [parts.block("relu", heads) for _ in range(steps)] + [parts.block("relu", parts.relu_readout_heads(lay, mask_const))]
@@ -137,6 +138,7 @@ def lasso_ista(d: int, steps: int, lr: float, lam: float, mask_const: float = 1e
     d, steps = parts.positive_int(d, "d"), parts.positive_int(steps, "steps")
     lr, lam = parts.real(lr, "lr"), parts.real(lam, "lam", strict=False)
     mask_const = parts.real(mask_const, "mask_const")
+    parts.budget("lasso_ista", layers=steps + 1, width=2 * d + 3, heads=2, d_head=d + 2, mlp=4 * d)
     lay = _bai_layout(d)
     mlp = parts.soft_threshold_mlp(lay, lr * lam)
     blocks = [parts.block("relu", parts.relu_gd_heads(lay, lr, mask_const), mlp) for _ in range(steps)]
@@ -161,7 +163,7 @@ def sigmoid_knots(heads: int, radius: float) -> tuple[np.ndarray, np.ndarray, fl
 def logistic_radius(steps: int, lr: float, x_bound: float) -> float:
     """``R = steps * lr * x_bound^2``: no iterate's score ``<w_t, x>`` can leave ``[-R, R]``,
     since ``|w_t| <= t lr x_bound`` (every gradient has norm <= x_bound)."""
-    return steps * lr * x_bound**2
+    return steps * lr * x_bound * x_bound
 
 
 def sigmoid_fit_error(heads: int, radius: float) -> float:
@@ -196,14 +198,20 @@ def logistic_gd(d: int, steps: int, lr: float, heads: int, x_bound: float, mask_
     d, steps, heads = parts.positive_int(d, "d"), parts.positive_int(steps, "steps"), parts.positive_int(heads, "heads")
     if heads < 2:
         raise ConstructionError("heads must be >= 2 (the interpolant needs two knots)")
+    parts.budget("logistic_gd", layers=steps + 1, width=2 * d + 3, heads=heads + 2, d_head=d + 2)
     lr, x_bound, mask_const = parts.real(lr, "lr"), parts.real(x_bound, "x_bound"), parts.real(mask_const, "mask_const")
-    if lr > 8.0 / x_bound**2:
-        raise ConstructionError(f"lr={lr:.6g} exceeds 8/x_bound^2={8 / x_bound**2:.6g}, the step limit of the error bound")
+    if lr * x_bound * x_bound > 8.0:
+        raise ConstructionError(f"lr={lr:.6g} exceeds 8/x_bound^2={8 / x_bound / x_bound:.6g}, the step limit of the "
+                                "error bound")
     radius = logistic_radius(steps, lr, x_bound)
     if mask_const < max(1.0, 2 * radius):
         raise ConstructionError(f"mask_const={mask_const:.6g} must be >= max(1, 2R={2 * radius:.6g}) "
                                 "to gate out the query (|<w, x_q>| + |knot| <= 2R)")
-    knots, a, base = sigmoid_knots(heads, radius)
+    with np.errstate(divide="ignore", invalid="ignore"):  # coinciding knots are refused just below
+        knots, a, base = sigmoid_knots(heads, radius)
+    if not (np.isfinite(a).all() and np.all(np.diff(knots) > 0)):
+        raise ConstructionError(f"the sigmoid's knots on [-R, R], R = steps lr x_bound^2 = {radius:.3g}, are not "
+                                "distinct numbers; raise lr or x_bound (R must be a normal float)")
     lay = _bai_layout(d)
     hs = []
     for s_m, a_m in zip(knots, a):  # relu(w.x_j - s_m) with value -lr a_m x_j
@@ -261,10 +269,13 @@ def ridge_select(d: int, lams, steps: int, lr: float, n_train: int, n_val: int, 
     d, steps = parts.positive_int(d, "d"), parts.positive_int(steps, "steps")
     n_train, n_val = parts.positive_int(n_train, "n_train"), parts.positive_int(n_val, "n_val")
     lr, gamma, mask_const = parts.real(lr, "lr"), parts.real(gamma, "gamma"), parts.real(mask_const, "mask_const")
-    lams = [parts.real(v, "lams[k]", strict=False) for v in np.atleast_1d(np.asarray(lams, dtype=float))]
-    if not lams:
-        raise ConstructionError("lams must hold at least one regularisation strength")
+    lams = parts.real_array(lams, "lams")
+    if lams.ndim > 1 or lams.size == 0:
+        raise ConstructionError(f"lams must be one or more regularisation strengths (a vector), got shape {lams.shape}")
+    lams = [parts.real(v, "lams[k]", strict=False) for v in np.atleast_1d(lams)]
     K, n = len(lams), n_train + n_val
+    parts.budget("ridge_select", layers=steps + 6, width=d * K + 5 * K + d + 5, heads=3 * K, d_head=d + 2,
+                 mlp=K * K + 2 * K)
     extra = [(f"w{k}", d, "zero") for k in range(1, K)]
     extra += [(f"{name}{k}", 1, "zero") for name in ("f", "L", "c", "u", "a") for k in range(K)]
     spec = [("x", d, "x"), ("y", 1, "y"), ("w0", d, "zero"), *extra, ("one", 1, "one"),
@@ -318,6 +329,11 @@ def ridge_select(d: int, lams, steps: int, lr: float, n_train: int, n_val: int, 
     )
 
 
+#: binary_test's smallest bump half-width: float32 spaces numbers near 1 by 1.2e-7, so a narrower
+#: bump at y = 1 would be lost to rounding
+BINARY_EPS_MIN = 1e-6
+
+
 def binary_psi_knots(eps: float) -> list[tuple[float, float]]:
     """The 6 ReLUs ``c relu(y + b)`` of Bai et al.'s psi (Lemma 18): triangular bumps of height 1
     and half-width eps at 0 and at 1, ``(1/eps)[relu(y - t + eps) - 2 relu(y - t) + relu(y - t - eps)]``."""
@@ -340,16 +356,18 @@ def binary_test(d: int, eps: float = 0.1, threshold: float = 0.5) -> Constructio
     **Exactness.**  Exact (float64 round-off): psi is exactly a sum of ReLUs; checked by
     ``bai23-binary-test`` against the same function in numpy.
 
-    **Domain.**  ``eps in (0, 1/2]``, ``threshold in [0, 1)``; query tokens are not keys (the
+    **Domain.**  ``eps in [1e-6, 1/2]`` (float32 spaces numbers near 1 by 1.2e-7), ``threshold in [0, 1)``; query tokens are not keys (the
     query mask), so no gate is needed.
     """
     d = parts.positive_int(d, "d")
     eps = parts.real(eps, "eps")
-    if eps > 0.5:
-        raise ConstructionError(f"eps must be in (0, 1/2] (the bumps at 0 and 1 must not overlap), got {eps}")
+    if not BINARY_EPS_MIN <= eps <= 0.5:
+        raise ConstructionError(f"eps must be in [{BINARY_EPS_MIN:g}, 1/2] (the bumps at 0 and 1 must not overlap, and "
+                                f"below 1e-6 float32 cannot resolve the bump at y = 1), got {eps}")
     threshold = parts.real(threshold, "threshold", strict=False)
     if threshold >= 1:
         raise ConstructionError(f"threshold must be in [0, 1), got {threshold}")
+    parts.budget("binary_test", layers=2, width=d + 4, heads=8, d_head=1)
     lay = ResidualLayout.of([("x", d, "x"), ("y", 1, "y"), ("one", 1, "one"), ("psi", 1, "zero"),
                              ("test", 1, "zero")], Readout("test", 1.0))
     # score relu(y_j + b) (key reads y and one, query reads one), value one, output c into psi

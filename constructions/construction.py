@@ -36,22 +36,62 @@ class Prepared:
 
 
 def _to_tensor(a, name: str) -> tuple[torch.Tensor, bool]:
+    """A prompt array as a dense torch tensor of real numbers (a copy for numpy input, so no
+    stride or memory order of the caller's array matters), and whether it came as numpy."""
     if isinstance(a, torch.Tensor):
-        t, is_np = a, False
+        if a.layout != torch.strided or a.device.type == "meta" or a.is_quantized:
+            raise ConstructionError(f"{name} must be a dense tensor holding data, got layout {a.layout} on "
+                                    f"{a.device}{' (quantized)' if a.is_quantized else ''}; pass t.to_dense() or "
+                                    "a numpy array")
+        t, is_np = a.detach().resolve_conj().resolve_neg(), False
     else:
+        if isinstance(a, np.ma.MaskedArray):
+            raise ConstructionError(f"{name} is a masked array, whose mask would be ignored; drop the masked "
+                                    "examples or fill them (a.filled(value)) first")
         try:
-            arr = np.asarray(a)
+            arr = np.array(a, copy=True, order="C")
         except Exception as e:  # ragged lists etc.
             raise ConstructionError(f"{name} could not be read as an array: {e}") from None
-        if arr.dtype == object:
-            raise ConstructionError(f"{name} must be a numeric array, got an object array (ragged input?)")
-        t, is_np = torch.from_numpy(np.ascontiguousarray(arr)), True
+        if arr.dtype.kind not in "iuf":
+            raise ConstructionError(f"{name} must hold real numbers (integer or float dtype), got dtype {arr.dtype}"
+                                    + (" (ragged input?)" if arr.dtype == object else ""))
+        t, is_np = torch.from_numpy(arr.astype(np.float64, copy=False)), True
     if t.dtype == torch.bool or t.is_complex() or not (t.is_floating_point() or t.dtype in _INT_DTYPES):
         raise ConstructionError(f"{name} must hold real numbers, got dtype {t.dtype}")
     return t, is_np
 
 
-_INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+_INT_DTYPES = tuple(getattr(torch, t) for t in ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
+                    if hasattr(torch, t))  # torch >= 2.3 has the wider unsigned types
+
+
+def _check_blocks(name: str, blocks) -> None:
+    """Every weight finite, and the parameter count within :func:`constructions.parts.limits`."""
+    count = 0
+    for l, b in enumerate(blocks):
+        for part in (b.attn, b.mlp):
+            if part is None:
+                continue
+            for field_name, v in vars(part).items():
+                if isinstance(v, np.ndarray) and v.dtype.kind in "iuf":
+                    count += v.size
+                    if not np.isfinite(v).all():
+                        raise ConstructionError(
+                            f"{name}: the weights {field_name} of block {l} are not finite (a parameter so large or "
+                            "small that computing the weights overflowed, or divided by zero); use parameters of "
+                            "moderate magnitude")
+    if count > parts.limits()[0]:
+        raise ConstructionError(f"{name}: {count:.3g} parameters exceed the size limit {parts.limits()[0]:.3g} "
+                                "(docs/reliability.md); use smaller sizes, or raise the limit with "
+                                "constructions.parts.size_limit(max_params=N)")
+
+
+def _overflow(name: str, dtype, p: "Prepared") -> ConstructionError:
+    scale = max(float(t.abs().max()) for t in (p.X, p.y, p.Xq))
+    return ConstructionError(
+        f"the forward pass of {name} overflowed {str(dtype).replace('torch.', '')} (the residual stream holds inf "
+        f"or NaN; the prompt's largest |value| is {scale:.3g}): rescale the prompt towards unit scale, use "
+        "float64, or build with parameters of moderate magnitude")
 
 
 @dataclass
@@ -86,6 +126,13 @@ class Construction:
     prompt of the batch and the fix (the checks of :mod:`constructions.parts` do this).  A domain
     taking a ``dtype`` keyword also gets the run dtype (range checks: underflow, overflow).
 
+    Guarantees (docs/reliability.md): the public methods return finite numbers or raise
+    :class:`ConstructionError`.  With ``check=True`` (the default) a forward pass whose residual
+    stream overflowed to inf or NaN raises instead of returning; ``check=False`` skips the domain
+    and this overflow check (a divergence experiment sees the inf).  Prompts whose largest tensor
+    would exceed the element limit, and factories beyond the parameter limit, are refused before
+    allocating (:func:`constructions.parts.size_limit`).
+
     The path of a prompt: :meth:`prepare` (validate, batch, cast) -> :meth:`embed` (the
     residual stream ``[B, T, D]`` filled slot by slot, ``T = n_keys(n) + m``) ->
     ``model(h, n_keys(n), norm=n)`` (the transformer; ``hooks=``, ``cache=``, ``heads=`` as in
@@ -108,6 +155,7 @@ class Construction:
     model: Transformer = field(init=False, repr=False)
 
     def __post_init__(self):
+        _check_blocks(self.name, self.blocks)
         self.model = Transformer(self.blocks, mask_query=self.mask_query)
         if self.model.width != self.layout.width:
             raise ConstructionError(f"layout width {self.layout.width} != model width {self.model.width}")
@@ -135,22 +183,27 @@ class Construction:
         return next(self.model.parameters()).device
 
     def to(self, dtype: torch.dtype | str | None = None, device=None) -> "Construction":
-        """A copy of this construction with its model in ``dtype`` / on ``device``."""
+        """A copy of this construction with its model in ``dtype`` / on ``device`` (a device that
+        this machine has: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, a ``torch.device``)."""
+        if device is not None:
+            device = parts.device(device)
         if isinstance(dtype, str):
             dtype = {"float64": torch.float64, "float32": torch.float32}.get(dtype)
             if dtype is None:
                 raise ConstructionError("dtype must be 'float64' or 'float32'")
-        if dtype is not None and dtype not in (torch.float64, torch.float32):
-            raise ConstructionError(f"dtype must be torch.float64 or torch.float32, got {dtype}")
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype in (torch.float64, torch.float32)):
+            raise ConstructionError(f"dtype must be torch.float64 or torch.float32 (or 'float64', 'float32'), got "
+                                    f"{dtype!r}")
         new = copy.copy(self)
         new.model = copy.deepcopy(self.model).to(dtype=dtype, device=device)
         return new
 
-    def save(self, path):
-        """Write this construction to a safetensors file (:func:`constructions.io.save`)."""
+    def save(self, path, overwrite: bool = False):
+        """Write this construction to a safetensors file (:func:`constructions.io.save`: atomic;
+        an existing file only with ``overwrite=True``)."""
         from .io import save
 
-        return save(self, path)
+        return save(self, path, overwrite=overwrite)
 
     # -- resources ---------------------------------------------------------
     @property
@@ -173,6 +226,9 @@ class Construction:
         ``h_i QK h_j^T``) and ``OV = W_V W_O`` (a key's contribution ``h_j OV``), as slot
         blocks (:meth:`ResidualLayout.view`).  Only these products matter
         (von Oswald's rescaling symmetry)."""
+        L = len(self.blocks)
+        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not -L <= layer < L:
+            raise ConstructionError(f"layer must be an integer in [0, {L}) ({self.name} has {L} blocks), got {layer!r}")
         attn = self.blocks[layer].attn
         if attn is None:
             return []
@@ -206,15 +262,40 @@ class Construction:
             raise ConstructionError(f"need at least one batch item, context example and query (B={B}, n={n}, m={Xq.shape[1]})")
         if self.split is not None:
             self.split(n)  # raises ConstructionError if n does not fit the construction's split
+        self._check_work(B, n, Xq.shape[1])
         dev = self.device
         X, y, Xq = (t.to(device=dev, dtype=self.dtype) for t in (X, y, Xq))
         for name, t in (("X", X), ("y", y), ("Xq", Xq)):
             if not torch.isfinite(t).all():
                 raise ConstructionError(f"{name} contains NaN or inf (or overflows {self.dtype}); clean the prompt first")
-        if check and self.domain is not None:
+        if check:
             args = (X.to(torch.float64), y.to(torch.float64), Xq.to(torch.float64))
-            self.domain(*args, dtype=self.dtype) if parts.takes_dtype(self.domain) else self.domain(*args)
+            parts.scale_check(*args, dtype=self.dtype)
+            if self.domain is not None:
+                self.domain(*args, dtype=self.dtype) if parts.takes_dtype(self.domain) else self.domain(*args)
         return Prepared(X, y, Xq, batched, np_x)
+
+    def _check_work(self, B: int, n: int, m: int, streams: int = 1) -> None:
+        """Refuse, before anything is allocated, a prompt whose largest tensor (``streams`` residual
+        streams of the batch, or a scores-first block's ``[heads, T, S]`` scores per prompt)
+        exceeds the element limit (:func:`constructions.parts.size_limit`)."""
+        S = self.n_keys(n)
+        T = S + m
+        heads = max((b.attn.heads for b in self.blocks if b.attn is not None), default=0)
+        biggest = max(streams * B * T * self.layout.width, B * heads * T * S)
+        limit = parts.limits()[1]
+        if biggest > limit:
+            raise ConstructionError(
+                f"a batch of {B} prompt(s) with {n} examples and {m} queries needs a tensor of {biggest:.3g} elements "
+                f"in {self.name} (width {self.layout.width}, {heads} head(s)), beyond the limit {limit:.3g} "
+                "(docs/reliability.md); split the batch, or raise the limit with "
+                "constructions.parts.size_limit(max_elements=N)")
+
+    def _finite(self, h: torch.Tensor, p: Prepared, check: bool) -> torch.Tensor:
+        """``h`` if every entry is finite (or ``check=False``), else the overflow error."""
+        if check and not bool(torch.isfinite(h).all()):
+            raise _overflow(self.name, self.dtype, p)
+        return h
 
     def embed(self, p: Prepared) -> torch.Tensor:
         """The residual stream ``[B, n+m, D]`` of a prepared prompt, filled slot by slot."""
@@ -278,15 +359,17 @@ class Construction:
         p = self.prepare(X, y, Xq, check)
         n = p.X.shape[1]
         with torch.no_grad():
-            h = self.model(self.embed(p), self.n_keys(n), norm=n, hooks=hooks, cache=cache, heads=heads)
+            h = self._finite(self.model(self.embed(p), self.n_keys(n), norm=n, hooks=hooks, cache=cache, heads=heads), p,
+                           check)
         return self._out(self.read(h, self.n_keys(n)), p)
 
     def residuals(self, X, y, Xq, check: bool = True):
         """All residual streams ``[L+1, B, T, D]`` (input first; T includes any extra tokens)."""
         p = self.prepare(X, y, Xq, check)
         n = p.X.shape[1]
+        self._check_work(p.X.shape[0], n, p.Xq.shape[1], streams=self.model.n_layers + 1)
         with torch.no_grad():
-            hs = self.model.residuals(self.embed(p), self.n_keys(n), norm=n)
+            hs = self._finite(self.model.residuals(self.embed(p), self.n_keys(n), norm=n), p, check)
         if not p.batched:
             hs = hs[:, 0]
         return hs.cpu().numpy() if p.as_numpy else hs
@@ -303,7 +386,7 @@ class Construction:
         p = self.prepare(X, y, Xq, check)
         n = p.X.shape[1]
         with torch.no_grad():
-            h = self.model(self.embed(p), self.n_keys(n), norm=n)
+            h = self._finite(self.model(self.embed(p), self.n_keys(n), norm=n), p, check)
         return self._out(self.read(h, self.n_keys(n)), p)
 
     def trace(self, X, y, Xq, check: bool = True):
@@ -311,12 +394,14 @@ class Construction:
         p = self.prepare(X, y, Xq, check)
         n = p.X.shape[1]
         nk = self.n_keys(n)
+        self._check_work(p.X.shape[0], n, p.Xq.shape[1], streams=self.steps + 1)
         with torch.no_grad():
             hs = self.model.residuals(self.embed(p), nk, stop=self.n_step_blocks, norm=n)
             hs = hs[self.step_blocks :: self.step_blocks]  # after each step: [S, B, T, D]
             if self.n_readout:
                 S, B, T, D = hs.shape
                 hs = self.model(hs.reshape(S * B, T, D), nk, start=self.n_step_blocks, norm=n).reshape(S, B, T, D)
+            self._finite(hs, p, check)
         return self._out(self.read(hs, nk), p)
 
     __call__ = predict

@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from . import parts
 from .errors import ConstructionError
 from .spec import attention_pattern
 
@@ -37,6 +38,10 @@ def _tl():
 
 
 def _check(c) -> str:
+    from .construction import Construction
+
+    if not isinstance(c, Construction):
+        raise ConstructionError(f"expected a Construction (e.g. constructions.gd(...)), got {type(c).__name__}")
     acts = {b.mlp.act for b in c.blocks if b.mlp is not None}
     if len(acts) > 1:
         raise ConstructionError(f"{c.name}: TransformerLens needs one MLP activation, the blocks use {sorted(acts)}")
@@ -50,8 +55,9 @@ def _check(c) -> str:
 
 def to_transformer_lens(c, n_ctx: int = 1024):
     """A float64 ``HookedTransformer`` carrying construction ``c``'s weights (module docstring)."""
-    _, HookedTransformer, HookedTransformerConfig = _tl()
     act = _check(c)
+    n_ctx = parts.positive_int(n_ctx, "n_ctx")
+    _, HookedTransformer, HookedTransformerConfig = _tl()
     attn = [b.attn for b in c.blocks if b.attn is not None]
     H = max((a.heads for a in attn), default=1)
     E = max((a.W_Q.shape[2] for a in attn), default=1)
@@ -119,4 +125,7 @@ def predict(model, c, X, y, Xq, check: bool = True) -> np.ndarray:
     with torch.no_grad():
         out = model.run_with_hooks(h, start_at_layer=0, stop_at_layer=len(c.blocks),
                                    fwd_hooks=pattern_hooks(c, c.n_keys(n), n))
-    return c.read(out, c.n_keys(n)).numpy()
+    got = c.read(out, c.n_keys(n)).numpy()
+    if check and not np.isfinite(got).all():
+        raise ConstructionError(f"the exported {c.name} model's forward pass overflowed; rescale the prompt")
+    return got

@@ -14,6 +14,9 @@ and a tampered, truncated or mismatched file is rejected with a
 from __future__ import annotations
 
 import json
+import os
+import stat
+import tempfile
 from pathlib import Path
 
 import torch
@@ -34,67 +37,119 @@ def _rebuild(name: str, params: dict, dtype: str):
     return c.to(dtype.replace("torch.", "")) if dtype != "torch.float64" else c
 
 
-def save(c, path) -> Path:
-    """Write construction ``c`` to ``path`` (safetensors).  Refuses a construction whose
-    weights were changed after its factory built it (it could not be rebuilt on load)."""
+def _path(path, what: str) -> Path:
+    if not isinstance(path, (str, os.PathLike)) or isinstance(path, bytes):
+        raise ConstructionError(f"{what} needs a file path (a str or os.PathLike), got {type(path).__name__}")
+    p = Path(path)
+    if not str(p).strip() or p.name in ("", ".", ".."):
+        raise ConstructionError(f"{what}: {str(path)!r} is not a file name")
+    return p
+
+
+def _bytes_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Same dtype, shape and bytes (``torch.equal`` would accept -0.0 for 0.0)."""
+    return a.dtype == b.dtype and a.shape == b.shape and a.contiguous().view(torch.uint8).numpy().tobytes() == \
+        b.contiguous().view(torch.uint8).numpy().tobytes()
+
+
+def save(c, path, overwrite: bool = False) -> Path:
+    """Write construction ``c`` to ``path`` (safetensors) and return the path.
+
+    The file is written to a temporary file in the same folder and renamed into place, so a
+    failed save leaves no partial file and an existing file is replaced whole or not at all.
+    An existing file is refused unless ``overwrite=True``; a target that is not a regular file
+    (a folder, a FIFO, a device, a symbolic link) is always refused.  Refuses a construction
+    whose weights were changed after its factory built it (it could not be rebuilt on load)."""
     from safetensors.torch import save_file
 
     from . import __version__, registry
 
+    path = _path(path, "save")
+    if not isinstance(overwrite, bool):
+        raise ConstructionError(f"overwrite must be True or False, got {overwrite!r}")
+    if os.path.lexists(path):
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "a folder" if stat.S_ISDIR(st.st_mode) \
+                else "not a regular file"
+            raise ConstructionError(f"save: {path} exists and is {kind}; save to a new regular file's path")
+        if not overwrite:
+            raise ConstructionError(f"save: {path} exists; pass overwrite=True to replace it, or choose another path")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise ConstructionError(f"save: the folder {folder} does not exist; create it first")
     try:
-        params = json.dumps(c.params)
-    except TypeError as e:
+        params = json.dumps(c.params, allow_nan=False)
+    except (TypeError, ValueError) as e:
         raise ConstructionError(f"the parameters of {c.name} are not JSON-serialisable: {e}") from None
     again = _rebuild(c.name, c.params, str(c.dtype))
     mine, rebuilt = _state(c), _state(again)
-    if mine.keys() != rebuilt.keys() or any(not torch.equal(mine[k], rebuilt[k]) for k in mine) \
+    if mine.keys() != rebuilt.keys() or any(not _bytes_equal(mine[k], rebuilt[k]) for k in mine) \
             or c.mask_query != again.mask_query or c.model.mask_query != again.model.mask_query:
         raise ConstructionError(f"this {c.name} construction differs from what its factory builds from its params "
                                 "(weights or masking changed after building), so it cannot be saved reproducibly")
     meta = dict(format=FORMAT, version=__version__, name=c.name, module=registry.entry(c.name).module, params=params,
                 dtype=str(c.dtype), layout=json.dumps(c.layout.describe()))
-    path = Path(path)
-    save_file(mine, str(path), metadata=meta)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        save_file(mine, tmp, metadata=meta)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise ConstructionError(f"save: could not write {path}: {e.strerror or e}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     return path
 
 
-def load(path):
+def load(path, max_params: int | None = None):
     """Read a file written by :func:`save`: rebuild the construction from its metadata and
-    check that every stored tensor equals the rebuilt one bit for bit."""
+    check that every stored tensor equals the rebuilt one bit for bit (bytes, so ``-0.0`` is
+    not ``0.0``).  The metadata is checked, and the sizes it asks for are held to the size
+    limits (:func:`constructions.parts.size_limit`; ``max_params`` raises the parameter limit
+    for this file), before any tensor is read or any weight is built."""
     from safetensors import SafetensorError
     from safetensors.torch import safe_open
 
-    from . import __version__
+    from . import __version__, parts
 
-    path = Path(path)
-    if not path.is_file():
+    path = _path(path, "load")
+    if not path.exists():
         raise ConstructionError(f"no such file: {path}")
+    if not path.is_file():
+        raise ConstructionError(f"{path} is not a regular file")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            stored = {k: f.get_tensor(k) for k in f.keys()}
+            if meta.get("format") != FORMAT:
+                raise ConstructionError(f"{path} is not an icl-constructions file (format {meta.get('format')!r}, "
+                                        f"expected {FORMAT!r})")
+            try:
+                name, params, dtype = meta["name"], json.loads(meta["params"]), meta["dtype"]
+            except (KeyError, ValueError, RecursionError) as e:
+                raise ConstructionError(f"{path} has broken metadata ({type(e).__name__}: {e})") from None
+            if not isinstance(params, dict) or dtype not in ("torch.float64", "torch.float32"):
+                raise ConstructionError(f"{path} has broken metadata: params must be a JSON object and dtype "
+                                        f"torch.float64 or torch.float32, got {type(params).__name__} and {dtype!r}")
+            from . import registry
+
+            if name not in registry.names():
+                raise ConstructionError(f"{path} holds a {name!r} construction, which is not registered here; import "
+                                        f"the module that registers it first ({meta.get('module', 'unknown')!r}, "
+                                        "e.g. icl-verify --import MODULE)")
+            with parts.size_limit(max_params=max_params):
+                c = _rebuild(name, params, dtype)
+            rebuilt = _state(c)
+            if set(f.keys()) != rebuilt.keys():
+                raise ConstructionError(f"{path}: stored tensors {sorted(set(f.keys()) ^ set(rebuilt))[:4]} do not "
+                                        f"match the {name} construction's parameters")
+            bad = [k for k in sorted(rebuilt) if not _bytes_equal(f.get_tensor(k), rebuilt[k])]
+    except ConstructionError:
+        raise
     except (SafetensorError, OSError, ValueError) as e:
         raise ConstructionError(f"{path} is not a readable safetensors file ({e}); it may be truncated or "
                                 "tampered with") from None
-    if meta.get("format") != FORMAT:
-        raise ConstructionError(f"{path} is not an icl-constructions file (format {meta.get('format')!r}, "
-                                f"expected {FORMAT!r})")
-    try:
-        name, params, dtype = meta["name"], json.loads(meta["params"]), meta["dtype"]
-    except (KeyError, json.JSONDecodeError) as e:
-        raise ConstructionError(f"{path} has broken metadata ({e})") from None
-    from . import registry
-
-    if name not in registry.names():
-        raise ConstructionError(f"{path} holds a {name!r} construction, which is not registered here; import the "
-                                f"module that registers it first ({meta.get('module', 'unknown')!r}, e.g. "
-                                "icl-verify --import MODULE)")
-    c = _rebuild(name, params, dtype)
-    rebuilt = _state(c)
-    if stored.keys() != rebuilt.keys():
-        raise ConstructionError(f"{path}: stored tensors {sorted(set(stored) ^ set(rebuilt))[:4]} do not match "
-                                f"the {name} construction's parameters")
-    bad = [k for k in rebuilt if stored[k].dtype != rebuilt[k].dtype or not torch.equal(stored[k], rebuilt[k])]
     if bad:
         raise ConstructionError(
             f"{path}: {len(bad)} stored tensor(s) (first: {bad[0]}) differ from what {name}({params}) builds "

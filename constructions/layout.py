@@ -112,6 +112,8 @@ class ResidualLayout:
 
     def __getitem__(self, name: str) -> Slot:
         try:
+            if not isinstance(name, str):
+                raise KeyError(name)
             return self._by_name[name]
         except KeyError:
             raise ConstructionError(

@@ -91,6 +91,7 @@ def gd(d: int, steps: int, lr: float, lam: float = 0.0) -> Construction:
     """
     d, steps = parts.positive_int(d, "d"), parts.positive_int(steps, "steps")
     lr, lam = parts.real(lr, "lr"), parts.real(lam, "lam", strict=False)
+    parts.budget("gd", layers=steps, width=d + 3, heads=2, d_head=d)
     lay = _layout(d, ridge=lam > 0)
     heads = [parts.gd_head(lay, lr * np.eye(d))]
     if lam > 0:
@@ -121,6 +122,7 @@ def gd_plus_plus(d: int, steps: int, lr: float, gamma: float) -> Construction:
     """
     d, steps = parts.positive_int(d, "d"), parts.positive_int(steps, "steps")
     lr, gamma = parts.real(lr, "lr"), parts.real(gamma, "gamma", strict=False)
+    parts.budget("gd_plus_plus", layers=steps, width=d + 1)
     lay = _layout(d, ridge=False)
     blocks = [parts.block("linear", [gd_plus_plus_head(lay, lr, gamma)]) for _ in range(steps)]
     domain = parts.all_checks(parts.step_check(lr), parts.step_check(gamma, name="gamma"))
@@ -147,13 +149,12 @@ def preconditioned_gd(d: int, steps: int, precond) -> Construction:
     **Domain.**  Spectral radius of ``I - P_t X^T X/n`` at most 1 for every layer.
     """
     d, steps = parts.positive_int(d, "d"), parts.positive_int(steps, "steps")
-    Ps = np.array(precond, dtype=np.float64)
+    parts.budget("preconditioned_gd", layers=steps, width=d + 1, d_head=d)
+    Ps = parts.real_array(precond, "precond")
     if Ps.shape == (d, d):
         Ps = np.broadcast_to(Ps, (steps, d, d)).copy()
     if Ps.shape != (steps, d, d):
         raise ConstructionError(f"precond must have shape ({d}, {d}) or ({steps}, {d}, {d}), got {Ps.shape}")
-    if not np.isfinite(Ps).all():
-        raise ConstructionError("precond contains NaN or inf")
     lay = _layout(d, ridge=False)
     blocks = [parts.block("linear", [parts.gd_head(lay, P)]) for P in Ps]
     return Construction("preconditioned_gd", dict(d=d, steps=steps, precond=Ps.tolist()), blocks, lay, d,

@@ -73,6 +73,7 @@ def heavy_ball(d: int, steps: int, lr: float, beta: float) -> Construction:
     lr, beta = parts.real(lr, "lr"), parts.real(beta, "beta", strict=False)
     if beta >= 1:
         raise ConstructionError(f"beta must be in [0, 1) (the heavy ball diverges from beta = 1 on), got {beta!r}")
+    parts.budget("heavy_ball", layers=steps, width=d + 3, heads=2, d_head=d)
     lay = parts.lsa_layout(d, ("p", 1, "y"), ("one", 1, "one"))
     heads = [parts.gd_head(lay, lr * np.eye(d)), momentum_head(lay, beta)]
     blocks = [parts.block("linear", heads) for _ in range(steps)]

@@ -11,7 +11,9 @@ token row-vectors times weights); :func:`block` stacks heads into a
 :class:`~constructions.spec.BlockSpec`.  Slot reads and writes are ``{slot: [size, e]}`` and
 ``{slot: [e, size]}`` blocks (:meth:`ResidualLayout.read` / :meth:`~ResidualLayout.write`).
 
-* **Parameter validators**: :func:`positive_int`, :func:`real`.
+* **Parameter validators**: :func:`positive_int`, :func:`real`, :func:`real_array`, :func:`device`.
+* **Size limits**: :func:`budget` (called by a factory before it allocates), :func:`size_limit`,
+  :func:`limits`.
 * **Layouts**: :func:`lsa_layout` (von Oswald's token ``(x, y)``, readout ``-y``).
 * **Linear-attention heads**: :func:`gd_head` (a (preconditioned) GD step on the residuals
   in ``y``), :func:`product_head` (a token's own linear form times the mean of a value over
@@ -33,8 +35,11 @@ violated condition, the prompt of the batch and the fix.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import inspect
 import math
+import numbers
 
 import numpy as np
 import torch
@@ -50,22 +55,134 @@ NORM_SLACK = 1e-6
 
 
 # -- parameter validators ------------------------------------------------------------------------
+def _number(v, name: str, kinds: str, what: str | None = None):
+    """``v`` as a Python number if it is a real scalar of numpy kind in ``kinds`` (``"iu"`` integers,
+    ``"iuf"`` reals): a Python int/float, a numpy scalar or 0-d array, or a 0-d torch tensor.
+    Bools, strings, bytes, complex numbers, arrays of more than one entry and the rest are
+    refused (a string is never read as a number)."""
+    what = what or ("an integer" if kinds == "iu" else "a real number")
+    if isinstance(v, torch.Tensor):
+        if v.ndim != 0 or v.layout != torch.strided or v.device.type == "meta" or v.is_complex() \
+                or v.dtype == torch.bool or (kinds == "iu" and v.is_floating_point()):
+            raise ConstructionError(f"{name} must be {what}, got a tensor of shape {tuple(v.shape)} and dtype {v.dtype}")
+        v = v.item()
+    elif isinstance(v, (np.ndarray, np.generic)):
+        if np.ndim(v) != 0 or np.asarray(v).dtype.kind not in kinds:
+            raise ConstructionError(f"{name} must be {what}, got a numpy value of shape {np.shape(v)} and dtype "
+                                    f"{np.asarray(v).dtype}")
+        v = np.asarray(v).item()
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or (kinds == "iu" and not isinstance(v, numbers.Integral)):
+        raise ConstructionError(f"{name} must be {what}, got {v!r} ({type(v).__name__})")
+    return v
+
+
 def positive_int(v, name: str) -> int:
-    """``v`` as an int >= 1 (bools and floats refused), else :class:`ConstructionError`."""
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+    """``v`` as an int >= 1 (a Python, numpy or 0-d torch integer; bools, floats and strings
+    refused), else :class:`ConstructionError`.  Sizes are bounded by :func:`budget`."""
+    i = int(_number(v, name, "iu", "a positive integer"))
+    if i < 1:
         raise ConstructionError(f"{name} must be a positive integer, got {v!r}")
-    return int(v)
+    return i
 
 
 def real(v, name: str, low: float = 0.0, strict: bool = True) -> float:
-    """``v`` as a finite float ``> low`` (``>= low`` with ``strict=False``)."""
+    """``v`` as a finite float ``> low`` (``>= low`` with ``strict=False``): a Python, numpy or
+    0-d torch real number (bools, strings, bytes and complex numbers refused)."""
     try:
-        f = float(v)
-    except (TypeError, ValueError):
-        raise ConstructionError(f"{name} must be a real number, got {v!r}") from None
-    if not np.isfinite(f) or (f <= low if strict else f < low):
+        f = float(_number(v, name, "iuf"))
+    except OverflowError:  # an int beyond float range
+        f = math.inf
+    if not math.isfinite(f) or (f <= low if strict else f < low):
         raise ConstructionError(f"{name} must be finite and {'>' if strict else '>='} {low}, got {v!r}")
     return f
+
+
+def real_array(v, name: str, shape: tuple | None = None) -> np.ndarray:
+    """``v`` as a finite float64 numpy array (of ``shape`` if given): numpy arrays, nested lists
+    and torch tensors of real numbers.  Complex, bool, string, object and masked arrays are
+    refused (a mask would be ignored), as are NaN and inf."""
+    if isinstance(v, np.ma.MaskedArray):
+        raise ConstructionError(f"{name} is a masked array; fill the masked entries first (a.filled(value))")
+    if isinstance(v, torch.Tensor):
+        if v.layout != torch.strided or v.device.type == "meta":
+            raise ConstructionError(f"{name} must be a dense tensor with data, got layout {v.layout} on {v.device}")
+        v = v.detach().cpu().resolve_conj().resolve_neg()
+        v = (v.to(torch.float64) if v.is_floating_point() else v).numpy()  # numpy has no bfloat16
+    try:
+        a = np.array(v, copy=True)
+    except (TypeError, ValueError) as e:
+        raise ConstructionError(f"{name} could not be read as an array of real numbers: {e}") from None
+    if a.dtype.kind not in "iuf":
+        raise ConstructionError(f"{name} must hold real numbers, got dtype {a.dtype}")
+    a = a.astype(np.float64)
+    if shape is not None and a.shape != tuple(shape):
+        raise ConstructionError(f"{name} must have shape {tuple(shape)}, got {a.shape}")
+    if not np.isfinite(a).all():
+        raise ConstructionError(f"{name} must be finite (it holds NaN or inf)")
+    return a
+
+
+def device(device) -> torch.device:
+    """``device`` as a torch device that exists here, else :class:`ConstructionError`."""
+    if not isinstance(device, (str, torch.device)):
+        raise ConstructionError(f"device must be a string such as 'cpu' or 'cuda', or a torch.device; got {device!r}")
+    try:
+        dev = torch.device(device)
+        torch.empty(0, device=dev)
+    except (RuntimeError, AssertionError, ValueError, TypeError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:80]
+        raise ConstructionError(f"device {str(device)!r} is not usable here ({first}); use 'cpu', or 'cuda' on a "
+                                "machine with a GPU") from None
+    if dev.type == "meta":
+        raise ConstructionError("device 'meta' holds no data; use 'cpu' or 'cuda'")
+    return dev
+
+
+# -- size limits ------------------------------------------------------------------------------------
+#: the default limits: parameters of one construction (:func:`budget`, checked by the factories
+#: before they allocate, and by ``Construction`` on what was built) and elements of the largest
+#: tensor one forward pass forms (``Construction.prepare``: the stream of the whole batch, or one
+#: prompt's scores of a scores-first attention block).  2**26 float64 numbers are 512 MiB.
+MAX_PARAMS = 2**26
+MAX_ELEMENTS = 2**28
+_LIMITS = contextvars.ContextVar("icl_size_limits", default=(MAX_PARAMS, MAX_ELEMENTS))
+
+
+def limits() -> tuple[int, int]:
+    """The size limits in force: ``(max_params, max_elements)``."""
+    return _LIMITS.get()
+
+
+@contextlib.contextmanager
+def size_limit(max_params: int | None = None, max_elements: int | None = None):
+    """Raise (or lower) the size limits inside a ``with`` block::
+
+        with constructions.parts.size_limit(max_params=10**9):
+            c = constructions.gd(d=2000, steps=100, lr=0.1)
+    """
+    old = _LIMITS.get()
+    new = (old[0] if max_params is None else positive_int(max_params, "max_params"),
+           old[1] if max_elements is None else positive_int(max_elements, "max_elements"))
+    token = _LIMITS.set(new)
+    try:
+        yield new
+    finally:
+        _LIMITS.reset(token)
+
+
+def budget(name: str, *, layers: int, width: int, heads: int = 1, d_head: int | None = None, mlp: int = 0,
+           extra: int = 0) -> None:
+    """Refuse, before anything is allocated, a construction whose parameter count (``layers``
+    blocks of ``heads`` heads of width ``d_head`` (default: ``width``) and MLPs of ``mlp`` units
+    on a stream of ``width``, plus ``extra``) exceeds the limit in force (:func:`size_limit`)."""
+    e = width if d_head is None else d_head
+    count = layers * (heads * 4 * width * e + 2 * width * mlp + mlp + width) + extra
+    limit = limits()[0]
+    if count > limit:
+        raise ConstructionError(
+            f"{name}: about {count:.3g} parameters ({layers} layers, width {width}, {heads} head(s), {mlp} MLP "
+            f"units) exceed the size limit {limit:.3g} (docs/reliability.md); use smaller sizes, or raise the limit "
+            "with constructions.parts.size_limit(max_params=N)")
 
 
 # -- layouts ---------------------------------------------------------------------------------------
@@ -210,8 +327,14 @@ def block(kind: str, heads: list[dict], mlp: MLPSpec | None = None, **options) -
 
 # -- domain checks -----------------------------------------------------------------------------------
 def covariance(X: torch.Tensor) -> torch.Tensor:
-    """``X^T X / n`` per prompt ``[B, d, d]``."""
-    return X.transpose(1, 2) @ X / X.shape[1]
+    """``X^T X / n`` per prompt ``[B, d, d]``; refuses a prompt whose covariance overflows (an
+    eigenvalue solver handed inf or NaN may crash the process)."""
+    A = X.transpose(1, 2) @ X / X.shape[1]
+    if not torch.isfinite(A).all():
+        b = int((~torch.isfinite(A)).flatten(1).any(1).nonzero()[0])
+        raise ConstructionError(f"prompt {b}: X^T X/n overflows {str(A.dtype).replace('torch.', '')} (max |x| = "
+                                f"{float(X[b].abs().max()):.3g}); rescale X (and y) towards unit scale")
+    return A
 
 
 def lambda_max(X: torch.Tensor) -> torch.Tensor:
@@ -245,7 +368,11 @@ def precond_check(Ps: np.ndarray):
         A = covariance(X)
         I = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
         for t, P in enumerate(Ps):
-            rho = torch.linalg.eigvals(I - torch.from_numpy(P).to(A) @ A).abs().max(-1).values
+            M = I - torch.from_numpy(P).to(A) @ A
+            if not torch.isfinite(M).all():
+                raise ConstructionError(f"P A overflows float64 at layer {t} (the preconditioner times X^T X/n); "
+                                        "rescale X or the preconditioner P")
+            rho = torch.linalg.eigvals(M).abs().max(-1).values
             for b, v in enumerate(rho.tolist()):
                 if v > 1 + STABILITY_SLACK:
                     raise stability_error(f"spectral radius of I - P A (layer {t})", v, 1.0, b,
@@ -312,14 +439,24 @@ def all_checks(*checks):
     return check
 
 
+#: the degree of the products of prompt magnitudes every construction may form (a GD layer's
+#: ``x^T P x y``): :func:`scale_check` keeps their size a normal number
+SCALE_POWER = 3
+
+
+def scale_range(dtype=torch.float64, power: int = SCALE_POWER) -> tuple[float, float]:
+    """``[lo, hi]`` with ``lo^power = tiny/eps`` and ``hi^power = eps * max`` of ``dtype``."""
+    fi = torch.finfo(dtype)
+    return (fi.tiny / fi.eps) ** (1 / power), (fi.max * fi.eps) ** (1 / power)
+
+
 def magnitude_check(power: int, what: str):
     """The products of ``power`` input magnitudes the construction forms (``what``) stay normal
     numbers of the run dtype with ``1/eps`` to spare on both sides: ``tiny/eps <= s^power <=
     eps * max`` for ``s = max_i |x_i|`` of every prompt (context and queries).  Below, the terms
     that matter at relative precision eps are subnormal or zero (underflow); above, they overflow."""
     def check(X, y, Xq, dtype=torch.float64):
-        fi = torch.finfo(dtype)
-        lo, hi = (fi.tiny / fi.eps) ** (1 / power), (fi.max * fi.eps) ** (1 / power)
+        lo, hi = scale_range(dtype, power)
         s = torch.cat([X, Xq], 1).norm(dim=-1).amax(-1)
         for b, v in enumerate(s.tolist()):
             if not lo <= v <= hi:
@@ -332,10 +469,33 @@ def magnitude_check(power: int, what: str):
     return check
 
 
+def scale_check(X, y, Xq, dtype=torch.float64) -> None:
+    """The check every construction runs (``Construction.prepare``): each prompt's largest input
+    norm ``max_i |x_i|`` and largest label ``max_i |y_i|``, unless exactly 0, lie in
+    :func:`scale_range`, so that products of three of them (the size of every term a GD-type
+    layer forms) neither overflow nor lose precision to subnormals (float64 about [4.6e-98,
+    3.4e97], float32 [4.6e-11, 3.4e10])."""
+    lo, hi = scale_range(dtype)
+    with torch.no_grad():
+        sx = torch.cat([X, Xq], 1).norm(dim=-1).amax(-1)  # inf where the norm itself overflows
+        sy = y.abs().amax(-1)
+    for what, s in (("max |x_i|", sx), ("max |y_i|", sy)):
+        for b, v in enumerate(s.tolist()):
+            if v != 0 and not lo <= v <= hi:
+                side = "underflow to subnormals" if v < lo else "overflow"
+                raise ConstructionError(
+                    f"prompt {b}: {what} = {v:.3g} is outside [{lo:.3g}, {hi:.3g}], where the layers' products (size "
+                    f"|x|^2 |y|) would {side} in {str(dtype).replace('torch.', '')}; rescale the prompt into that "
+                    "range (or pass check=False)")
+
+
 # -- iteration counts and splits ---------------------------------------------------------------------
 def squaring_iters(q: float, eps: float = 2.0**-53) -> int:
     """Smallest k >= 1 with ``q^(2^k) <= eps``: the iterations an error-squaring scheme (Newton
     for a reciprocal or an inverse) needs from a start with error factor ``q in [0, 1)``."""
+    if not 0 <= q < 1:
+        raise ConstructionError(f"the iteration's error factor q = {q!r} is not below 1 in float64, so it would never "
+                                "converge: the regulariser is too small against x_bound^2 (raise lam, or lower x_bound)")
     return max(1, math.ceil(math.log2(math.log(eps) / math.log(q)))) if q > 0 else 1
 
 

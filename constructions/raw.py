@@ -55,6 +55,20 @@ class RawConfig:
     mul_scale: float = 1e-3  # s: mul's GeLU input scale
     ln_pad: float = 1e4  # M: div's LayerNorm padding
 
+    @classmethod
+    def of(cls, config) -> "RawConfig":
+        """A validated config from a ``RawConfig`` or a dict of its fields (e.g. saved params):
+        every knob a finite positive real number."""
+        if isinstance(config, cls):
+            config = dict(config.__dict__)
+        if not isinstance(config, dict):
+            raise ConstructionError(f"config must be a RawConfig or a dict of its fields, got {type(config).__name__}")
+        unknown = set(config) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ConstructionError(f"config has unknown field(s) {sorted(map(str, unknown))}; "
+                                    f"known: {sorted(cls.__dataclass_fields__)}")
+        return cls(**{k: parts.real(v, f"config.{k}") for k, v in config.items()})
+
 
 def _e(size: int, i: int) -> np.ndarray:
     return np.eye(size)[i]
@@ -186,34 +200,68 @@ def raw_gd(d: int, w0, lr: float, lam: float = 0.0, config: RawConfig | dict = R
     ``akyurek22-thm1``); mov and aff add ``e^{-N/2}`` and ``Phi(-P)`` terms.
 
     **Domain.**  One exemplar (n = 1) and one query; every value an aff passes through
-    must satisfy ``|v| < P`` (``config.passthrough``); in float32 use ``s ~ 1e-3``: the
-    round-off ``eps/s`` dominates below (``docs/akyurek.md``).
+    (:func:`thm1_values`) must satisfy ``|v| <= P/2`` (``config.passthrough``; checked at
+    prediction time by :func:`passthrough_check`: there the pass-through error is at most
+    ``1.5 P Phi(-P/2)``); the knobs of ``config`` are finite positive reals; in float32 use
+    ``s ~ 1e-3``: the round-off ``eps/s`` dominates below (``docs/akyurek.md``).
     """
     d = parts.positive_int(d, "d")
     lr, lam = parts.real(lr, "lr"), parts.real(lam, "lam", strict=False)
-    w0 = np.asarray(w0, dtype=np.float64)
-    if w0.shape != (d,) or not np.isfinite(w0).all():
-        raise ConstructionError(f"w0 must be a finite vector of shape ({d},), got {w0.shape}")
-    cfg = RawConfig(**config) if isinstance(config, dict) else config  # a dict: from saved params
+    parts.budget("raw_gd", layers=9, width=7 * d + 7, mlp=6 * d + 6)
+    w0 = parts.real_array(w0, "w0", (d,))
+    cfg = RawConfig.of(config)
     lay = ResidualLayout.of([("x", d, "x"), ("y", 1, "y"), ("pos", 3, "zero"), ("x1", d, "zero"), ("p", 1, "zero"),
                              ("e", 1, "zero"), ("g", d, "zero"), ("w", d, "zero"), ("r", d, "zero"),
                              ("wn", d, "zero"), ("wq", d, "zero"), ("out", 1, "zero")], Readout("out"))
     I = np.eye(d)
-    blocks = [
-        mov(lay, "x", "x1", 0, 1, cfg),
-        aff(lay, {"x1": w0[:, None]}, 0.0, "p", cfg),
-        aff(lay, {"p": [[1.0]], "y": [[-1.0]]}, 0.0, "e", cfg),
-        mul(lay, "x1", "e", "g", d, 1, 1, cfg),
-        aff(lay, {}, w0, "w", cfg),
-        aff(lay, {"g": I, "w": lam * I}, 0.0, "r", cfg),
-        aff(lay, {"w": I, "r": -2 * lr * I}, 0.0, "wn", cfg),
-        mov(lay, "wn", "wq", 1, 2, cfg),
-        mul(lay, "wq", "x", "out", 1, d, 1, cfg),
-    ]
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow here is refused as non-finite weights
+        blocks = [
+            mov(lay, "x", "x1", 0, 1, cfg),
+            aff(lay, {"x1": w0[:, None]}, 0.0, "p", cfg),
+            aff(lay, {"p": [[1.0]], "y": [[-1.0]]}, 0.0, "e", cfg),
+            mul(lay, "x1", "e", "g", d, 1, 1, cfg),
+            aff(lay, {}, w0, "w", cfg),
+            aff(lay, {"g": I, "w": lam * I}, 0.0, "r", cfg),
+            aff(lay, {"w": I, "r": -2 * lr * I}, 0.0, "wn", cfg),
+            mov(lay, "wn", "wq", 1, 2, cfg),
+            mul(lay, "wq", "x", "out", 1, d, 1, cfg),
+        ]
 
     split = parts.fixed_examples(1, "raw_gd", "it takes one exemplar (Akyurek's Thm 1)")
     return InterleavedConstruction("raw_gd", dict(d=d, w0=w0.tolist(), lr=lr, lam=lam, config=dict(cfg.__dict__)),
-                                   blocks, lay, d, mask_query=False, split=split, step_blocks=9)
+                                   blocks, lay, d, mask_query=False, split=split, step_blocks=9,
+                                   domain=passthrough_check(w0, lr, lam, cfg.passthrough))
+
+
+def thm1_values(X, y, w0, lr: float, lam: float) -> dict:
+    """The values raw_gd's aff layers pass through, per prompt (float64 torch): the inputs
+    ``x_1, y_1``, ``p = w0.x_1``, ``e = p - y_1``, ``g = e x_1``, ``w0``, ``r = g + lam w0`` and
+    ``w' = w0 - 2 lr r``; each entry ``{name: [B]}`` is the largest magnitude."""
+    x1, y1 = X[:, 0], y[:, 0]
+    w = torch.as_tensor(w0, dtype=X.dtype, device=X.device)
+    p = x1 @ w
+    e = p - y1
+    g = e[:, None] * x1
+    r = g + lam * w
+    wn = w - 2 * lr * r
+    big = lambda t: t.abs().reshape(t.shape[0], -1).amax(-1)  # noqa: E731
+    return dict(x1=big(x1), y1=y1.abs(), p=p.abs(), e=e.abs(), g=big(g), w0=big(w.expand_as(x1)), r=big(r), wn=big(wn))
+
+
+def passthrough_check(w0, lr: float, lam: float, P: float):
+    """raw_gd's domain: every value an aff layer passes through has ``|v| <= P/2``, where the
+    pass-through error ``(P + |v|) Phi(-(P - |v|))`` is at most ``1.5 P Phi(-P/2)`` (4e-6 at
+    the default P = 10); beyond ``P`` the GeLU no longer passes the value at all."""
+    def check(X, y, Xq):
+        for name, v in thm1_values(X, y, w0, lr, lam).items():
+            b = int(v.argmax())
+            if float(v[b]) > P / 2:
+                raise ConstructionError(
+                    f"prompt {b}: the value {name} = {float(v[b]):.3g} passed through an aff layer exceeds "
+                    f"passthrough/2 = {P / 2:.3g}, where the GeLU pass-through stops being accurate; rescale the "
+                    f"prompt (or w0, lr), or rebuild with config passthrough >= {2 * float(v[b]):.3g}")
+
+    return check
 
 
 # -- claims: each primitive within its predicted error, and Thm 1's O(s^2) term ---------------------------

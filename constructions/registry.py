@@ -212,8 +212,11 @@ def build(name: str, **params):
     e = entry(name)
     try:
         c = e.factory(**params)
-    except TypeError as err:
+    except TypeError as err:  # a missing or unknown keyword
         raise ConstructionError(f"{name}: {err}") from None
+    except ArithmeticError as err:  # a user's factory overflowing on extreme parameters
+        raise ConstructionError(f"{name}({params}): the parameters overflow while the weights are computed ({err}); "
+                                "use parameters of moderate magnitude") from None
     if getattr(c, "name", None) != name:
         raise ConstructionError(f"the factory registered as {name!r} returned a construction named "
                                 f"{getattr(c, 'name', None)!r}: name the Construction after its factory")

@@ -62,12 +62,12 @@ from .registry import Bench, register
 def newton_alpha(lam: float, x_bound: float) -> float:
     """The start ``M_0 = alpha I``, ``alpha = 1/(x_bound^2 + lam)``: inside the convergence region
     for every prompt with ``|x_i| <= x_bound`` (docs/pitfalls.md #8)."""
-    return 1.0 / (x_bound**2 + lam)
+    return 1.0 / (x_bound * x_bound + lam)
 
 
 def newton_rate(lam: float, x_bound: float) -> float:
     """``q = x_bound^2 / (x_bound^2 + lam)``: ``|I - M_k A| <= q^(2^k)``."""
-    return x_bound**2 / (x_bound**2 + lam)
+    return x_bound * x_bound / (x_bound * x_bound + lam)
 
 
 def newton_iters(lam: float, x_bound: float, eps: float = 2.0**-53) -> int:
@@ -119,8 +119,8 @@ def _ridge_tokens(lay: ResidualLayout, lam: float):
 def newton_mask_bound(n: int, lam: float, x_bound: float) -> float:
     """``2 kappa_b max(x_bound^2, sqrt(n lam) x_bound)``: bounds every score the ridge-only
     heads must gate out (``|x_t.x_j|`` and ``|u_t.x_j| <= |Mt| |x_t||x_j|``, ``|Mt| <= kappa_b``)."""
-    kappa_b = (x_bound**2 + lam) / lam
-    return 2 * kappa_b * max(x_bound**2, math.sqrt(n * lam) * x_bound)
+    kappa_b = (x_bound * x_bound + lam) / lam
+    return 2 * kappa_b * max(x_bound * x_bound, math.sqrt(n * lam) * x_bound)
 
 
 def ridge_newton(d: int, lam: float, iters: int | None = None, x_bound: float = 1.0, mask_const: float = 1e15,
@@ -168,6 +168,7 @@ def ridge_newton(d: int, lam: float, iters: int | None = None, x_bound: float = 
     lam, x_bound = parts.real(lam, "lam"), parts.real(x_bound, "x_bound")
     mask_const = parts.real(mask_const, "mask_const")
     iters = newton_iters(lam, x_bound) if iters is None else parts.positive_int(iters, "iters")
+    parts.budget("ridge_newton", layers=iters + 1, width=2 * d + 3, heads=6, d_head=d + 1)
     alpha = newton_alpha(lam, x_bound)
     lay = ResidualLayout.of([("x", d, "x"), ("u", d, "x"), ("y", 1, "y"), ("one", 1, "one"),
                              ("rgate", 1, "minus_one")], Readout("y", 1.0))

@@ -59,7 +59,7 @@ SM_C_MAX = 1e3
 
 def reciprocal_start(lam: float, n: int, x_bound: float) -> float:
     """``C = 1 + x_bound^2/(n lam) >= c = 1 + x.P x`` for every step: the reciprocal's start is 1/C."""
-    return 1.0 + x_bound**2 / (n * lam)
+    return 1.0 + x_bound * x_bound / (n * lam)
 
 
 def reciprocal_iters(C: float, eps: float = 2.0**-53) -> int:
@@ -111,8 +111,10 @@ def ridge_sherman_morrison(d: int, lam: float, n: int, x_bound: float = 1.0, mas
         raise ConstructionError(
             f"lam = {lam:.3g} is too small for x_bound = {x_bound:.3g} at n = {n}: the conditioning C = 1 + "
             f"x_bound^2/(n lam) = {C:.3g} exceeds {SM_C_MAX:.0e}, where RLS in floating point loses about C eps; "
-            f"use lam >= {x_bound**2 / (n * (SM_C_MAX - 1)):.3g} (or ridge_newton)")
+            f"use lam >= {x_bound * x_bound / (n * (SM_C_MAX - 1)):.3g} (or ridge_newton)")
     J = reciprocal_iters(C)
+    parts.budget("ridge_sherman_morrison", layers=n * (2 * J + 4) + 1, width=d * d + n + 3 * d + 6, heads=2 * d + 2,
+                 d_head=d + 1, mlp=4 * d + 12)
     scratch = [("u", d, "zero"), ("v", d, "zero"), ("c", 1, "zero"), ("e", 1, "zero"), ("r", 1, "zero"),
                ("s", 1, "zero")]
     lay = ResidualLayout.of(
@@ -175,13 +177,13 @@ def sm_mask_bound(X, y, lam: float, x_bound: float):
     n = X.shape[1]
     mu = n * lam
     w_bound = (X.norm(dim=-1) ** 2).sum(-1).sqrt() * y.norm(dim=-1) / mu
-    return 2 * (x_bound + x_bound**2 / mu + w_bound * x_bound + y.abs().amax(-1) + 1.0)
+    return 2 * (x_bound + x_bound * x_bound / mu + w_bound * x_bound + y.abs().amax(-1) + 1.0)
 
 
 # -- claims -------------------------------------------------------------------------------------------
 def sm_lam(n: int, x_bound: float, log10_C1: float) -> float:
     """The lam at which ``C - 1 = x_bound^2/(n lam) = 10^log10_C1`` (the claim draws C over the domain)."""
-    return x_bound**2 / (n * 10.0**log10_C1)
+    return x_bound * x_bound / (n * 10.0**log10_C1)
 
 
 def _case(p, k):

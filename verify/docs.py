@@ -90,6 +90,21 @@ def claims_markdown() -> str:
     return "\n".join(lines)
 
 
+def write_between(path: Path, begin: str, end: str, block: str) -> bool:
+    """Replace the text between the marker lines ``begin`` and ``end`` of the file at ``path`` by
+    ``block`` (a measured table a benchmark writes into its docs page); False if the file or a
+    marker is missing."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    text = path.read_text()
+    if begin not in text or end not in text:
+        return False
+    head, rest = text.split(begin, 1)
+    path.write_text(head + begin + "\n" + block + "\n" + end + rest.split(end, 1)[1])
+    return True
+
+
 def readme_with_table(text: str) -> str:
     """``text`` (a README) with its generated block replaced by :func:`constructions_markdown`."""
     if BEGIN not in text or END not in text:
