@@ -21,6 +21,9 @@ attention module has ``W_Q [H, D, E]``, ``kind``, ``causal``; an MLP ``W_in [D, 
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import torch
 
 #: the no-hook pass runs the batch in chunks of about this many bytes of padded stream
@@ -110,6 +113,67 @@ def attention_flops(attn, T: int, S: int) -> int:
 def mlp_flops(mlp, T: int) -> int:
     D, F = mlp.W_in.shape
     return 4 * T * D * F
+
+
+def model_flops(model, n_keys: int, T: int) -> int:
+    """FLOPs of one prompt of T tokens (``n_keys`` of them keys) through every block of ``model``,
+    in the evaluation order the forward pass uses by default."""
+    S = n_keys if model.mask_query else T
+    return sum((attention_flops(b.attn, T, S) if b.attn is not None else 0)
+               + (mlp_flops(b.mlp, T) if b.mlp is not None else 0) for b in model.blocks)
+
+
+# -- intra-op threads ---------------------------------------------------------------------------
+#: a CPU forward pass whose average block call (the whole batch through one block) costs fewer
+#: FLOPs than this runs on one intra-op thread: below it a second thread costs more in
+#: synchronisation than it gains, and far more when another process holds a core
+#: (``python benchmarks/threads.py [--load]``, docs/performance.md)
+THREAD_MIN_FLOPS = 1e7
+#: the thread policy in force: "auto" (the rule above), or None (torch's own setting, untouched)
+_THREADS = contextvars.ContextVar("icl_threads", default="auto")
+
+
+@contextlib.contextmanager
+def threads(policy):
+    """Set the thread policy inside a ``with`` block: ``"auto"`` (the default: small forward
+    passes on one thread, :data:`THREAD_MIN_FLOPS`) or ``None`` (leave ``torch.get_num_threads()``
+    alone, e.g. after ``torch.set_num_threads(n)`` or ``icl-verify --threads n``)."""
+    if policy not in ("auto", None):
+        raise ValueError(f"thread policy must be 'auto' or None, got {policy!r}")
+    token = _THREADS.set(policy)
+    try:
+        yield
+    finally:
+        _THREADS.reset(token)
+
+
+def set_policy(policy) -> None:
+    """Set the thread policy for the rest of the process (see :func:`threads`)."""
+    if policy not in ("auto", None):
+        raise ValueError(f"thread policy must be 'auto' or None, got {policy!r}")
+    _THREADS.set(policy)
+
+
+@contextlib.contextmanager
+def threads_for(model, h: torch.Tensor, n_context: int):
+    """Run a forward pass of ``model`` on ``h [B, T, D]`` with the threads the policy picks."""
+    if _THREADS.get() != "auto" or h.device.type != "cpu" or torch.get_num_threads() == 1 or not model.n_layers:
+        yield
+        return
+    cache = model.__dict__.setdefault("_flops_per_prompt", {})  # the cost model, once per prompt shape
+    key = (n_context, h.shape[1])
+    if key not in cache:
+        cache[key] = model_flops(model, n_context, h.shape[1]) / model.n_layers
+    per_block = h.shape[0] * cache[key]
+    if per_block >= THREAD_MIN_FLOPS:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 # -- the no-hook pass ---------------------------------------------------------------------------

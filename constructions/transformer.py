@@ -216,6 +216,10 @@ class Transformer(nn.Module):
         if h.dtype != w.dtype or h.device != w.device:
             raise ConstructionError(f"residual stream is {h.dtype} on {h.device} but the model is {w.dtype} on "
                                     f"{w.device}: convert the stream, or the model with .to(dtype, device)")
+        with fastpath.threads_for(self, h, n_context):  # small passes on one thread (fastpath.THREAD_MIN_FLOPS)
+            return self._run(h, n_context, cache, hooks, start, stop, norm, heads)
+
+    def _run(self, h, n_context, cache, hooks, start, stop, norm, heads):
         D, Dp = self.width, self.compute_width(h)
         T = h.shape[1]
         S = n_context if self.mask_query else T

@@ -67,10 +67,8 @@ def matmul_peak(dtype, device, size: int = 1024) -> float:
 
 def flops(c, n_keys: int, T: int) -> int:
     """FLOPs of one prompt through every block, in the evaluation order the transformer uses
-    (:mod:`constructions.fastpath`)."""
-    S = T if not c.model.mask_query else n_keys
-    return sum((fastpath.attention_flops(b.attn, T, S) if b.attn is not None else 0)
-               + (fastpath.mlp_flops(b.mlp, T) if b.mlp is not None else 0) for b in c.model.blocks)
+    (:func:`constructions.fastpath.model_flops`)."""
+    return fastpath.model_flops(c.model, n_keys, T)
 
 
 def _case(name: str, d: int, n: int, B: int, dtype, device):

@@ -32,7 +32,7 @@ import time
 
 import torch
 
-from constructions import parts, registry
+from constructions import fastpath, parts, registry
 from constructions.errors import ConstructionError
 
 from .claims import check_claim
@@ -69,6 +69,16 @@ def _prompts(text: str) -> int:
         v = 0
     if not 1 <= v <= MAX_PROMPTS:
         raise argparse.ArgumentTypeError(f"--prompts must be an integer from 1 to {MAX_PROMPTS}, got {text!r}")
+    return v
+
+
+def _threads(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if not 1 <= v <= 1024:
+        raise argparse.ArgumentTypeError(f"--threads must be an integer from 1 to 1024, got {text!r}")
     return v
 
 
@@ -228,6 +238,9 @@ def main(argv=None) -> int:
     common = _Parser(add_help=False)
     common.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                         help="import a module (name or .py path) that registers constructions/claims; repeatable")
+    common.add_argument("--threads", type=_threads, default=None, metavar="N",
+                        help="torch intra-op threads for every forward pass (default: one thread for small "
+                             "passes, torch's count for large ones; docs/performance.md)")
     parser = _Parser(prog="icl-verify", description=__doc__.split("\n\n")[0])
     parser.add_argument("--import", dest="imports_first", action="append", default=[], metavar="MODULE",
                         help="import a module (name or .py path) that registers constructions/claims; repeatable")
@@ -266,6 +279,9 @@ def main(argv=None) -> int:
         args = check.parse_args([])
         args.cmd, args.imports_first = "check", first
     try:
+        if getattr(args, "threads", None):
+            torch.set_num_threads(args.threads)
+            fastpath.set_policy(None)
         for module in args.imports_first + args.imports:
             registry.import_module(module)
         return {"list": cmd_list, "check": cmd_check, "prove": cmd_prove, "bench": cmd_bench,
