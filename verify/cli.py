@@ -51,35 +51,28 @@ def _table(rows: list[list[str]]) -> str:
 MAX_PROMPTS = 10**6
 
 
-def _seed(text: str) -> int:
-    """A seed: an integer in [0, 2^32)."""
+def _int_in(text: str, low: int, high: int, what: str) -> int:
+    """``text`` as an integer in ``[low, high]``, else an argparse usage error naming ``what``."""
     try:
         v = int(text)
     except (TypeError, ValueError):
-        v = -1
-    if not 0 <= v < 2**32:
-        raise argparse.ArgumentTypeError(f"the seed must be an integer in [0, 2^32), got {text!r}")
+        v = low - 1
+    if not low <= v <= high:
+        raise argparse.ArgumentTypeError(f"{what} must be an integer from {low} to {high}, got {text!r}")
     return v
+
+
+def _seed(text: str) -> int:
+    """A seed: an integer in [0, 2^32)."""
+    return _int_in(text, 0, 2**32 - 1, "the seed")
 
 
 def _prompts(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        v = 0
-    if not 1 <= v <= MAX_PROMPTS:
-        raise argparse.ArgumentTypeError(f"--prompts must be an integer from 1 to {MAX_PROMPTS}, got {text!r}")
-    return v
+    return _int_in(text, 1, MAX_PROMPTS, "--prompts")
 
 
 def _threads(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        v = 0
-    if not 1 <= v <= 1024:
-        raise argparse.ArgumentTypeError(f"--threads must be an integer from 1 to 1024, got {text!r}")
-    return v
+    return _int_in(text, 1, 1024, "--threads")
 
 
 def _default_seed() -> int:
