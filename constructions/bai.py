@@ -47,7 +47,7 @@ from . import parts
 from .construction import Construction
 from .errors import ConstructionError
 from .layout import Readout, ResidualLayout
-from .registry import Bench, register
+from .registry import Bench, Paper, Result, register, register_paper
 from .spec import BlockSpec, MLPSpec
 
 
@@ -65,7 +65,7 @@ def score_bound(X: torch.Tensor, y: torch.Tensor, Xq: torch.Tensor, lam: float) 
     n, d = X.shape[1], X.shape[2]
     A = X.transpose(1, 2) @ X / n + lam * torch.eye(d, dtype=X.dtype, device=X.device)
     b = (X.transpose(1, 2) @ y[..., None] / n)[..., 0]
-    w = (torch.linalg.pinv(A) @ b[..., None])[..., 0]
+    w = parts.spd_solve(A, b)
     xmax = torch.cat([X, Xq], 1).norm(dim=-1).max(-1).values
     return torch.clamp(2 * w.norm(dim=-1) * xmax, min=1.0)
 
@@ -657,6 +657,7 @@ def _gd_baseline(prep, c):
 register(
     relu_gd, summary="one GD step with ReLU attention; the iterate sits in every token",
     source="Bai et al. 2023, Prop. C.2, Cor. C.1", exactness="exact",
+    paper_resources='Thm 13: L + 1 layers, M = 2 heads, 2 in the last; D = Θ(d)',
     bench=Bench(lambda d, n: dict(steps=10, lr=0.01), baseline=_gd_baseline),
     claims=[
         Claim("bai23-icgd", "Bai et al. 2023", "Prop. C.2 / Thm 13 (square loss)",
@@ -677,6 +678,7 @@ register(
 register(
     lasso_ista, summary="one ISTA step: attention GD and a soft-threshold ReLU MLP", source="Bai et al. 2023, Thm 10",
     exactness="exact per step; gap O(1/L)",
+    paper_resources='Thm 10 / Prop. C.1: 2 heads, soft threshold in an MLP of hidden size 4d; O(βB_w²/ε) layers',
     bench=Bench(lambda d, n: dict(steps=10, lr=0.01, lam=0.01), baseline=_gd_baseline),
     claims=[
         Claim("bai23-lasso", "Bai et al. 2023", "Thm 10, Prop. C.1 (ISTA, soft-threshold MLP)",
@@ -697,6 +699,7 @@ def _logistic_baseline(prep, c):
 register(
     logistic_gd, summary="one logistic-GD step, with σ a sum of `heads` ReLUs", source="Bai et al. 2023, Thm 13",
     exactness="approximate: ‖ŵ_t − w_t‖ ≤ ε·t·η·B_x, ε ~ heads⁻²",
+    paper_resources='Thm 13: L + 1 layers, M heads = the ReLU count of an ε-approximation of the link',
     bench=Bench(lambda d, n: dict(steps=10, lr=1.0, heads=8, x_bound=1.0), labels="binary",
                 baseline=_logistic_baseline),
     claims=[
@@ -718,6 +721,7 @@ def _select_baseline(prep, c):
 register(
     ridge_select, summary="ridge GD for each λ; exact validation losses; λ chosen in context",
     source="Bai et al. 2023, Prop. 15, Thm 16", exactness="exact; validation loss ≤ best + γ",
+    paper_resources='Prop. 15 / Thm 16: 3 layers after the base algorithms, O(K) heads, D = Θ(Kd)',
     bench=Bench(lambda d, n: dict(lams=(0.01, 0.1, 1.0), steps=10, lr=0.01, gamma=0.01, n_train=n - n // 4,
                                   n_val=n // 4, mask_const=1e9), baseline=_select_baseline),
     claims=[
@@ -739,6 +743,7 @@ def _binary_baseline(prep, c):
 register(
     binary_test, summary="pre-ICL test: are all labels binary? 6 ReLU heads sum psi(y_i), 2 heads threshold",
     source="Bai et al. 2023, Lemma 18, Cor. H.1", exactness="exact",
+    paper_resources='Lemma 18: one layer with 6 heads; Cor. H.1: a 2-head thresholding layer',
     bench=Bench(lambda d, n: dict(eps=0.1, threshold=0.5), labels="binary", baseline=_binary_baseline),
     claims=[
         Claim("bai23-binary-test", "Bai et al. 2023", "Lemma 18, Cor. H.1 (pre-ICL testing)",
@@ -748,3 +753,25 @@ register(
               proof=Proof("exact-rational", (Part("exact binary_test", binary_exact),))),
     ],
 )
+
+register_paper(Paper(
+    "Bai et al. 2023", "Transformers as Statisticians: provable in-context learning with in-context algorithm "
+                       "selection (NeurIPS 2023, arXiv 2306.04637)", (
+        Result("Thm 4", "ridge regression by in-context GD in O(kappa log 1/eps) layers", ("bai23-ridge",)),
+        Result("Prop. C.2, Cor. C.1", "ReLU attention carries out GD (the iterate in every token), with an l2 head",
+               ("bai23-icgd", "bai23-ridge-relu")),
+        Result("Thm 10", "LASSO by ISTA: attention GD and a soft-threshold MLP", ("bai23-lasso",)),
+        Result("Thm 13", "GLMs (logistic regression) by GD with sigma from sums of ReLUs", ("bai23-glm",)),
+        Result("Prop. 15, Thm 16", "post-ICL validation: ridge for several lambda, selection by validation loss",
+               ("bai23-selection",)),
+        Result("Lemma 18, Cor. H.1", "pre-ICL testing: are all labels binary?", ("bai23-binary-test",)),
+        Result("Prop. B.1", "decoder (causal) versions predicting at every prefix", (), "not yet (bai23-decoder)"),
+        Result("Thm C.1", "proximal steps beyond l1 (l2 squared, box projection)", (), "not yet (bai23-prox)"),
+        Result("Thm 17, App. I.1", "noise-level selection among Bayes ridge estimators", (),
+               "not yet (bai23-noise-selection)"),
+        Result("Prop. 19, App. H.4", "regression or classification, chosen by the binary test", (),
+               "not yet (bai23-pre-icl-select)"),
+        Result("Thm I.2", "link-function selection by validation loss", (), "not yet (bai23-link-selection)"),
+        Result("weight norms", "the parameter norm of every construction", (), "not yet (bai23-norms)"),
+        Result("Thm G.1", "GD on a two-layer ReLU network in context", (), "not yet (bai23-two-layer)"),
+    )))

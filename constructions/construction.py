@@ -103,9 +103,10 @@ class Construction:
     (:class:`~constructions.layout.ResidualLayout`), ``d`` (input dimension),
     ``blocks`` (the plain-data weights the model was built from).
 
-    Layers: the first ``L - n_readout`` blocks carry out the algorithm, one step
-    per ``step_blocks`` blocks (1 for almost every construction); the last
-    ``n_readout`` blocks form the *readout* (e.g. Bai et
+    Layers: the first ``n_prefix`` blocks (default 0) prepare the stream once (a feature MLP, a
+    copying layer: von Oswald et al.'s Props. 2 and 3); the next ``L - n_prefix - n_readout``
+    blocks carry out the algorithm, one step per ``step_blocks`` blocks (1 for almost every
+    construction); the last ``n_readout`` blocks form the *readout* (e.g. Bai et
     al.'s final layer writing ``<w, x_q>``).  ``trace()[t]`` applies the readout
     blocks to the stream after step block t (a "logit lens" that is exact by
     construction), so ``trace()[-1] == predict()``.
@@ -119,6 +120,8 @@ class Construction:
     ``constants``: ``{slot: vector}`` added to that slot of every token at embedding
     (a constant embedding, e.g. an initial state replicated in every token).
     ``step_blocks``: blocks per algorithm step (default 1: one layer = one step).
+    ``interleaved``: the prompt is embedded in Garg et al.'s format, one x-token and one y-token per
+    example (:mod:`constructions.layout`), so ``2n`` context tokens; the divisor stays n.
     ``domain(X, y, Xq)``: the construction's stated domain, run by :meth:`prepare` unless
     ``check=False``: it receives the validated prompt as float64 torch tensors ``X [B, n, d]``,
     ``y [B, n]``, ``Xq [B, m, d]`` (finite, shapes and d checked, on the model's device),
@@ -152,6 +155,8 @@ class Construction:
     constants: dict | None = field(default=None, repr=False)
     step_blocks: int = 1
     domain: Callable | None = field(default=None, repr=False)
+    n_prefix: int = 0
+    interleaved: bool = False
     model: Transformer = field(init=False, repr=False)
 
     def __post_init__(self):
@@ -159,19 +164,20 @@ class Construction:
         self.model = Transformer(self.blocks, mask_query=self.mask_query)
         if self.model.width != self.layout.width:
             raise ConstructionError(f"layout width {self.layout.width} != model width {self.model.width}")
-        if not 0 <= self.n_readout < self.model.n_layers:
-            raise ConstructionError("a construction needs at least one step block besides its readout blocks")
-        if (self.model.n_layers - self.n_readout) % self.step_blocks:
+        if not (0 <= self.n_readout and 0 <= self.n_prefix and self.n_prefix + self.n_readout < self.model.n_layers):
+            raise ConstructionError("a construction needs at least one step block besides its prefix and readout blocks")
+        if (self.model.n_layers - self.n_readout - self.n_prefix) % self.step_blocks:
             raise ConstructionError("the step blocks must divide into steps of step_blocks blocks")
 
     @property
     def steps(self) -> int:
         """Number of algorithm steps."""
-        return (self.model.n_layers - self.n_readout) // self.step_blocks
+        return (self.model.n_layers - self.n_readout - self.n_prefix) // self.step_blocks
 
     @property
     def n_step_blocks(self) -> int:
-        return self.steps * self.step_blocks
+        """The index of the first readout block: the prefix and the step blocks come before it."""
+        return self.n_prefix + self.steps * self.step_blocks
 
     # -- dtype / device ----------------------------------------------------
     @property
@@ -219,6 +225,7 @@ class Construction:
             params=self.model.param_count(),
             nonzero_params=int(sum(int((p != 0).sum()) for p in self.model.parameters())),
             attention=sorted({b.attn.kind for b in self.blocks if b.attn is not None}),
+            max_weight=float(max(float(p.abs().max()) for p in self.model.parameters())),
         )
 
     def circuits(self, layer: int) -> list[dict]:
@@ -266,7 +273,7 @@ class Construction:
         dev = self.device
         X, y, Xq = (t.to(device=dev, dtype=self.dtype) for t in (X, y, Xq))
         for name, t in (("X", X), ("y", y), ("Xq", Xq)):
-            if not torch.isfinite(t).all():
+            if not parts.all_finite(t):
                 raise ConstructionError(f"{name} contains NaN or inf (or overflows {self.dtype}); clean the prompt first")
         if check:
             args = (X.to(torch.float64), y.to(torch.float64), Xq.to(torch.float64))
@@ -293,34 +300,47 @@ class Construction:
 
     def _finite(self, h: torch.Tensor, p: Prepared, check: bool) -> torch.Tensor:
         """``h`` if every entry is finite (or ``check=False``), else the overflow error."""
-        if check and not bool(torch.isfinite(h).all()):
+        if check and not parts.all_finite(h):
             raise _overflow(self.name, self.dtype, p)
         return h
 
     def embed(self, p: Prepared) -> torch.Tensor:
         """The residual stream ``[B, n+m, D]`` of a prepared prompt, filled slot by slot."""
         B, n, _ = p.X.shape
-        h = torch.zeros(B, n + p.Xq.shape[1], self.layout.width, dtype=self.dtype, device=self.device)
+        N = self.n_context_tokens(n)
+        h = torch.zeros(B, N + p.Xq.shape[1], self.layout.width, dtype=self.dtype, device=self.device)
         self.fill(h, p.X, p.y, p.Xq, lambda a: torch.as_tensor(np.asarray(a, dtype=np.float64), dtype=self.dtype,
                                                                  device=self.device))
         if self.extra_tokens is not None:
             extra = torch.as_tensor(np.asarray(self.extra_tokens(n)), dtype=self.dtype, device=self.device)
-            h = torch.cat([h[:, :n], extra.expand(B, -1, -1), h[:, n:]], 1)
+            h = torch.cat([h[:, :N], extra.expand(B, -1, -1), h[:, N:]], 1)
         return h
 
+    def n_context_tokens(self, n: int) -> int:
+        """Context tokens of a prompt with n examples (2n when interleaved), extra tokens not counted."""
+        return 2 * n if self.interleaved else n
+
     def fill(self, h, X, y, Xq, const: Callable) -> None:
-        """Fill the zero stream ``h [B, n+m, D]`` (a torch tensor, or a numpy array of any
-        dtype, e.g. exact ``Fraction`` objects) slot by slot; ``const(array)`` converts the
-        layout's constants to h's element type.  Extra tokens are not inserted here."""
+        """Fill the zero stream ``h [B, N+m, D]`` (``N = n_context_tokens(n)``; a torch tensor, or a
+        numpy array of any dtype, e.g. exact ``Fraction`` objects) slot by slot; ``const(array)``
+        converts the layout's constants to h's element type.  Extra tokens are not inserted here."""
         n = X.shape[1]
         n_train = n if self.split is None else self.split(n)
+        N, step = self.n_context_tokens(n), 2 if self.interleaved else 1
         for s in self.layout.slots:
             if s.fill == "x":
-                h[:, :n, s.index] = X
-                h[:, n:, s.index] = Xq
+                h[:, 0:N:step, s.index] = X
+                h[:, N:, s.index] = Xq
             elif s.fill == "y":
-                h[:, :n, s.start] = y
+                h[:, step - 1:N:step, s.start] = y
+            elif s.fill == "position":
+                if s.size != N:
+                    raise ConstructionError(f"this {self.name} construction was built for {s.size} context tokens "
+                                            f"({s.size // step} examples), got {n} examples")
+                h[:, :N, s.index] = const(np.eye(N))
             elif s.fill == "posgate":
+                if self.interleaved:
+                    raise ConstructionError("the posgate fill needs one token per example (interleaved=False)")
                 if s.size != n:
                     raise ConstructionError(f"this {self.name} construction was built for n={s.size} examples, got {n}")
                 gate = np.full((n + Xq.shape[1], n), -1.0)
@@ -328,15 +348,15 @@ class Construction:
                 h[:, :, s.index] = const(gate)
             else:
                 train, val, query = (const(np.asarray(v)) for v in ROLE_FILLS[s.fill])
-                h[:, :n_train, s.start] = train
-                h[:, n_train:n, s.start] = val
-                h[:, n:, s.start] = query
+                h[:, :n_train * step, s.start] = train
+                h[:, n_train * step:N, s.start] = val
+                h[:, N:, s.start] = query
         for slot, value in (self.constants or {}).items():
             h[..., self.layout[slot].index] += const(np.asarray(value, dtype=np.float64))
 
     def n_keys(self, n: int) -> int:
         """Key tokens for a prompt with n examples: the context plus any extra tokens."""
-        return n + (0 if self.extra_tokens is None else len(self.extra_tokens(n)))
+        return self.n_context_tokens(n) + (0 if self.extra_tokens is None else len(self.extra_tokens(n)))
 
     def read(self, h: torch.Tensor, n: int) -> torch.Tensor:
         """Apply the readout to the query tokens (those after the first n key tokens) of
@@ -376,10 +396,10 @@ class Construction:
 
     def read_slot(self, X, y, Xq, slot: str, check: bool = True):
         """The named slot of every token after every step: ``[S+1, B, T, size]`` (``[S+1, T, size]``
-        unbatched; index 0 is the embedding, index t the stream after step t's blocks; T counts
-        the extra tokens).  E.g. Bai et al.'s replicated iterate ``w``."""
+        unbatched; index 0 is the embedding (after the prefix blocks, if any), index t the stream
+        after step t's blocks; T counts the extra tokens).  E.g. Bai et al.'s replicated iterate ``w``."""
         hs = self.residuals(X, y, Xq, check)
-        return hs[: self.n_step_blocks + 1 : self.step_blocks, ..., self.layout[slot].index]
+        return hs[self.n_prefix : self.n_step_blocks + 1 : self.step_blocks, ..., self.layout[slot].index]
 
     def predict(self, X, y, Xq, check: bool = True):
         """Predictions ``[B, m]`` (or ``[m]``) read after the last layer."""
@@ -394,14 +414,17 @@ class Construction:
         p = self.prepare(X, y, Xq, check)
         n = p.X.shape[1]
         nk = self.n_keys(n)
-        self._check_work(p.X.shape[0], n, p.Xq.shape[1], streams=self.steps + 1)
-        with torch.no_grad():
-            hs = self.model.residuals(self.embed(p), nk, stop=self.n_step_blocks, norm=n)
-            hs = hs[self.step_blocks :: self.step_blocks]  # after each step: [S, B, T, D]
-            if self.n_readout:
-                S, B, T, D = hs.shape
-                hs = self.model(hs.reshape(S * B, T, D), nk, start=self.n_step_blocks, norm=n).reshape(S, B, T, D)
-            self._finite(hs, p, check)
-        return self._out(self.read(hs, nk), p)
+        self._check_work(p.X.shape[0], n, p.Xq.shape[1], streams=2)
+        out = []
+        with torch.no_grad():  # step by step: one stream (and its readout) in memory, not one per block
+            h = self.embed(p)
+            if self.n_prefix:
+                h = self.model(h, nk, stop=self.n_prefix, norm=n)
+            for t in range(self.steps):
+                start = self.n_prefix + t * self.step_blocks
+                h = self.model(h, nk, start=start, stop=start + self.step_blocks, norm=n)
+                q = self.model(h, nk, start=self.n_step_blocks, norm=n) if self.n_readout else h
+                out.append(self.read(self._finite(q, p, check), nk))
+        return self._out(torch.stack(out), p)
 
     __call__ = predict

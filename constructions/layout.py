@@ -27,6 +27,13 @@ fill            train token i         validation token i  query token
 ``posgate`` (size n): on context token i the vector ``e_i - 1`` (0 at i, -1
 elsewhere), on query tokens all -1; a head gated by entry t admits token t only.
 
+``position`` (size N, the number of context tokens): the one-hot ``e_i`` of context token i,
+0 on query tokens (von Oswald et al.'s positional encodings, Prop. 3).
+
+*Interleaved* prompts (``Construction(interleaved=True)``, Garg et al.'s format ``x_1, y_1, x_2,
+y_2, ..., x_q``): example i takes two context tokens, an x-token (``x`` filled, ``y`` 0) and a
+y-token (``x`` 0, ``y`` filled); the constant fills are the same on both.
+
 ``t`` is Bai et al.'s token type.  The gates are ``indicator - 1``: a ReLU head
 adds ``B * gate_j`` to its score, which is an exact 0 on the tokens it admits
 (whatever the summation order) and ``-B`` on the others (docs/pitfalls.md #15).
@@ -51,7 +58,7 @@ ROLE_FILLS = {
     "train_gate": (0.0, -1.0, -1.0),
     "val_gate": (-1.0, 0.0, -1.0),
 }
-FILLS = ("x", "y", "posgate", *ROLE_FILLS)
+FILLS = ("x", "y", "posgate", "position", *ROLE_FILLS)
 
 
 @dataclass(frozen=True)

@@ -23,18 +23,20 @@ out of the keys/values, which stacking needs (docs/pitfalls.md #2).
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from verify import baselines
 from verify.bounds import ridge_quantities, ridge_rate
 from verify.claims import GAMMA, LAM, LR, Claim, Outcome, Part, Proof, induction
 from verify.knobs import random_precond, ridge_lam, stable_lr
 from verify.reference import GD, GDPlusPlus
+from verify.tolerance import Comparison, tolerance
 
 from . import parts
 from .construction import Construction
 from .errors import ConstructionError
 from .layout import ResidualLayout
-from .registry import Bench, register
+from .registry import Bench, Paper, Result, register, register_paper
 
 
 def _layout(d: int, ridge: bool) -> ResidualLayout:
@@ -315,6 +317,7 @@ def _gd_baseline(prep, c):
 register(
     gd, summary="one GD step on least squares (`lam = 0`) or on ridge (`lam > 0`)",
     source="von Oswald et al. 2023, Prop. 1 (+ Bai et al. 2023, Cor. C.1)", exactness="exact",
+    paper_resources='Prop. 1: one LSA layer (1 head) per GD step on tokens (x, y) of width d + 1',
     bench=Bench(lambda d, n: dict(steps=10, lr=0.01), baseline=_gd_baseline),
     claims=[
         Claim("vonoswald23-prop1", "von Oswald et al. 2023", "Prop. 1",
@@ -343,6 +346,55 @@ register(
 )
 
 
+def gdpp_eigenvalue_map(lam: np.ndarray, gamma: float) -> np.ndarray:
+    """The eigenvalues of ``S' = (I - gamma S) S (I - gamma S)`` from those of ``S``:
+    ``lam (1 - gamma lam)^2`` (GD++'s input transform, von Oswald et al. 2023, App. A.10)."""
+    return lam * (1 - gamma * lam) ** 2
+
+
+def gdpp_kappa_lemma() -> Outcome:
+    """For ``0 <= gamma l <= 1/3`` (sympy, symbolic gamma and l): ``f(l) = l (1 - gamma l)^2`` has
+    ``f' = (1 - gamma l)(1 - 3 gamma l) >= 0`` (order kept), and ``f(l)/l = (1 - gamma l)^2`` is
+    decreasing, so ``f(l_max)/f(l_min) = kappa ((1 - gamma l_max)/(1 - gamma l_min))^2 <= kappa``."""
+    import sympy as sp
+
+    g, l, a, b = sp.symbols("gamma lambda a b", positive=True)
+    f = l * (1 - g * l) ** 2
+    deriv_ok = sp.expand(sp.diff(f, l) - (1 - g * l) * (1 - 3 * g * l)) == 0
+    ratio = sp.simplify(f.subs(l, b) / f.subs(l, a) - (b / a) * ((1 - g * b) / (1 - g * a)) ** 2) == 0
+    # (1 - g l)^2 decreasing on [0, 1/g]: its derivative -2 g (1 - g l) <= 0 there
+    decr = sp.expand(sp.diff((1 - g * l) ** 2, l) + 2 * g * (1 - g * l)) == 0
+    ok = deriv_ok and ratio and decr
+    return Outcome(ok, "f'(l) = (1 - g l)(1 - 3 g l) >= 0 on [0, 1/(3g)]; f(b)/f(a) = (b/a) ((1 - g b)/(1 - g a))^2; "
+                       "(1 - g l)^2 decreasing on [0, 1/g]: kappa never grows for g lambda_max <= 1/3"
+                   if ok else "the eigenvalue-map identities do not hold")
+
+
+def check_gdpp_kappa(prompt, knobs):
+    """GD++'s input transform on the construction's own stream: for ``gamma <= 1/(3 lambda_max(S_0))``
+    (``gamma = kappa_factor / (3 max_b lambda_max)``), every layer maps the context covariance's
+    eigenvalues by :func:`gdpp_eigenvalue_map` (which is increasing on ``[0, 1/(3 gamma)]``, so
+    the order is kept) and the condition number never grows:
+    ``kappa_{t+1}/kappa_t = ((1 - gamma lambda_max)/(1 - gamma lambda_min))^2 <= 1``.  Measured per
+    layer from the construction's x slots (:meth:`Construction.read_slot`): the eigenvalues against
+    the map (relative to lambda_max), and ``max(0, kappa_{t+1}/kappa_t - 1)`` against 0; tolerance
+    the error model's (:func:`verify.tolerance.tolerance`) at scale 1 (eigenvalues) and ``kappa_t``
+    (the ratio: a relative error eps in lambda_min moves kappa by eps kappa)."""
+    X, y, Xq = prompt.arrays
+    n, d = X.shape[1], X.shape[2]
+    lam_max = np.linalg.eigvalsh(np.einsum("bni,bnj->bij", X, X) / n)[:, -1].max()
+    gamma = knobs.kappa_factor / (3 * lam_max)
+    c = gd_plus_plus(d, knobs.steps, stable_lr(X, knobs.lr_factor), gamma)
+    xs = c.read_slot(X, y, Xq, "x", check=False)[:, :, :n]  # [S+1, B, n, d]: the context inputs after each layer
+    ev = np.linalg.eigvalsh(np.einsum("sbni,sbnj->sbij", xs, xs) / n)  # ascending
+    kappa = ev[..., -1] / ev[..., 0]
+    mapped = np.abs(ev[1:] - gdpp_eigenvalue_map(ev[:-1], gamma)).max(-1) / ev[:-1, :, -1]
+    growth = np.maximum(kappa[1:] / kappa[:-1] - 1, 0)
+    model = np.stack([mapped, growth], -1)
+    tol = tolerance(torch.float64, n, d, np.stack([np.ones_like(growth), kappa[:-1]], -1))
+    return Comparison(model, np.zeros_like(model), tol, np.ones_like(model))
+
+
 def _gdpp_baseline(prep, c):
     return lambda: baselines.gd_plus_plus(prep.X, prep.y, prep.Xq, c.steps, c.params["lr"], c.params["gamma"])
 
@@ -350,6 +402,7 @@ def _gdpp_baseline(prep, c):
 register(
     gd_plus_plus, summary="an input transform `(I − γ XᵀX/n)` plus a GD step",
     source="von Oswald et al. 2023, App. A.10", exactness="exact",
+    paper_resources='App. A.10: one LSA layer (1 head) per GD++ step',
     bench=Bench(lambda d, n: dict(steps=10, lr=0.01, gamma=0.001), baseline=_gdpp_baseline),
     claims=[
         Claim("vonoswald23-gdpp", "von Oswald et al. 2023", "App. A.10 (GD++)",
@@ -357,6 +410,13 @@ register(
               "current inputs",
               "GD++ recursion, effective weights (numpy)", _gdpp_case, GDPlusPlus,
               proof=Proof("general", (induction("induction gd_plus_plus", gdpp_induction),))),
+        Claim("vonoswald23-gdpp-kappa", "von Oswald et al. 2023", "App. A.10, Fig. 13 (GD++ conditioning)",
+              "GD++'s input transform maps each eigenvalue l of X^T X/n to l (1 - gamma l)^2; for gamma <= "
+              "1/(3 lambda_max) the condition number after every layer is at most the one before",
+              "eigenvalues of the construction's context inputs (numpy eigvalsh)", check_gdpp_kappa, kind="bound",
+              variant="kappa", prompt=dict(n=(12, 40), d=(1, 8)), knobs=dict(kappa_factor=(0.0, 1.0)),
+              proof=Proof("general", (Part("lemma: the eigenvalue map keeps order and shrinks kappa", gdpp_kappa_lemma),),
+                          note="the eigenvalue map itself is the gd_plus_plus induction (vonoswald23-gdpp)")),
     ],
 )
 
@@ -369,6 +429,7 @@ def _pgd_baseline(prep, c):
 register(
     preconditioned_gd, summary="`w ← w − P ∇L(w)` for any d×d P", source="Ahn et al. 2023",
     exactness="exact",
+    paper_resources='one LSA layer (1 head) per preconditioned step',
     bench=Bench(lambda d, n: dict(steps=10, precond=0.01 * np.eye(d)), baseline=_pgd_baseline),
     claims=[
         Claim("ahn23-pgd", "Ahn et al. 2023", "LSA layer with P, Q",
@@ -378,3 +439,27 @@ register(
               proof=Proof("general", (induction("induction preconditioned_gd (non-symmetric P_t)", pgd_induction),))),
     ],
 )
+
+register_paper(Paper(
+    "von Oswald et al. 2023", "Transformers learn in-context by gradient descent (ICML 2023, arXiv 2212.07677)", (
+        Result("Prop. 1", "one linear self-attention layer is one GD step; the query must be masked",
+               ("vonoswald23-prop1", "vonoswald23-mask", "vonoswald23-prop1-ridge")),
+        Result("Prop. 2", "an MLP then LSA layers: GD on features; one step is a kernel smoother",
+               ("vonoswald23-prop2", "vonoswald23-prop2-kernel")),
+        Result("Prop. 3", "a copying layer builds (x_i, y_i) tokens from the interleaved prompt",
+               ("vonoswald23-prop3", "vonoswald23-prop3-softmax")),
+        Result("App. A.9", "two softmax heads approximate one linear head", ("vonoswald23-softmax-lsa",)),
+        Result("App. A.10, Fig. 13", "GD++: an input transform plus a GD step; it improves the conditioning",
+               ("vonoswald23-gdpp", "vonoswald23-gdpp-kappa")),
+        Result("§4, Fig. 3", "trained multi-layer LSAs match GD++ with tuned per-layer (eta, gamma)", (),
+               "trained-model evidence: one trained layer is reproduced (icl-verify reproduce vonoswald23, "
+               "docs/training.md); the multi-layer match is not yet"),
+    )))
+
+register_paper(Paper(
+    "Ahn et al. 2023", "Transformers learn to implement preconditioned gradient descent for in-context learning "
+                       "(NeurIPS 2023, arXiv 2306.00297)", (
+        Result("§3, the LSA layer with P and Q", "one LSA layer is one preconditioned GD step", ("ahn23-pgd",)),
+        Result("Thm 1", "the one-layer LSA's global optimum is a preconditioned GD step with a closed-form P", (),
+               "not yet (optimal_lsa)"),
+    )))

@@ -33,7 +33,7 @@ from . import parts
 from .construction import Construction
 from .errors import ConstructionError
 from .layout import ResidualLayout
-from .registry import Bench, register
+from .registry import Bench, Paper, Result, register, register_paper
 
 
 def momentum_head(lay: ResidualLayout, beta: float) -> dict:
@@ -129,3 +129,10 @@ register(
               proof=Proof("general", (induction("induction heavy_ball", heavy_ball_induction),))),
     ],
 )
+
+register_paper(Paper(
+    "Polyak 1964", "Some methods of speeding up the convergence of iteration methods (USSR Comput. Math. Math. "
+                   "Phys. 4(5)); as attention: this toolkit's extension of von Oswald et al.'s Prop. 1", (
+        Result("heavy-ball method", "GD with momentum, one LSA layer with two heads per step",
+               ("polyak64-heavy-ball",)),
+    )))

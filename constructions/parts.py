@@ -21,7 +21,8 @@ token row-vectors times weights); :func:`block` stacks heads into a
 * **ReLU-attention heads** (Bai et al.'s gated heads): :func:`gated_relu_head`,
   :func:`sign_split` (two gated heads whose sum is a linear head), :func:`relu_gd_heads`,
   :func:`relu_decay_head`, :func:`relu_readout_heads`.
-* **MLPs**: :func:`units_mlp` (any ReLU/GeLU MLP from units), :func:`soft_threshold_mlp`,
+* **MLPs**: :func:`units_mlp` (any ReLU/GeLU MLP from units), :func:`feature_mlp` (a ReLU
+  feature map into feature slots), :func:`soft_threshold_mlp`,
   :func:`zero_mlp`, :func:`bias_mlp`.
 * **Domain checks** (``check(X, y, Xq)`` functions for ``Construction(domain=...)``):
   :func:`step_check`, :func:`precond_check`, :func:`norm_check`, :func:`mask_check`,
@@ -206,6 +207,17 @@ def gd_head(lay: ResidualLayout, P: np.ndarray, x: str = "x", y: str = "y") -> d
                 W_V=lay.read({y: np.eye(1)}, 1), W_O=lay.write({y: -np.eye(1)}, 1))
 
 
+def softmax_pair_heads(lay: ResidualLayout, P: np.ndarray, beta: float, x: str = "x", y: str = "y") -> list[dict]:
+    """Two softmax heads that together approximate :func:`gd_head` (von Oswald et al. 2023, App. A.9):
+    scores ``+-beta x_j^T P x_i``, value ``y_i``, outputs ``-/+ 1/(2 beta)`` into ``y``.  Their sum is
+    ``-(1/n) sum_i (s_ji - sbar_j) y_i + O(beta^2)`` (exact to that order on centred inputs, where
+    ``sbar_j = 0``: :mod:`constructions.softmax_heads`)."""
+    d = lay[x].size
+    return [dict(W_Q=lay.read({x: sign * beta * np.asarray(P, dtype=np.float64)}, d), W_K=lay.read({x: np.eye(d)}, d),
+                 W_V=lay.read({y: np.eye(1)}, 1), W_O=lay.write({y: -sign / (2 * beta) * np.eye(1)}, 1))
+            for sign in (1.0, -1.0)]
+
+
 def product_head(lay: ResidualLayout, q: dict, v: dict, o: dict, e: int = 1) -> dict:
     """Linear head ``out_j = o^T (q^T h_j) mean_i v^T h_i``, the key being the constant slot
     ``one``: a token's own linear form ``q`` (``{slot: [size, e]}``) times the mean over the n
@@ -293,6 +305,15 @@ def units_mlp(lay: ResidualLayout, act: str, units: list[tuple[dict, float, dict
     return MLPSpec(act, W_in, b_in, W_out, b_out, layernorm=layernorm)
 
 
+def feature_mlp(lay: ResidualLayout, W_in, b_in, W_out, src: str = "x", dst: str = "f") -> MLPSpec:
+    """A ReLU MLP writing the feature map ``m(x) = W_out relu(W_in x + b_in)`` of slot ``src`` into
+    slot ``dst`` (which must hold 0 before it): ``W_in [h, d]``, ``b_in [h]``, ``W_out [k, h]`` for
+    ``d = |src|``, ``k = |dst|``, h hidden units.  Every token gets its own features (queries too)."""
+    W_in, b_in, W_out = (np.asarray(a, dtype=np.float64) for a in (W_in, b_in, W_out))
+    h = W_in.shape[0]
+    return MLPSpec("relu", lay.read({src: W_in.T}, h), b_in.copy(), lay.write({dst: W_out.T}, h), np.zeros(lay.width))
+
+
 def soft_threshold_mlp(lay: ResidualLayout, threshold: float, w: str = "w") -> MLPSpec:
     """``w <- S_c(w)``, ``S_c(v) = sign(v) max(|v| - c, 0)``, as a residual ReLU MLP with 4d units
     (Bai et al. 2023, Prop. C.1): ``S_c(w) - w = relu(w - c) - relu(-w - c) - relu(w) + relu(-w)``."""
@@ -338,8 +359,61 @@ def covariance(X: torch.Tensor) -> torch.Tensor:
 
 
 def lambda_max(X: torch.Tensor) -> torch.Tensor:
-    """``lambda_max(X^T X / n)`` per prompt ``[B]``."""
+    """``lambda_max(X^T X / n)`` per prompt ``[B]`` (exact: an eigenvalue solve per prompt)."""
     return torch.linalg.eigvalsh(covariance(X))[:, -1]
+
+
+def all_finite(t: torch.Tensor) -> bool:
+    """Whether every entry of ``t`` is finite.  Certificate first: a finite sum has only finite
+    terms (inf and NaN propagate through a sum), so one reduction decides the common case; the
+    elementwise scan runs only when the sum is not finite (a NaN, an inf, or finite values whose
+    sum overflows)."""
+    if t.is_floating_point() and bool(torch.isfinite(t.sum())):
+        return True
+    return bool(torch.isfinite(t).all())
+
+
+def spd_solve(A: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``A^+ b`` per prompt for symmetric positive semi-definite ``A [B, d, d]``, ``b [B, d]``: a
+    Cholesky solve where A is positive definite (the usual case, far cheaper than an SVD), the
+    pseudo-inverse only for the prompts whose factorisation fails (singular A, e.g. n < d)."""
+    L, info = torch.linalg.cholesky_ex(A)
+    w = torch.cholesky_solve(b[..., None], L)[..., 0]
+    bad = (info != 0).nonzero().flatten()
+    if bad.numel():
+        w[bad] = (torch.linalg.pinv(A[bad], hermitian=True) @ b[bad][..., None])[..., 0]
+    return w
+
+
+def _first_above(values: torch.Tensor, limit: float):
+    """``(b, values[b])`` for the first prompt b with ``values[b] > limit``, else None."""
+    bad = (values > limit).nonzero()
+    return None if bad.numel() == 0 else (int(bad[0, 0]), float(values[bad[0, 0]]))
+
+
+def lambda_max_above(X: torch.Tensor, limit: float, lam: float = 0.0, transform: torch.Tensor | None = None):
+    """The first prompt b with ``lambda_max(S_b) > limit`` for ``S_b = C^T X_b^T X_b C / n + lam I``
+    (``C = transform``, default the identity), as ``(b, lambda_max(S_b))``; None if there is none.
+
+    Certificates before the eigenvalue solve (S is symmetric positive semi-definite):
+    ``lambda_max(S) <= tr(S) = |X C|_F^2 / n + d lam`` needs no covariance at all; the prompts
+    it leaves undecided get the Gershgorin bound ``max_i sum_j |S_ij|``; only those still
+    undecided get ``eigvalsh``.  Each bound is an upper bound, so a prompt passes only when its
+    exact value would."""
+    Z = X if transform is None else X @ transform
+    n, d = Z.shape[1], Z.shape[2]
+    tr = (Z * Z).sum((1, 2)) / n + d * lam
+    todo = (~(tr <= limit)).nonzero().flatten()  # NaN/inf traces stay undecided
+    if todo.numel() == 0:
+        return None
+    S = covariance(Z[todo]) + lam * torch.eye(d, dtype=Z.dtype, device=Z.device)
+    gersh = S.abs().sum(-1).amax(-1)
+    undecided = (gersh > limit).nonzero().flatten()
+    if undecided.numel() == 0:
+        return None
+    exact = torch.linalg.eigvalsh(S[undecided])[:, -1]
+    hit = _first_above(exact, limit)
+    return None if hit is None else (int(todo[undecided[hit[0]]]), hit[1])
 
 
 def stability_error(what: str, value: float, limit: float, b: int, fix: str) -> ConstructionError:
@@ -351,32 +425,62 @@ def stability_error(what: str, value: float, limit: float, b: int, fix: str) -> 
 
 def step_check(lr: float, lam: float = 0.0, limit: float = 2.0, name: str = "lr", rows: int | None = None):
     """``name * lambda_max(X^T X/n + lam I) <= limit`` per prompt (the GD step's stability
-    limit is 2); ``rows``: only the first ``rows`` context examples (a train split)."""
+    limit is 2); ``rows``: only the first ``rows`` context examples (a train split).  Decided by
+    :func:`lambda_max_above` (trace and Gershgorin certificates, eigenvalues only where needed)."""
     def check(X, y, Xq):
+        if lr == 0:
+            return
         Xs = X if rows is None else X[:, :rows]
-        for b, v in enumerate((lambda_max(Xs) + lam).tolist()):
-            if lr * v > limit * (1 + STABILITY_SLACK):
-                lam_term = " + lam I" if lam else ""
-                raise stability_error(name, lr, limit / v, b, f"use {name} <= {limit:g}/lambda_max(X^T X/n{lam_term})")
+        hit = lambda_max_above(Xs, limit * (1 + STABILITY_SLACK) / lr, lam)
+        if hit is not None:
+            b, v = hit
+            lam_term = " + lam I" if lam else ""
+            raise stability_error(name, lr, limit / v, b, f"use {name} <= {limit:g}/lambda_max(X^T X/n{lam_term})")
 
     return check
 
 
+def _psd_root(P: np.ndarray):
+    """``C`` with ``P = C C^T`` if P is symmetric positive semi-definite (to round-off), else None."""
+    if not np.array_equal(P, P.T):
+        return None
+    ev, V = np.linalg.eigh(P)
+    if ev.min() < -1e-12 * max(abs(ev).max(), 1e-300):
+        return None
+    return V * np.sqrt(np.clip(ev, 0, None))
+
+
 def precond_check(Ps: np.ndarray):
-    """Spectral radius of ``I - P_t X^T X/n`` at most 1 for every layer's ``P_t`` (``[L, d, d]``)."""
+    """Spectral radius of ``I - P_t X^T X/n`` at most 1 for every layer's ``P_t`` (``[L, d, d]``).
+
+    Each distinct P is checked once.  For a symmetric positive semi-definite ``P = C C^T`` the
+    eigenvalues of ``P A`` are those of ``C^T A C`` (real, >= 0), so the condition is exactly
+    ``lambda_max(C^T A C) <= 2``, decided by :func:`lambda_max_above`'s certificates; any other P
+    gets the general eigenvalue solve."""
+    distinct: dict[bytes, tuple[int, np.ndarray]] = {}
+    for t, P in enumerate(Ps):
+        distinct.setdefault(np.ascontiguousarray(P).tobytes(), (t, P))
+    plan = [(t, P, _psd_root(P)) for t, P in distinct.values()]
+
     def check(X, y, Xq):
-        A = covariance(X)
-        I = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
-        for t, P in enumerate(Ps):
+        A = None
+        for t, P, C in plan:
+            if C is not None:
+                hit = lambda_max_above(X, 2 + STABILITY_SLACK, transform=torch.from_numpy(C).to(X))
+                if hit is not None:
+                    raise stability_error(f"spectral radius of I - P A (layer {t})", hit[1] - 1, 1.0, hit[0],
+                                          "scale the preconditioner P down")
+                continue
+            A = covariance(X) if A is None else A
+            I = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
             M = I - torch.from_numpy(P).to(A) @ A
             if not torch.isfinite(M).all():
                 raise ConstructionError(f"P A overflows float64 at layer {t} (the preconditioner times X^T X/n); "
                                         "rescale X or the preconditioner P")
-            rho = torch.linalg.eigvals(M).abs().max(-1).values
-            for b, v in enumerate(rho.tolist()):
-                if v > 1 + STABILITY_SLACK:
-                    raise stability_error(f"spectral radius of I - P A (layer {t})", v, 1.0, b,
-                                          "scale the preconditioner P down")
+            hit = _first_above(torch.linalg.eigvals(M).abs().max(-1).values, 1 + STABILITY_SLACK)
+            if hit is not None:
+                raise stability_error(f"spectral radius of I - P A (layer {t})", hit[1], 1.0, hit[0],
+                                      "scale the preconditioner P down")
 
     return check
 
@@ -399,9 +503,10 @@ def mask_check(mask_const: float, bound, what: str):
     """``mask_const >=`` the per-prompt score bound ``bound(X, y, Xq) -> [B]`` (every score a gate
     must push below zero; ``what`` names the bound in the message)."""
     def check(X, y, Xq):
-        for b, v in enumerate(bound(X, y, Xq).tolist()):
-            if mask_const < v:
-                raise ConstructionError(
+        hit = _first_above(bound(X, y, Xq), mask_const)
+        if hit is not None:
+            b, v = hit
+            raise ConstructionError(
                     f"mask_const={mask_const:.6g} is below the score bound {v:.6g} ({what}) of prompt {b}: "
                     f"the gate would not exclude the tokens it must; rebuild with mask_const >= {v:.6g}")
 
@@ -450,6 +555,16 @@ def scale_range(dtype=torch.float64, power: int = SCALE_POWER) -> tuple[float, f
     return (fi.tiny / fi.eps) ** (1 / power), (fi.max * fi.eps) ** (1 / power)
 
 
+def _first_outside(s: torch.Tensor, lo: float, hi: float, zero_ok: bool = False):
+    """``(b, s[b])`` for the first prompt b with ``s[b]`` outside ``[lo, hi]`` (NaN and inf are
+    outside; 0 is inside with ``zero_ok``), else None."""
+    bad = ~((s >= lo) & (s <= hi))
+    if zero_ok:
+        bad &= s != 0
+    idx = bad.nonzero()
+    return None if idx.numel() == 0 else (int(idx[0, 0]), float(s[idx[0, 0]]))
+
+
 def magnitude_check(power: int, what: str):
     """The products of ``power`` input magnitudes the construction forms (``what``) stay normal
     numbers of the run dtype with ``1/eps`` to spare on both sides: ``tiny/eps <= s^power <=
@@ -457,14 +572,14 @@ def magnitude_check(power: int, what: str):
     that matter at relative precision eps are subnormal or zero (underflow); above, they overflow."""
     def check(X, y, Xq, dtype=torch.float64):
         lo, hi = scale_range(dtype, power)
-        s = torch.cat([X, Xq], 1).norm(dim=-1).amax(-1)
-        for b, v in enumerate(s.tolist()):
-            if not lo <= v <= hi:
-                side = "underflow" if v < lo else "overflow"
-                raise ConstructionError(
-                    f"prompt {b}: max |x_i| = {v:.3g} is outside [{lo:.3g}, {hi:.3g}], where {what} (size |x|^{power}) "
-                    f"would {side} {str(dtype).replace('torch.', '')}; rescale X (and y) into that range "
-                    "(ridge is equivariant: w* scales by 1/s when X scales by s and lam by s^2)")
+        hit = _first_outside(torch.cat([X, Xq], 1).norm(dim=-1).amax(-1), lo, hi)
+        if hit is not None:
+            b, v = hit
+            side = "underflow" if v < lo else "overflow"
+            raise ConstructionError(
+                f"prompt {b}: max |x_i| = {v:.3g} is outside [{lo:.3g}, {hi:.3g}], where {what} (size |x|^{power}) "
+                f"would {side} {str(dtype).replace('torch.', '')}; rescale X (and y) into that range "
+                "(ridge is equivariant: w* scales by 1/s when X scales by s and lam by s^2)")
 
     return check
 
@@ -480,13 +595,14 @@ def scale_check(X, y, Xq, dtype=torch.float64) -> None:
         sx = torch.cat([X, Xq], 1).norm(dim=-1).amax(-1)  # inf where the norm itself overflows
         sy = y.abs().amax(-1)
     for what, s in (("max |x_i|", sx), ("max |y_i|", sy)):
-        for b, v in enumerate(s.tolist()):
-            if v != 0 and not lo <= v <= hi:
-                side = "underflow to subnormals" if v < lo else "overflow"
-                raise ConstructionError(
-                    f"prompt {b}: {what} = {v:.3g} is outside [{lo:.3g}, {hi:.3g}], where the layers' products (size "
-                    f"|x|^2 |y|) would {side} in {str(dtype).replace('torch.', '')}; rescale the prompt into that "
-                    "range (or pass check=False)")
+        hit = _first_outside(s, lo, hi, zero_ok=True)
+        if hit is not None:
+            b, v = hit
+            side = "underflow to subnormals" if v < lo else "overflow"
+            raise ConstructionError(
+                f"prompt {b}: {what} = {v:.3g} is outside [{lo:.3g}, {hi:.3g}], where the layers' products (size "
+                f"|x|^2 |y|) would {side} in {str(dtype).replace('torch.', '')}; rescale the prompt into that "
+                "range (or pass check=False)")
 
 
 # -- iteration counts and splits ---------------------------------------------------------------------

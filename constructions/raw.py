@@ -41,7 +41,7 @@ from . import parts
 from .construction import Construction
 from .errors import ConstructionError
 from .layout import Readout, ResidualLayout
-from .registry import Bench, register
+from .registry import Bench, Paper, Result, register, register_paper
 from .spec import AttentionSpec, BlockSpec
 from .transformer import Transformer
 
@@ -461,6 +461,7 @@ def _baseline(prep, c):
 register(
     raw_gd, summary="one GD step on one exemplar from softmax/GeLU/LayerNorm primitives (mov, aff, mul, div) on a "
                     "causal prompt", source="Akyürek et al. 2022, Thm 1", exactness="approximate: error `O(s²)` in the GeLU scale",
+    paper_resources='Thm 1: constant depth, O(d) width',
     bench=Bench(_bench_params, n=1, baseline=_baseline),
     claims=[
         Claim("akyurek22-primitives", "Akyurek et al. 2022", "Lemma 1, App. C (Lemmas 4, 5, 8)",
@@ -479,3 +480,17 @@ register(
               proof=Proof("none", note="approximate; the O(s^2) error term is checked numerically")),
     ],
 )
+
+register_paper(Paper(
+    "Akyurek et al. 2022", "What learning algorithm is in-context learning? Investigations with linear models "
+                           "(ICLR 2023, arXiv 2211.15661)", (
+        Result("Lemma 1, App. C", "the RAW primitives mov, aff, mul, div as single layers", ("akyurek22-primitives",)),
+        Result("Thm 1", "one GD step on one exemplar from the primitives, error O(s^2)", ("akyurek22-thm1",)),
+        Result("Thm 1, chained", "one pass of SGD over the n exemplars of a causal prompt", (),
+               "not yet (akyurek22-sgd-pass)"),
+        Result("Thm 2", "ridge regression by one Sherman-Morrison update per example", ("akyurek22-thm2",),
+               "built from ReLU heads and a Newton reciprocal; the paper's own primitives: not yet "
+               "(akyurek22-thm2-raw)"),
+        Result("Figs. 3-5, App. E, H", "trained transformers' phase diagram and probes", (),
+               "trained-model evidence: not yet"),
+    )))

@@ -39,13 +39,14 @@ class Bench:
     ``"binary"`` (0/1 labels); ``n``: a fixed number of examples (else the bench's n);
     ``batch``: the batch of the row; ``baseline(prepared, construction)``: a zero-argument
     callable running the algorithm itself in torch on the same prompts (timed beside the
-    model)."""
+    model); ``centred``: the context inputs are centred (a domain that needs mean-zero inputs)."""
 
     params: Callable[[int, int], dict]
     labels: str = "real"
     n: int | None = None
     batch: int = 1024
     baseline: Callable | None = None
+    centred: bool = False
 
 
 @dataclass
@@ -60,10 +61,36 @@ class Entry:
     exactness: str  # "exact", or "approximate: <the bound>"
     bench: Bench | None = None
     claims: list = field(default_factory=list)
+    paper_resources: str = ""  # the resources the paper states for its construction, in its words
+
+
+@dataclass(frozen=True)
+class Result:
+    """One constructive result of a paper: its ``section``, ``what`` it states in a line, and the
+    ids of the registered ``claims`` that check it (empty: not registered yet; ``note`` says
+    what stands in the way or where it is planned)."""
+
+    section: str
+    what: str
+    claims: tuple = ()
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Paper:
+    """A paper whose constructive results the toolkit covers (or not yet): ``key`` as the claims
+    name it (``Claim.paper``), a ``title`` with its arXiv id, and its :class:`Result` list.  Declared
+    by the module that holds the paper's constructions (:func:`register_paper`); ``docs/claims.md``
+    shows each paper's coverage."""
+
+    key: str
+    title: str
+    results: tuple = ()
 
 
 _ENTRIES: dict[str, Entry] = {}
 _CLAIMS: dict = {}  # id -> Claim, in registration order
+_PAPERS: dict = {}  # key -> Paper, in registration order
 _plugins_loaded = False
 
 
@@ -72,7 +99,27 @@ def _namespace() -> dict:
     return vars(pkg) if pkg is not None else {}
 
 
-def register(factory: Callable, *, summary: str, source: str, exactness: str, claims=(), bench: Bench | None = None):
+def register_paper(paper: Paper) -> Paper:
+    """Declare a paper's constructive results (:class:`Paper`); its key must be new."""
+    if not isinstance(paper, Paper):
+        raise ConstructionError(f"register_paper needs a constructions.registry.Paper, got {paper!r}")
+    if paper.key in _PAPERS:
+        raise ConstructionError(f"the paper {paper.key!r} is declared already (by its constructions' module)")
+    for r in paper.results:
+        if not isinstance(r, Result):
+            raise ConstructionError(f"{paper.key}: results must be constructions.registry.Result, got {r!r}")
+    _PAPERS[paper.key] = paper
+    return paper
+
+
+def papers() -> list[Paper]:
+    """Every declared paper, in declaration order."""
+    load_plugins()
+    return list(_PAPERS.values())
+
+
+def register(factory: Callable, *, summary: str, source: str, exactness: str, claims=(), bench: Bench | None = None,
+             paper_resources: str = ""):
     """Register ``factory`` (its ``__name__`` is the construction's name) with its claims; returns
     the factory.  Refuses a name that is taken or that would shadow a name of the package."""
     name = getattr(factory, "__name__", None)
@@ -85,7 +132,8 @@ def register(factory: Callable, *, summary: str, source: str, exactness: str, cl
         raise ConstructionError(f"{name!r} is a name of the constructions package itself; pick another name")
     if bench is not None and not isinstance(bench, Bench):
         raise ConstructionError(f"bench must be a constructions.Bench, got {bench!r}")
-    entry = Entry(name, factory, getattr(factory, "__module__", "?"), summary, source, exactness, bench)
+    entry = Entry(name, factory, getattr(factory, "__module__", "?"), summary, source, exactness, bench,
+                  paper_resources=paper_resources)
     _ENTRIES[name] = entry
     try:
         for c in claims:

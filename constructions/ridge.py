@@ -56,7 +56,7 @@ from verify.reference import NewtonSchulz
 from . import parts
 from .construction import Construction
 from .layout import Readout, ResidualLayout
-from .registry import Bench, register
+from .registry import Bench, Paper, Result, register, register_paper
 
 
 def newton_alpha(lam: float, x_bound: float) -> float:
@@ -289,6 +289,7 @@ def _baseline(prep, c):
 register(
     ridge_newton, summary="one Newton–Schulz iteration `M ← 2M − MAM` toward `A⁻¹`; reaches ridge in O(log κ) layers",
     source="Fu et al. 2023, Thm 5.1 (sign-fixed, stabilised)", exactness="exact per layer; error `q^(2^k)`",
+    paper_resources='Thm 5.1: k + 8 layers for k Newton iterations, 2 heads, O(d) width, an MLP per layer',
     bench=Bench(lambda d, n: dict(lam=0.5, iters=10, x_bound=1.0, mask_const=1e12), baseline=_baseline),
     claims=[
         Claim("fu23-newton", "Fu et al. 2023", "Thm 5.1, App. B.2 (with the V_2 = -V_1 fix)",
@@ -310,3 +311,10 @@ register(
               proof=Proof("exact-rational", (Part("counterexample", printed_values_counterexample),))),
     ],
 )
+
+register_paper(Paper(
+    "Fu et al. 2023", "Transformers learn higher-order optimization methods for in-context learning: a study with "
+                      "linear models (arXiv 2310.17086)", (
+        Result("Thm 5.1, App. B.2", "one layer per Newton-Schulz iteration; ridge in O(log kappa) layers",
+               ("fu23-newton", "fu23-printed-values")),
+    )))

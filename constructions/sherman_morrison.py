@@ -251,6 +251,7 @@ register(
     ridge_sherman_morrison,
     summary="one Sherman–Morrison update per example, as a group of `2J + 4` blocks; ridge on every prefix",
     source="Akyürek et al. 2022, Thm 2", exactness="exact to round-off on its domain",
+    paper_resources="Thm 2: O(n) layers, width O(d²)",
     bench=Bench(lambda d, n: dict(lam=0.5, n=n, x_bound=1.0, mask_const=1e12), batch=64, baseline=_baseline),
     claims=[
         Claim("akyurek22-thm2", "Akyurek et al. 2022", "Thm 2, App. B (Sherman-Morrison / RLS)",

@@ -26,7 +26,7 @@ from verify.claims import Claim, Part, Proof, lemma
 from verify.tolerance import C, Comparison, eps
 
 from .layout import Readout, ResidualLayout
-from .registry import add_claim
+from .registry import Paper, Result, add_claim, register_paper
 from .spec import AttentionSpec, BlockSpec
 from .transformer import Transformer
 
@@ -350,3 +350,27 @@ for _claim in (
                       note="the Hessian bound's triangle inequalities are checked numerically")),
 ):
     add_claim(_claim)
+
+register_paper(Paper(
+    "Li et al. 2023", "The closeness of in-context learning and weight shifting for softmax regression "
+                      "(arXiv 2304.13276)", (
+        Result("main theorem", "a GD step on softmax regression moves one attention layer's output like a label "
+                               "shift", ("li23-closeness",)),
+        Result("Lipschitz lemmas", "the softmax and the loss's Hessian are Lipschitz on bounded inputs",
+               ("gao23-lipschitz",)),
+        Result("data shift", "updating the data A moves the output like a weight step", (),
+               "not yet (li23-data-shift)"),
+    )))
+
+register_paper(Paper(
+    "Gao, Song, Xie 2023", "In-context learning for attention scheme: from single softmax regression to multiple "
+                           "softmax regression via a tensor trick (arXiv 2307.02419)", (
+        Result("tensor trick", "vec(A1 X A2^T) = (A1 (x) A2) vec(X): the matrix loss is n single regressions",
+               ("gao23-tensor-trick",)),
+        Result("Lipschitz lemmas", "Lipschitz and Hessian bounds on bounded inputs", ("gao23-lipschitz",)),
+        Result("rescaled loss", "the rescaled loss's gradient, Hessian and bounds", (), "not yet (gao23-rescaled)"),
+        Result("matrix Hessian", "the normalised matrix loss's Hessian in vec form", (),
+               "not yet (gao23-matrix-hessian)"),
+        Result("ICL statement, matrix case", "one GD step on X moves the attention output like a data shift", (),
+               "not yet (gao23-closeness)"),
+    )))

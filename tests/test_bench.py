@@ -45,3 +45,28 @@ def test_cuda_request_without_a_gpu_is_a_clear_error(capsys):
     assert main(["bench", "--device", "cuda"]) == 2
     assert "no CUDA device" in capsys.readouterr().err
     assert main(["check", "vonoswald23-prop1", "--device", "cuda", "--prompts", "1"]) == 2
+
+
+def test_end_to_end_and_latency_rows_are_reported():
+    r = bench.bench_one("relu_gd", d=3, n=8, B=4, calls=True)
+    for k in ("predict_seconds", "unchecked_seconds", "trace_seconds", "naive_seconds"):
+        assert r[k] > 0, k
+    assert (r["tl_seconds"] > 0) != bool(r["tl_note"])  # timed, or the reason it is not
+    lat = bench.latency(d=3, n=8)
+    assert lat["numpy_seconds"] > 0 and lat["predict_seconds"] > 0
+    text = bench.report([r, lat])
+    assert "naive torch / model" in text and "| relu_gd | 4 |" in text and "numpy GD loop" in text
+
+
+@pytest.mark.parametrize("name", constructions.names())
+def test_the_naive_peer_computes_the_same_stream(name):
+    """verify.peers.naive_forward (head by head, full scores) is the construction's function too."""
+    from verify.peers import naive_forward
+
+    c, prep, h = bench._case(name, 3, 6, 2, torch.float64, torch.device("cpu"))
+    n = prep.X.shape[1]
+    with torch.no_grad():
+        want = c.model(h, c.n_keys(n), norm=n)
+        got = naive_forward(c, h, c.n_keys(n), n)
+    scale = 1 + want.abs().max()
+    assert float((got - want).abs().max()) <= 1e-12 * scale * len(c.blocks)

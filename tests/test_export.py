@@ -13,28 +13,66 @@ from verify.bench import example  # noqa: E402
 from verify.tolerance import C, eps  # noqa: E402
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("name", constructions.names())
-def test_export_reproduces_predict_or_says_why_not(name):
+def test_export_reproduces_predict(name, dtype):
     import torch
 
     c, X, y, Xq = example(name)  # a small instance from the construction's declaration
-    try:
-        export._check(c)
-    except ConstructionError as e:  # the TransformerLens model has no such attention or MLP
-        assert "causal" in str(e) or "LayerNorm" in str(e) or "activation" in str(e)
-        return
+    c = c.to(dtype)
     model = to_transformer_lens(c)
+    assert next(model.parameters()).dtype == c.dtype
     want = c.predict(X, y, Xq, check=False)
     got = predict(model, c, X, y, Xq, check=False)
+    assert got.dtype == want.dtype and got.shape == want.shape
     scale = 1 + np.abs(want).max()
     n, d = X.shape[1:]
-    assert np.abs(got - want).max() <= C * eps(torch.float64) * (len(c.blocks) + 1) * (n + d) * scale
+    assert np.abs(got - want).max() <= C * eps(c.dtype) * (len(c.blocks) + 1) * (n + d) * scale
     for k, v in model.state_dict().items():  # the weights are the construction's, not a copy that drifted
         if k.endswith("attn.W_Q") and k.startswith("blocks.0."):
             a = c.blocks[0].attn.W_Q
-            assert torch.equal(v[: a.shape[0], :, : a.shape[2]], torch.from_numpy(a))
+            assert torch.equal(v[: a.shape[0], :, : a.shape[2]], torch.from_numpy(a).to(c.dtype))
 
 
-def test_unsupported_constructions_raise():
-    with pytest.raises(ConstructionError, match="causal"):
-        to_transformer_lens(constructions.raw_gd(2, [0.0, 0.0], 0.1))
+def test_a_bare_call_is_refused_and_prompt_makes_it_the_construction():
+    c, X, y, Xq = example("gd")
+    model = to_transformer_lens(c)
+    p = c.prepare(X, y, Xq)
+    h = c.embed(p)
+    with pytest.raises(ConstructionError, match="bare call"):
+        model(h, start_at_layer=0, stop_at_layer=len(c.blocks))
+    n = X.shape[1]
+    with export.prompt(model, c.n_keys(n), n):
+        out, cache = model.run_with_cache(h, start_at_layer=0, stop_at_layer=len(c.blocks))
+    assert np.allclose(c.read(out, c.n_keys(n)).detach().numpy(), c.predict(X, y, Xq), rtol=0, atol=1e-12)
+    assert "blocks.0.attn.hook_pattern" in cache
+    with pytest.raises(ConstructionError, match="bare call"):  # the context ended
+        model(h, start_at_layer=0, stop_at_layer=len(c.blocks))
+
+
+def test_layernorm_mlps_export():
+    from constructions import Construction, parts
+
+    d = 3
+    lay = parts.lsa_layout(d)
+    units = [({"x": np.eye(d)[0]}, 0.5, {"y": [0.25]}), ({"x": np.eye(d)[1]}, -0.1, {"y": [-0.5]})]
+    blocks = [parts.block("linear", [parts.gd_head(lay, 0.1 * np.eye(d))]),
+              constructions.spec.BlockSpec(None, parts.units_mlp(lay, "relu", units, layernorm=True)),
+              parts.block("linear", [parts.gd_head(lay, 0.1 * np.eye(d))])]
+    c = Construction("ln_demo", {}, blocks, lay, d)
+    rng = np.random.default_rng(0)
+    X, y, Xq = rng.normal(size=(2, 6, d)), rng.normal(size=(2, 6)), rng.normal(size=(2, 2, d))
+    got = predict(to_transformer_lens(c), c, X, y, Xq)
+    assert np.abs(got - c.predict(X, y, Xq)).max() <= 1e-12 * (1 + np.abs(got).max())
+
+
+def test_refusals_name_the_reason():
+    c, X, y, Xq = example("gd")
+    other, *_ = example("relu_gd")
+    with pytest.raises(ConstructionError, match="not an export of this construction"):
+        predict(to_transformer_lens(c), other, X, y, Xq)
+    with pytest.raises(ConstructionError, match="expected a Construction"):
+        to_transformer_lens("gd")
+    with pytest.raises(ConstructionError, match="needs a model from"):
+        with export.prompt(object(), 3, 3):
+            pass

@@ -25,6 +25,7 @@ DTYPES = [torch.float64, torch.float32]
 
 
 def _check(claim_id, p, k, dtype=torch.float64):
+    k = registry.claim(claim_id).adapt(p.spec, k)[1]  # the claim's fixed knobs (e.g. one step)
     c, ref = registry.claim(claim_id).build(p, k)
     note(f"{p.describe()} | {k}")
     cmp = assert_trace_matches(c.to(dtype), ref, *p.arrays)

@@ -40,20 +40,20 @@ def test_perturbed_weight_is_caught_at_its_layer(claim_id, weight, seed):
     """Scale one entry of one weight of layer k by (1 + 1e-7): layer k+1 fails first.
 
     The entry is on the path into this layer's readout, chosen through the layout:
-    the largest x-block entry of W_Q / W_K, the entry of W_V that reads ``y``, the
-    entry of W_O that writes ``y`` (head 0).  (GD++'s x-transform entries only
+    the largest entry of W_Q / W_K (the step heads read only their input slot), the entry of
+    W_V that reads ``y``, the entry of W_O that writes ``y`` (head 0; the step blocks come after
+    any prefix blocks).  (GD++'s x-transform entries only
     reach the readout one layer later.)"""
     p = make_prompt(PromptSpec(B=2, n=12, m=2, d=4, log10_kappa=1.0, seed=seed))
     k = Knobs(steps=4, lr_factor=1.0, log10_lam=-1.0, gamma_factor=0.5, skew=0.5, seed=seed)
+    k = registry.claim(claim_id).adapt(p.spec, k)[1]  # the claim's fixed knobs (e.g. one step)
     c, ref = registry.claim(claim_id).build(p, k)
     assert compare_trace(c, ref, *p.arrays).ok
     layer = seed % k.steps
-    W = getattr(c.model.blocks[layer].attn, weight).data[0]  # head 0
-    x, ys = c.layout["x"].index, c.layout["y"].start
-    if weight in ("W_Q", "W_K"):
-        block = W[x]
-        i, j = np.unravel_index(int(torch.argmax(block.abs())), block.shape)
-        idx = (x.start + i, j)
+    W = getattr(c.model.blocks[c.n_prefix + layer].attn, weight).data[0]  # head 0 of step `layer`'s block
+    ys = c.layout["y"].start
+    if weight in ("W_Q", "W_K"):  # the step heads read only their input slot (x, or the features f)
+        idx = np.unravel_index(int(torch.argmax(W.abs())), W.shape)
     elif weight == "W_V":
         idx = (ys, int(torch.argmax(W[ys].abs())))
     else:

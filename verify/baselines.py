@@ -14,11 +14,12 @@ import torch
 def gd(X, y, steps: int, lr: float | None = None, lam: float = 0.0, precond=None, link=None) -> torch.Tensor:
     """``steps`` steps of ``w <- w - P (X^T (link(Xw) - y)/n + lam w)`` from 0, ``P = lr I`` or
     ``precond`` (``[d, d]``, or ``[steps, d, d]`` one per step); ``link``: e.g. ``torch.sigmoid``
-    for logistic regression."""
-    B, n, d = X.shape
+    for logistic regression.  Without ``precond`` and ``link`` it also runs on numpy arrays (the
+    hand-written numpy loop ``icl-verify bench`` sets beside a single prompt's latency)."""
+    n = X.shape[1]
     P = None if precond is None else torch.as_tensor(precond).to(X)
-    w = torch.zeros(B, d, 1, dtype=X.dtype, device=X.device)
-    Xt = X.transpose(1, 2)
+    Xt = X.swapaxes(1, 2)  # torch and numpy alike: without precond or link it runs on numpy arrays too
+    w = 0 * Xt[..., :1]  # [B, d, 1] zeros
     for t in range(steps):
         s = X @ w
         r = (s if link is None else link(s)) - y[..., None]

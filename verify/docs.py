@@ -52,6 +52,42 @@ def constructions_markdown() -> str:
     return "\n".join(lines)
 
 
+#: the sizes of the generated resources table (every construction's bench parameters at these)
+RESOURCE_SIZES = dict(d=10, n=20)
+
+
+def _claim_row(c) -> str:
+    page = _page(c.name, "") if c.name else None
+    cells = [f"`{c.id}`", _cell(f"{c.paper}, {c.section}"), _cell(c.statement), _cell(_link(c.label, page)),
+             _cell(c.reference), c.kind, c.proof.kind if c.proof is not None else "none"]
+    return "| " + " | ".join(cells) + " |"
+
+
+def resources_markdown() -> str:
+    """Every construction's resources at :data:`RESOURCE_SIZES` (built from its benchmark row's
+    parameters), beside the resources its paper states."""
+    from verify.bench import _case  # the benchmark row's parameters and a prompt it accepts
+
+    d, n = RESOURCE_SIZES["d"], RESOURCE_SIZES["n"]
+    lines = [f"Each construction built from its benchmark row's parameters at d = {d}, n = {n} "
+             "(`constructions.Bench`); `max |w|` is the largest weight magnitude.", "",
+             "| construction | parameters | layers | heads | width | head width | MLP width | parameters (nonzero) | "
+             "max \\|w\\| | the paper states |", "|---|---|---|---|---|---|---|---|---|---|"]
+    import torch
+
+    for e in registry.entries():
+        if e.bench is None:
+            continue
+        c, _, _ = _case(e.name, d, n, 1, torch.float64, torch.device("cpu"))
+        r = c.resources
+        shown = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in c.params.items()
+                          if k != "d" and isinstance(v, (int, float, str)) and not isinstance(v, bool))
+        lines.append(f"| {_link(f'`{e.name}`', _page(e.name, ''))} | {_cell(shown)} | {r['layers']} | {r['heads']} | "
+                     f"{r['width']} | {r['d_head']} | {r['mlp_width']} | {r['params']} ({r['nonzero_params']}) | "
+                     f"{r['max_weight']:.3g} | {_cell(e.paper_resources) or '—'} |")
+    return "\n".join(lines)
+
+
 def claims_markdown() -> str:
     lines = [
         "# Claims checked by icl-constructions",
@@ -63,17 +99,38 @@ def claims_markdown() -> str:
         "`verify.knobs.KNOB_RANGES`, narrowed or extended by the claim), every layer against an",
         "independent numpy reference, within the tolerance model of [tolerance.md](tolerance.md).",
         "`icl-verify` checks all of them.  Each claim is declared beside its construction, in the",
-        "module that registers it ([architecture.md](architecture.md)).",
+        "module that registers it ([architecture.md](architecture.md)).  The claims are grouped by",
+        "paper; each paper's table of constructive results shows which are registered and which are",
+        "not yet (declared with `constructions.registry.register_paper`).",
         "",
-        "| claim | source | statement | construction | reference | kind | proof |",
-        "|---|---|---|---|---|---|---|",
     ]
-    for c in registry.claims():
-        page = _page(c.name, "") if c.name else None
-        cells = [f"`{c.id}`", _cell(f"{c.paper}, {c.section}"), _cell(c.statement), _cell(_link(c.label, page)),
-                 _cell(c.reference), c.kind, c.proof.kind if c.proof is not None else "none"]
-        lines.append("| " + " | ".join(cells) + " |")
+    header = ["| claim | source | statement | construction | reference | kind | proof |", "|---|---|---|---|---|---|---|"]
+    listed = set()
+    for p in registry.papers():
+        ids = [i for r in p.results for i in r.claims]
+        done = sum(1 for r in p.results if r.claims)
+        lines += [f"## {p.key}", "", f"{p.title}.  {done} of {len(p.results)} results registered.", "",
+                  "| result | what it states | claims |", "|---|---|---|"]
+        for r in p.results:
+            status = ", ".join(f"`{i}`" for i in r.claims) if r.claims else "not yet"
+            if r.note:
+                status += f" ({_cell(r.note)})"
+            lines.append(f"| {_cell(r.section)} | {_cell(r.what)} | {status} |")
+        lines += [""] + header
+        for i in dict.fromkeys(ids):
+            if i not in listed:
+                lines.append(_claim_row(registry.claim(i)))
+                listed.add(i)
+        lines.append("")
+    rest = [c for c in registry.claims() if c.id not in listed]
+    if rest:
+        lines += ["## Other claims", ""] + header + [_claim_row(c) for c in rest] + [""]
     lines += [
+        "## Resources",
+        "",
+        resources_markdown(),
+        "",
+        "## Kinds and proofs",
         "",
         "Kinds: *exact* claims hold when every layer of every prompt is within tolerance;",
         "*negative* controls hold when layer 1 is within tolerance and a later layer is not (they run in",
@@ -103,6 +160,17 @@ def write_between(path: Path, begin: str, end: str, block: str) -> bool:
     head, rest = text.split(begin, 1)
     path.write_text(head + begin + "\n" + block + "\n" + end + rest.split(end, 1)[1])
     return True
+
+
+def write_table(path, begin: str, end: str, block: str) -> int:
+    """A benchmark's ``--write``: :func:`write_between`, and the exit status (2, with a line on
+    stderr, when the page or its markers are missing)."""
+    import sys
+
+    if write_between(path, begin, end, block):
+        return 0
+    print(f"{path}: no {begin} ... {end} markers; table not written", file=sys.stderr)
+    return 2
 
 
 def readme_with_table(text: str) -> str:

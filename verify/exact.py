@@ -52,13 +52,14 @@ def residuals(c, X, y, Xq, rational: bool = True, record=None) -> list[np.ndarra
     c.prepare(X, y, Xq, check=rational)  # the same validation and domain check as the float path
     conv = to_exact if rational else _float
     B, n, _ = X.shape
-    h = np.zeros((B, n + Xq.shape[1], c.layout.width), dtype=object if rational else np.float64)
+    N = c.n_context_tokens(n)
+    h = np.zeros((B, N + Xq.shape[1], c.layout.width), dtype=object if rational else np.float64)
     if rational:
         h[...] = Fraction(0)
     c.fill(h, conv(X), conv(y), conv(Xq), conv)
     if c.extra_tokens is not None:
         extra = conv(c.extra_tokens(n))
-        h = np.concatenate([h[:, :n], np.broadcast_to(extra, (B, *extra.shape)), h[:, n:]], axis=1)
+        h = np.concatenate([h[:, :N], np.broadcast_to(extra, (B, *extra.shape)), h[:, N:]], axis=1)
     return numpy_forward(c.blocks, h, c.n_keys(n), c.model.mask_query, norm=n, convert=conv, record=record)
 
 
@@ -71,7 +72,7 @@ def trace(c, X, y, Xq, rational: bool = True, record=None) -> np.ndarray:
     n = np.asarray(X).shape[1]
     nk = c.n_keys(n)
     out = []
-    for h in hs[c.step_blocks : c.n_step_blocks + 1 : c.step_blocks]:
+    for h in hs[c.n_prefix + c.step_blocks : c.n_step_blocks + 1 : c.step_blocks]:
         if c.n_readout:
             h = numpy_forward(c.blocks[c.n_step_blocks:], h, nk, c.model.mask_query, norm=n, convert=conv)[-1]
         r = c.layout.readout

@@ -20,6 +20,8 @@ Conventions: ``L(w) = 1/(2n) sum_i (w.x_i - y_i)^2 + (lam/2)|w|^2``,
 """
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 
 
@@ -93,7 +95,7 @@ class GD(Reference):
         ws, mags = [w], []
         for P in Ps:
             r = y - np.einsum("bnd,bd->bn", X, w)
-            grad = -np.einsum("bnd,bn->bd", X, r) / n + self.lam * w
+            grad = -np.einsum("bnd,bn->bd", X, r) / n + (self.lam * w if self.lam else 0)  # 0.0 * w would make exact w float
             mags.append(_norm(w, axis=-1) + _norm(P, 2) * (_unsigned_grad(X, r) + self.lam * _norm(w, axis=-1)))
             w = w - grad @ P.T
             ws.append(w)
@@ -442,3 +444,64 @@ class BinaryTest(Reference):
 
     def scale(self, Xq) -> np.ndarray:
         return np.broadcast_to(self.size_[None, :, None], self.trace(Xq).shape).copy()
+
+
+def relu_features(X, W_in, b_in, W_out) -> np.ndarray:
+    """``m(x) = W_out relu(W_in x + b_in)`` for every row x of ``X [..., d]`` -> ``[..., k]`` (exact
+    for Fraction inputs and weights)."""
+    X = np.asarray(X, dtype=_dtype(X))
+    exact = np.vectorize(Fraction, otypes=[object])  # the float weights' exact values
+    conv = (lambda a: exact(np.asarray(a, dtype=np.float64))) if X.dtype == object else (
+        lambda a: np.asarray(a, dtype=np.float64))
+    W_in, b_in, W_out = conv(W_in), conv(b_in), conv(W_out)
+    return np.maximum(X @ W_in.T + b_in, 0) @ W_out.T
+
+
+class OnFeatures:
+    """A reference run on features: ``fit(X, y)`` fits ``inner`` on ``(m(X), y)``; ``trace`` and
+    ``scale`` read the queries ``m(Xq)`` (``m`` a callable, e.g. :func:`relu_features` with its
+    weights bound).  von Oswald et al. 2023, Prop. 2: GD on the feature regression."""
+
+    def __init__(self, features, inner):
+        self.features, self.inner = features, inner
+
+    def fit(self, X, y) -> "OnFeatures":
+        self.inner.fit(self.features(X), y)
+        self.iterates_, self.magnitude_ = self.inner.iterates_, self.inner.magnitude_
+        return self
+
+    def predict(self, Xq):
+        return self.inner.predict(self.features(Xq))
+
+    def trace(self, Xq):
+        return self.inner.trace(self.features(Xq))
+
+    def scale(self, Xq):
+        return self.inner.scale(self.features(Xq))
+
+
+class KernelStep(Reference):
+    """One GD step from 0 on features, read as a kernel smoother: the prediction at ``x_q`` is
+    ``(lr/n) sum_i y_i k(x_i, x_q)`` with ``k(x, x') = m(x).m(x')`` (von Oswald et al. 2023,
+    Prop. 2 and App. A.8), computed from the Gram matrix, without forming any iterate."""
+
+    def __init__(self, features, lr):
+        self.features, self.lr = features, lr
+
+    def fit(self, X, y) -> "KernelStep":
+        X, y = _batch(X, y)
+        self.F_, self.y_ = self.features(X), y
+        return self
+
+    def trace(self, Xq):
+        Fq = self.features(self._q(Xq))
+        K = np.einsum("bnk,bmk->bnm", self.F_, Fq)  # k(x_i, x_q)
+        return (self.lr * np.einsum("bn,bnm->bm", self.y_, K) / self.F_.shape[1])[None]
+
+    def predict(self, Xq):
+        return self.trace(Xq)[-1]
+
+    def scale(self, Xq):
+        Fq = self.features(self._q(Xq))
+        terms = np.einsum("bn,bn->b", np.abs(self.y_).astype(np.float64), _norm(self.F_, axis=-1)) / self.F_.shape[1]
+        return (abs(float(self.lr)) * terms[:, None] * _norm(Fq, axis=-1))[None]

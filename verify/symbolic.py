@@ -543,6 +543,9 @@ def prove_induction(spec: Induction) -> Outcome:
     c = spec.build(LIFT_DIMS[0])
     sizes = slot_sizes(c)
     V = spec.variables
+    if getattr(c, "n_prefix", 0):
+        return Outcome(False, f"{c.name} has {c.n_prefix} prefix block(s): an induction proof starts at the embedding; "
+                              "prove such a construction in exact rational arithmetic instead")
     bad, premises = [], []
     # base case: the state at step 0 is the embedding
     start = key_groups(c, spec.state(spec.start))

@@ -1,0 +1,198 @@
+"""An MLP then linear self-attention: GD on features (von Oswald et al. 2023, Prop. 2).
+
+Notation: B batch, n context examples, m queries, d input dim, k features, h hidden units,
+D = d + k + 1 residual width, L = steps + 1 layers.  Feature map
+``m(x) = W_out relu(W_in x + b_in)`` (``W_in [h, d]``, ``b_in [h]``, ``W_out [k, h]``); loss on
+the features ``L_m(w) = 1/(2n) sum_i (w.m(x_i) - y_i)^2``, ``w_0 = 0``, ``w <- w - lr grad L_m(w)``.
+
+Token layout (von Oswald's ``(x, y)`` with a feature slot):
+
+=========  =======================  ===================
+slot       context token i          query token
+=========  =======================  ===================
+``x``      x_i                      x_q
+``f``      0, then m(x_i)           0, then m(x_q)
+``y``      y_i - w_t.m(x_i)         -w_t.m(x_q)
+=========  =======================  ===================
+
+Block 0 (the *prefix*: ``Construction.n_prefix = 1``) is the feature MLP alone; blocks 1..L-1
+are the GD layers of :func:`constructions.parts.gd_head` reading the feature slot.  The readout
+is ``-y`` of the query.
+"""
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+import torch
+
+from verify import baselines
+from verify.claims import LR, Claim, Outcome, Part, Proof
+from verify.knobs import stable_lr
+from verify.prompts import PromptSpec
+from verify.reference import GD, KernelStep, OnFeatures, relu_features
+
+from . import parts
+from .construction import Construction
+from .errors import ConstructionError
+from .registry import Bench, register
+from .spec import BlockSpec
+
+
+def random_relu_features(d: int, k: int, seed: int = 0, scale: float = 1.0) -> dict:
+    """Random ReLU features ``m(x) = relu(W x + b)`` with ``W ~ N(0, scale^2/d)`` ``[k, d]`` and
+    ``b ~ U(-scale, scale)`` (``W_out = I_k``), as plain lists (the ``features`` of
+    :func:`feature_gd`).  Rahimi and Recht's random features with the ReLU."""
+    d, k = parts.positive_int(d, "d"), parts.positive_int(k, "k")
+    scale = parts.real(scale, "scale")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ConstructionError(f"seed must be a non-negative integer, got {seed!r}")
+    rng = np.random.default_rng(int(seed))
+    W = rng.normal(size=(k, d)) * scale / np.sqrt(d)
+    b = rng.uniform(-scale, scale, size=k)
+    return dict(W_in=W.tolist(), b_in=b.tolist(), W_out=np.eye(k).tolist())
+
+
+def _features(features, d: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if not isinstance(features, dict) or set(features) != {"W_in", "b_in", "W_out"}:
+        raise ConstructionError("features must be a dict with keys W_in [h, d], b_in [h], W_out [k, h] (e.g. "
+                                "constructions.features.random_relu_features(d, k))")
+    W_in = parts.real_array(features["W_in"], "features['W_in']")
+    b_in = parts.real_array(features["b_in"], "features['b_in']")
+    W_out = parts.real_array(features["W_out"], "features['W_out']")
+    if W_in.ndim != 2 or W_in.shape[1] != d or b_in.shape != (W_in.shape[0],) or W_out.ndim != 2 \
+            or W_out.shape[1] != W_in.shape[0]:
+        raise ConstructionError(f"features: expected W_in [h, {d}], b_in [h], W_out [k, h]; got W_in {W_in.shape}, "
+                                f"b_in {b_in.shape}, W_out {W_out.shape}")
+    return W_in, b_in, W_out
+
+
+def feature_gd(d: int, steps: int, lr: float, features=None, k: int = 16, seed: int = 0) -> Construction:
+    """A ReLU MLP writes features m(x) into every token; each following LSA layer is one GD step
+    on the feature regression.
+
+    **Theorem** (von Oswald et al. 2023, Prop. 2, §3.4).  If a first block maps every token to
+    ``(x, m(x), y)``, then after LSA layer t the query readout equals ``m(x_q) . w_t``, where
+    ``w_t`` is GD on ``L_m(w) = 1/(2n) sum_i (w.m(x_i) - y_i)^2`` from ``w_0 = 0`` with step
+    ``lr``.  After one layer the prediction is the kernel smoother
+    ``(lr/n) sum_i y_i k(x_i, x_q)`` with ``k(x, x') = m(x).m(x')`` (the paper's App. A.8 writes
+    the identity without the factor lr/n).
+
+    **Proof sketch.**  The MLP is token-local, so block 0 writes ``m(x_j)`` into the ``f`` slot of
+    every token, queries included, and leaves ``y`` untouched.  From then on the GD head of
+    :func:`constructions.parts.gd_head` with ``P = lr I_k`` reads ``f`` where Prop. 1 reads x:
+    its induction (``vonoswald23-prop1``) holds with ``m(x)`` in place of x.  Checked in exact
+    rational arithmetic with every feature unit open and closed (``icl-verify prove
+    vonoswald23-prop2``).
+
+    **Paper mapping.**  The paper's MLP is trained; here ``features`` is any one-hidden-layer
+    ReLU map ``m(x) = W_out relu(W_in x + b_in)`` (``{"W_in": [h, d], "b_in": [h], "W_out": [k, h]}``),
+    or, by default, k random ReLU features (:func:`random_relu_features` with ``seed``).  A
+    polynomial basis is not exact with finitely many ReLUs; pass a piecewise-linear
+    interpolant's weights to use one.
+
+    **Resources.**  ``steps + 1`` layers (1 MLP block + ``steps`` LSA layers), 1 head of width
+    ``k + 1``, width ``d + k + 1``, MLP width h (k by default), linear attention.
+
+    **Exactness.**  Exact (float64 round-off).
+
+    **Domain.**  ``lr * lambda_max(M^T M/n) <= 2`` for the feature matrix ``M = m(X)``, per prompt.
+    """
+    d, steps = parts.positive_int(d, "d"), parts.positive_int(steps, "steps")
+    lr = parts.real(lr, "lr")
+    if features is None:
+        features = random_relu_features(d, k, seed)
+    W_in, b_in, W_out = _features(features, d)
+    k, h = W_out.shape
+    parts.budget("feature_gd", layers=steps + 1, width=d + k + 1, d_head=k + 1, mlp=h)
+    lay = parts.lsa_layout(d, ("f", k, "zero"))
+    blocks = [BlockSpec(None, parts.feature_mlp(lay, W_in, b_in, W_out))]
+    blocks += [parts.block("linear", [parts.gd_head(lay, lr * np.eye(k), x="f")]) for _ in range(steps)]
+    step = parts.step_check(lr)
+    Wi, bi, Wo = (torch.from_numpy(a) for a in (W_in, b_in, W_out))
+
+    def domain(X, y, Xq):
+        F = torch.relu(X @ Wi.T.to(X) + bi.to(X)) @ Wo.T.to(X)
+        step(F, y, None)
+
+    params = dict(d=d, steps=steps, lr=lr, features=dict(W_in=W_in.tolist(), b_in=b_in.tolist(), W_out=W_out.tolist()))
+    return Construction("feature_gd", params, blocks, lay, d, domain=domain, n_prefix=1)
+
+
+def _feature_map(c):
+    f = c.params["features"]
+    return lambda X: relu_features(X, f["W_in"], f["b_in"], f["W_out"])
+
+
+def _drawn(p, k):
+    """Random ReLU features for the prompt and a stable step on them (a fraction ``lr_factor`` of
+    the limit; any step when every feature is 0 on the whole batch)."""
+    feats = random_relu_features(p.spec.d, k.features, seed=k.seed % 2**31)
+    F = relu_features(p.X, feats["W_in"], feats["b_in"], feats["W_out"])
+    return feats, stable_lr(F, k.lr_factor) if np.abs(F).max() > 0 else k.lr_factor
+
+
+def _case(p, k):
+    feats, lr = _drawn(p, k)
+    c = feature_gd(p.spec.d, k.steps, lr, features=feats)
+    return c, OnFeatures(_feature_map(c), GD(k.steps, lr))
+
+
+def _kernel_case(p, k):
+    feats, lr = _drawn(p, k)
+    c = feature_gd(p.spec.d, 1, lr, features=feats)
+    return c, KernelStep(_feature_map(c), lr)
+
+
+#: the proof's feature map: small-denominator rationals, d = 2, h = 4 units, k = 3 features
+PROOF_FEATURES = dict(W_in=[[1.0, -0.5], [-1.0, 0.5], [0.5, 1.0], [0.25, -1.0]], b_in=[0.25, 0.0, -0.25, 0.5],
+                      W_out=[[1.0, 0.0, 0.5, 0.0], [0.0, 1.0, 0.0, -0.5], [0.5, -0.5, 0.0, 1.0]])
+
+
+def feature_exact() -> Outcome:
+    """feature_gd(d=2, 3 steps) equals GD on the features, and after one step the kernel smoother,
+    in exact rational arithmetic on random rational prompts, every feature unit open and closed."""
+    from verify import exact as ex
+
+    c = feature_gd(2, 3, LR, features=PROOF_FEATURES)
+    one = feature_gd(2, 1, LR, features=PROOF_FEATURES)
+    fm = _feature_map(c)
+    gates = ex.ReluGates(blocks={0})
+    ok = True
+    for seed in (0, 1, 2):
+        X, y, Xq = ex.rational_prompt(PromptSpec(B=2, n=6, m=2, d=2, seed=seed))
+        ok &= ex.trace_equals(c, OnFeatures(fm, GD(3, Fraction(LR))), X, y, Xq, record=gates)
+        ok &= ex.trace_equals(one, KernelStep(fm, Fraction(LR)), X, y, Xq)
+    if gates.stuck():
+        return Outcome(False, f"the proof's prompts are not generic: feature units never switched {gates.stuck()}")
+    return Outcome(ok, "feature_gd(d=2, k=3, 3 steps) = GD on m(x) exactly, and its first layer = the kernel smoother "
+                       "(lr/n) sum_i y_i m(x_i).m(x_q), on 3 rational prompts; every feature unit open and closed"
+                   if ok else "feature_gd differs from GD on the features in exact arithmetic")
+
+
+def _baseline(prep, c):
+    f = c.params["features"]
+    Wi, bi, Wo = (torch.tensor(f[k], dtype=prep.X.dtype, device=prep.X.device) for k in ("W_in", "b_in", "W_out"))
+    feat = lambda X: torch.relu(X @ Wi.T + bi) @ Wo.T  # noqa: E731
+    return lambda: baselines.predict(feat(prep.Xq), baselines.gd(feat(prep.X), prep.y, c.steps, lr=c.params["lr"]))
+
+
+register(
+    feature_gd, summary="a ReLU MLP writes features m(x), then one GD step on (m(x_i), y_i) per LSA layer",
+    source="von Oswald et al. 2023, Prop. 2", exactness="exact",
+    paper_resources='Prop. 2: an MLP block, then one LSA layer per GD step',
+    bench=Bench(lambda d, n: dict(steps=10, lr=0.01, k=20), baseline=_baseline),
+    claims=[
+        Claim("vonoswald23-prop2", "von Oswald et al. 2023", "Prop. 2, §3.4",
+              "a ReLU MLP block writing m(x) followed by L LSA layers = L GD steps on the least squares of "
+              "(m(x_i), y_i); the query readout after layer t is m(x_q).w_t",
+              "GD on the features (numpy)", _case, OnFeatures, knobs=dict(features=(1, 12)),
+              proof=Proof("exact-rational", (Part("exact feature_gd", feature_exact),))),
+        Claim("vonoswald23-prop2-kernel", "von Oswald et al. 2023", "Prop. 2, App. A.8 (kernel view)",
+              "after one LSA layer on features the prediction is the kernel smoother (lr/n) sum_i y_i k(x_i, x_q) "
+              "with k(x, x') = m(x).m(x')",
+              "kernel smoother from the Gram matrix (numpy)", _kernel_case, KernelStep, variant="steps=1",
+              knobs=dict(features=(1, 12), steps=1),
+              proof=Proof("exact-rational", (Part("exact feature_gd", feature_exact),))),
+    ],
+)

@@ -1,0 +1,68 @@
+"""feature_gd (von Oswald et al. 2023, Prop. 2): the feature block is a prefix, every later layer
+is a GD step on the features, and bad feature maps or steps are refused."""
+import numpy as np
+import pytest
+
+import constructions
+from constructions import ConstructionError
+from constructions.features import feature_gd, random_relu_features
+from verify.reference import GD, relu_features
+
+
+def _prompt(d=3, n=10, m=2, B=2, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(B, n, d)) * 0.5, rng.normal(size=(B, n)), rng.normal(size=(B, m, d))
+
+
+def test_the_prefix_writes_the_features_and_each_layer_is_one_gd_step():
+    feats = random_relu_features(3, 5, seed=1)
+    c = feature_gd(3, 4, 0.05, features=feats)
+    X, y, Xq = _prompt()
+    F, Fq = (relu_features(A, feats["W_in"], feats["b_in"], feats["W_out"]) for A in (X, Xq))
+    assert c.trace(X, y, Xq).shape == (4, 2, 2)  # one entry per GD layer, none for the feature block
+    f0 = c.read_slot(X, y, Xq, "f")[0]  # index 0: the stream after the prefix
+    assert np.allclose(f0[:, :10], F, atol=1e-15) and np.allclose(f0[:, 10:], Fq, atol=1e-15)
+    want = GD(4, 0.05).fit(F, y).trace(Fq)
+    assert np.abs(c.trace(X, y, Xq) - want).max() <= 1e-13
+    assert c.resources["layers"] == 5 and c.resources["width"] == 3 + 5 + 1 and c.resources["mlp_width"] == 5
+
+
+def test_random_features_are_deterministic_and_plain_data():
+    a, b = random_relu_features(4, 6, seed=3), random_relu_features(4, 6, seed=3)
+    assert a == b and a != random_relu_features(4, 6, seed=4)
+    c = constructions.build("feature_gd", d=4, steps=2, lr=0.1, k=6, seed=3)
+    assert c.params["features"] == a
+
+
+def test_save_and_load_round_trip(tmp_path):
+    c = feature_gd(2, 2, 0.1, k=3)
+    path = c.save(tmp_path / "f.safetensors")
+    X, y, Xq = _prompt(d=2)
+    assert np.array_equal(constructions.load(path).predict(X, y, Xq), c.predict(X, y, Xq))
+
+
+@pytest.mark.parametrize("features, match", [
+    ("relu", "must be a dict"),
+    (dict(W_in=[[1.0, 2.0]], b_in=[0.0]), "must be a dict"),
+    (dict(W_in=[[1.0, 2.0]], b_in=[0.0], W_out=[[1.0]]), r"expected W_in \[h, 3\]"),
+    (dict(W_in=[[1.0, 2.0, 3.0]], b_in=[0.0, 1.0], W_out=[[1.0]]), "expected W_in"),
+    (dict(W_in=[[1.0, np.nan, 3.0]], b_in=[0.0], W_out=[[1.0]]), "finite|NaN"),
+])
+def test_bad_feature_maps_are_refused(features, match):
+    with pytest.raises(ConstructionError, match=match):
+        feature_gd(3, 2, 0.1, features=features)
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, True, "0"])
+def test_bad_seeds_are_refused(seed):
+    with pytest.raises(ConstructionError, match="seed"):
+        random_relu_features(3, 4, seed=seed)
+
+
+def test_an_unstable_step_on_the_features_is_refused():
+    feats = dict(W_in=np.eye(3).tolist(), b_in=[1.0, 1.0, 1.0], W_out=(10 * np.eye(3)).tolist())
+    c = feature_gd(3, 2, 1.0, features=feats)
+    X, y, Xq = _prompt()
+    with pytest.raises(ConstructionError, match="stability limit"):
+        c.predict(X, y, Xq)
+    assert np.isfinite(c.predict(X, y, Xq, check=False)).all()  # two steps stay finite; check=False skips the domain
