@@ -83,12 +83,16 @@ def copy_gd(d: int, n: int, steps: int, lr: float, attention: str = "linear", be
 
     **Exactness.**  Linear: exact (float64 round-off).  Softmax: approximate, ``O(n e^{-beta/2})``.
 
-    **Domain.**  n examples (the construction's n) and ``lr * lambda_max(X^T X/n) <= 2``.
+    **Domain.**  n examples (the construction's n) and ``lr * lambda_max(X^T X/n) <= 2``; softmax:
+    ``beta >= 2 ln(3n)`` (refused at build), where :func:`copy_bound` holds.
     """
     d, n, steps = parts.positive_int(d, "d"), parts.positive_int(n, "n"), parts.positive_int(steps, "steps")
     lr, beta = parts.real(lr, "lr"), parts.real(beta, "beta")
     if not isinstance(attention, str) or attention not in ATTENTION:
         raise ConstructionError(f"attention must be one of {ATTENTION}, got {attention!r}")
+    if attention == "softmax" and 3 * n * np.exp(-beta / 2) > 1:
+        raise ConstructionError(f"beta={beta:g} is too small for the softmax copy of n={n} examples: the copy is "
+                                f"within its bound only for 3 n e^(-beta/2) <= 1; use beta >= {2 * np.log(3 * n):.3g}")
     parts.budget("copy_gd", layers=steps + 1, width=d + 1 + 2 * n, d_head=max(d, 2 * n))
     lay = parts.lsa_layout(d, ("pos", 2 * n, "position"))
     blocks = [copy_block(lay, n, attention, beta)]

@@ -155,6 +155,9 @@ def _builtin_hooks(model, c, layernorm: bool) -> list:
             n_keys, norm = context()
             if a is None:  # a block without attention: its zero weights give zero output
                 return pat
+            if n_keys > s.shape[-1]:
+                raise ConstructionError(f"prompt(model, n_keys={n_keys}, ...) names more key tokens than the stream "
+                                        f"has ({s.shape[-1]}); pass c.n_keys(n) for a prompt of n examples")
             keys = n_keys if c.mask_query else s.shape[-1]
             s = s[..., :keys]
             future = torch.ones(s.shape[-2], keys, dtype=torch.bool, device=s.device).triu(1) if a.causal else None

@@ -109,14 +109,18 @@ def feature_gd(d: int, steps: int, lr: float, features=None, k: int = 16, seed: 
     blocks = [BlockSpec(None, parts.feature_mlp(lay, W_in, b_in, W_out))]
     blocks += [parts.block("linear", [parts.gd_head(lay, lr * np.eye(k), x="f")]) for _ in range(steps)]
     step = parts.step_check(lr)
-    Wi, bi, Wo = (torch.from_numpy(a) for a in (W_in, b_in, W_out))
+    params = dict(d=d, steps=steps, lr=lr, features=dict(W_in=W_in.tolist(), b_in=b_in.tolist(), W_out=W_out.tolist()))
 
     def domain(X, y, Xq):
-        F = torch.relu(X @ Wi.T.to(X) + bi.to(X)) @ Wo.T.to(X)
-        step(F, y, None)
+        step(torch_features(params["features"], X), y, None)
 
-    params = dict(d=d, steps=steps, lr=lr, features=dict(W_in=W_in.tolist(), b_in=b_in.tolist(), W_out=W_out.tolist()))
     return Construction("feature_gd", params, blocks, lay, d, domain=domain, n_prefix=1)
+
+
+def torch_features(features: dict, X: torch.Tensor) -> torch.Tensor:
+    """``m(X)`` in torch, in X's dtype and device (the domain check and the benchmark baseline)."""
+    Wi, bi, Wo = (torch.as_tensor(np.asarray(features[k], dtype=np.float64)).to(X) for k in ("W_in", "b_in", "W_out"))
+    return torch.relu(X @ Wi.T + bi) @ Wo.T
 
 
 def _feature_map(c):
@@ -172,9 +176,8 @@ def feature_exact() -> Outcome:
 
 def _baseline(prep, c):
     f = c.params["features"]
-    Wi, bi, Wo = (torch.tensor(f[k], dtype=prep.X.dtype, device=prep.X.device) for k in ("W_in", "b_in", "W_out"))
-    feat = lambda X: torch.relu(X @ Wi.T + bi) @ Wo.T  # noqa: E731
-    return lambda: baselines.predict(feat(prep.Xq), baselines.gd(feat(prep.X), prep.y, c.steps, lr=c.params["lr"]))
+    return lambda: baselines.predict(torch_features(f, prep.Xq),
+                                     baselines.gd(torch_features(f, prep.X), prep.y, c.steps, lr=c.params["lr"]))
 
 
 register(

@@ -54,6 +54,28 @@ def centred_check(X, y, Xq, dtype=torch.float64):
             "pass X - X.mean(axis=-2, keepdims=True), and centre y the same way to keep an intercept-free model")
 
 
+#: the largest score scale ``beta S`` the domain accepts: beyond it the softmax saturates and the
+#: pair stops approximating a linear head (the error bound of :func:`error_budget` is for
+#: ``beta S <= 0.1``; at ``beta S = 1`` the error measured by benchmarks/softmax_lsa.py is 0.5% of the readout)
+MAX_SCALE = 1.0
+
+
+def scale_check(lr: float, beta: float):
+    """``beta S <= MAX_SCALE`` for every prompt, ``S = lr max |x_j . x_i|`` over context and query
+    tokens j and context tokens i (the largest score of a head)."""
+    def check(X, y, Xq):
+        S = lr * (torch.cat([X, Xq], 1) @ X.transpose(1, 2)).abs().flatten(1).amax(-1)
+        bad = (beta * S > MAX_SCALE * (1 + parts.NORM_SLACK)).nonzero()  # slack: the rounding of a float32 prompt
+        if bad.numel():
+            b = int(bad[0, 0])
+            raise ConstructionError(
+                f"prompt {b}: the softmax heads' score scale beta S = {beta * float(S[b]):.3g} exceeds {MAX_SCALE:g}, "
+                "where the softmax saturates and the pair no longer approximates a linear GD head; rebuild with "
+                f"beta <= {MAX_SCALE / float(S[b]):.3g} (or scale X down)")
+
+    return check
+
+
 def softmax_gd(d: int, steps: int, lr: float, beta: float) -> Construction:
     """GD with softmax attention: each layer's pair of softmax heads approximates one linear GD head.
 
@@ -71,15 +93,15 @@ def softmax_gd(d: int, steps: int, lr: float, beta: float) -> Construction:
     also loses ``~ eps / beta`` to cancellation, so the error is smallest near
     ``beta S ~ eps^(1/3)`` (docs/vonoswald.md measures it in float64 and float32).
 
-    **Domain.**  Centred context inputs (``|mean_i x_i| <= 64 eps max_i |x_i|``, eps of the run dtype) and
-    ``lr * lambda_max(X^T X/n) <= 2``.
+    **Domain.**  Centred context inputs (``|mean_i x_i| <= 64 eps max_i |x_i|``, eps of the run dtype),
+    ``lr * lambda_max(X^T X/n) <= 2`` and ``beta S <= 1`` (:data:`MAX_SCALE`).
     """
     d, steps = parts.positive_int(d, "d"), parts.positive_int(steps, "steps")
     lr, beta = parts.real(lr, "lr"), parts.real(beta, "beta")
     parts.budget("softmax_gd", layers=steps, width=d + 1, heads=2, d_head=d)
     lay = parts.lsa_layout(d)
     blocks = [parts.block("softmax", parts.softmax_pair_heads(lay, lr * np.eye(d), beta)) for _ in range(steps)]
-    domain = parts.all_checks(centred_check, parts.step_check(lr))
+    domain = parts.all_checks(centred_check, parts.step_check(lr), scale_check(lr, beta))
     return Construction("softmax_gd", dict(d=d, steps=steps, lr=lr, beta=beta), blocks, lay, d, domain=domain)
 
 

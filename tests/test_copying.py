@@ -2,10 +2,11 @@
 the copying layer, the refusals, and the centring domain."""
 import numpy as np
 import pytest
+import torch
 
 from constructions import ConstructionError, formats
-from constructions.copying import copy_gd
-from constructions.softmax_heads import softmax_gd
+from constructions.copying import copy_bound, copy_gd
+from constructions.softmax_heads import error_budget, softmax_gd
 from verify.reference import GD
 
 
@@ -35,11 +36,17 @@ def test_the_copying_layer_moves_each_label_into_its_x_token():
     assert np.abs(c.trace(X, y, Xq) - GD(1, 0.1).fit(X, y).trace(Xq)).max() <= 1e-14
 
 
-def test_the_softmax_copy_approaches_gd_as_beta_grows():
+def test_the_softmax_copy_approaches_gd_within_its_bound():
     X, y, Xq = _prompt()
     want = GD(2, 0.1).fit(X, y).predict(Xq)
-    errs = [np.abs(copy_gd(3, 5, 2, 0.1, "softmax", b).predict(X, y, Xq) - want).max() for b in (10.0, 20.0, 30.0)]
-    assert errs[0] > errs[1] > errs[2] and errs[2] < 1e-5
+    errs = []
+    for beta in (10.0, 20.0, 30.0):
+        err = np.abs(copy_gd(3, 5, 2, 0.1, "softmax", beta).predict(X, y, Xq) - want)
+        assert (err <= copy_bound(X, y, Xq, 2, 0.1, beta)).all()
+        errs.append(err.max())
+    assert errs[0] > errs[1] > errs[2]
+    with pytest.raises(ConstructionError, match="too small"):  # outside the bound's range
+        copy_gd(3, 5, 2, 0.1, "softmax", 2.0)
 
 
 @pytest.mark.parametrize("kwargs, match", [(dict(attention="relu"), "attention must be one of"),
@@ -56,13 +63,20 @@ def test_a_prompt_of_another_length_is_refused():
         copy_gd(3, 5, 2, 0.1).predict(X, y, Xq)
 
 
-def test_softmax_gd_needs_centred_inputs_in_either_dtype():
+def test_softmax_gd_needs_centred_inputs_and_stays_within_its_budget_in_either_dtype():
+    from verify.tolerance import eps
+
     X, y, Xq = _prompt(n=12)
     c = softmax_gd(3, 2, 0.1, 0.05)
     with pytest.raises(ConstructionError, match="centred"):
         c.predict(X, y, Xq)
     Xc = X - X.mean(1, keepdims=True)
-    want = GD(2, 0.1).fit(Xc, y).predict(Xq)
-    assert np.abs(c.predict(Xc, y, Xq) - want).max() < 1e-3
-    got32 = c.to("float32").predict(Xc.astype(np.float32), y.astype(np.float32), Xq.astype(np.float32))
-    assert np.abs(got32 - want).max() < 1e-2
+    want = GD(2, 0.1).fit(Xc, y).trace(Xq)
+    for dtype, args in (("float64", (Xc, y, Xq)), ("float32", tuple(a.astype(np.float32) for a in (Xc, y, Xq)))):
+        got = c.to(dtype).trace(*args)
+        for b in range(2):
+            _, roundoff, bound = error_budget(Xc[b], y[b], Xq[b], 0.1, 0.05, 2)
+            extra = roundoff * eps(getattr(torch, dtype)) / eps(torch.float64)  # the budget's round-off, in dtype
+            assert (np.abs(got[:, b] - want[:, b]).max(-1) <= bound + 4 * extra).all(), dtype
+    with pytest.raises(ConstructionError, match="saturates"):
+        softmax_gd(3, 2, 0.1, 1e3).predict(Xc, y, Xq)
