@@ -35,8 +35,9 @@ ENTRY_POINTS = "icl_constructions"
 class Bench:
     """A construction's row of ``icl-verify bench`` (d = 20, n = 40 by default).
 
-    ``params(d, n)``: the factory's keyword arguments besides d; ``labels``: ``"real"`` or
-    ``"binary"`` (0/1 labels); ``n``: a fixed number of examples (else the bench's n);
+    ``params(d, n)``: the factory's keyword arguments besides d; ``labels``: ``"real"``,
+    ``"binary"`` (0/1 labels) or ``"unit"`` (real, scaled to ``|y| <= 1``); ``n``: a fixed number
+    of examples (else the bench's n);
     ``batch``: the batch of the row; ``baseline(prepared, construction)``: a zero-argument
     callable running the algorithm itself in torch on the same prompts (timed beside the
     model); ``centred``: the context inputs are centred (a domain that needs mean-zero inputs)."""

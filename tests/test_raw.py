@@ -111,3 +111,61 @@ def test_raw_gd_validates_its_input():
     with pytest.raises(ConstructionError, match="null_score"):
         constructions.AttentionSpec("linear", *np.zeros((3, 1, 2, 1)), np.zeros((1, 1, 2)), null_score=1.0)
     assert constructions.build("raw_gd", d=2, w0=[0.0, 0.0], lr=0.1).resources["layers"] == 9
+
+
+# -- raw_sgd: Thm 1 chained over the exemplars (akyurek22-sgd-pass) --------------------------------
+def _sgd_prompt(B=2, n=12, d=3, seed=2):
+    rng = np.random.default_rng(seed)
+    X = np.tanh(rng.normal(size=(B, n, d))) * 0.5
+    return X, np.tanh(rng.normal(size=(B, n))), np.tanh(rng.normal(size=(B, d))) * 0.5, rng.normal(size=d) * 0.3
+
+
+def test_raw_sgd_error_is_the_accumulated_s2_term_at_every_step():
+    X, y, xq, w0 = _sgd_prompt()
+    res = akyurek.sgd_pass_errors(X, y, xq, w0, 0.2, 0.05)
+    for s, (err, pred, rem) in zip(akyurek.SGD_SCALES, res):
+        assert err.shape == (2, 12)
+        assert (np.abs(err - pred) <= rem).all(), s
+    err, pred, rem = res[-1]
+    assert (np.abs(pred) > 10 * rem).all()  # at s = 1e-3 the s^2 term is resolved at every step
+    gain = np.abs(res[1][0][:, -1] / res[2][0][:, -1])
+    assert (gain >= akyurek.THM1_DECADE).all() and (gain <= 10.0**2.1).all()
+
+
+def test_the_carried_error_is_needed_local_terms_alone_miss():
+    """K_i carries every earlier step's mul error forward; the local terms of step i alone (the
+    error of one Thm 1 step from the exact iterate) miss the measured error beyond the bound."""
+    X, y, xq, w0 = _sgd_prompt(seed=3)
+    lr, lam = 0.2, 0.05
+    err, pred, rem = akyurek.sgd_pass_errors(X, y, xq, w0, lr, lam, scales=(1e-3,))[0]
+    ws, es = akyurek.sgd_pass(X, y, w0, lr, lam)
+    local = []
+    for i in range(X.shape[1]):
+        x = X[:, i]
+        ep = -akyurek._q(ws[:, i], x, 4).sum(-1) / 12
+        eg = -akyurek._q(x, es[:, i : i + 1], 4) / 12
+        local.append(1e-6 * ((xq * -2 * lr * (x * ep[:, None] + eg)).sum(-1) - akyurek._q(ws[:, i + 1], xq, 4).sum(-1) / 12))
+    assert (np.abs(err - np.stack(local, 1)) > rem).any()
+
+
+def test_raw_sgd_trace_is_the_sgd_prediction_per_exemplar():
+    X, y, xq, w0 = _sgd_prompt(B=1, n=5, d=2, seed=4)
+    c = constructions.raw_sgd(2, 5, 0.1, 0.0, w0)
+    ws, _ = akyurek.sgd_pass(X, y, w0, 0.1, 0.0)
+    tr = c.trace(X, y, xq[:, None])[..., 0, 0]
+    assert tr.shape == (5,)
+    assert np.allclose(tr, ws[0, 1:] @ xq[0], atol=1e-5)  # O(s^2) at s = 1e-3, checked sharply above
+    assert c.predict(X, y, xq[:, None])[0, 0] == tr[-1]
+    assert (c.resources["layers"], c.resources["width"]) == (8 * 5 + 3, 7 * 2 + 2 * 5 + 5)
+
+
+def test_raw_sgd_refuses_bad_input():
+    X, y, xq, w0 = _sgd_prompt(B=1, n=4, d=2)
+    c = constructions.raw_sgd(2, 4, 0.1, 0.0, w0)
+    with pytest.raises(ConstructionError, match="n=4"):
+        c.predict(X[:, :3], y[:, :3], xq[:, None])
+    with pytest.raises(ConstructionError, match="passthrough"):
+        c.predict(X, y * 20, xq[:, None])  # |y| > P/2 = 5: the GeLU pass-through fails
+    for bad in (dict(n=0), dict(lr=float("nan")), dict(w0=[1.0]), dict(config=dict(mul_scale=-1.0))):
+        with pytest.raises(ConstructionError):
+            constructions.raw_sgd(**{**dict(d=2, n=4, lr=0.1), **bad})

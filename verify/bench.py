@@ -99,6 +99,8 @@ def _case(name: str, d: int, n: int, B: int, dtype, device):
     y, Xq = torch.from_numpy(p.y), torch.from_numpy(p.Xq / np.linalg.norm(p.Xq, axis=-1).max())
     if bench.labels == "binary":
         y = (y > 0).to(y.dtype)  # 0/1 labels
+    elif bench.labels == "unit":
+        y = y / y.abs().max()  # |y| <= 1
     if bench.centred:
         X = X - X.mean(1, keepdim=True)
     with parts.size_limit(max_params=max(MAX_PARAMS, parts.limits()[0])):
