@@ -19,6 +19,8 @@ closed forms are written from the derivation in each docstring, not from autogra
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -92,6 +94,39 @@ def hessian_bound(A: T, b: T) -> T:
     return torch.linalg.matrix_norm(A, 2) ** 2 * (2.5 + 1.5 * torch.linalg.vector_norm(b, dim=-1))
 
 
+def hessian_rescaled(A: T, b: T, x: T) -> T:
+    """``Hess L_resc = A^T (J'^T J' + diag(u o (c' - <b, c'>))) A`` with ``c' = u - alpha b`` and
+    ``J' = dc'/dz = diag(u) - b u^T``: ``L = |c'|^2/2`` has Hessian ``J'^T J' + sum_k c'_k Hess c'_k``
+    in z, and ``Hess c'_k = u_k e_k e_k^T - b_k diag(u)`` (``Hess alpha = diag(u)``), so the sum is
+    ``diag(u o c') - <b, c'> diag(u)``."""
+    u = torch.exp(_mv(A, x))
+    cp = u - u.sum(-1, keepdim=True) * b
+    Jp = torch.diag_embed(u) - b[..., :, None] * u[..., None, :]
+    G = Jp.transpose(-1, -2) @ Jp + torch.diag_embed(u * (cp - (b * cp).sum(-1, keepdim=True)))
+    return A.transpose(-1, -2) @ G @ A
+
+
+def rescaled_bounds(R, n: int, b: T) -> tuple[T, T]:
+    """``(|grad L_resc|, |Hess L_resc|)`` bounds (ours) on ``|A|_2 <= R``, ``|x| <= R``:
+    ``|z|_inf <= |Ax| <= R^2``, so with ``E = exp(R^2)``: ``|u|_inf <= E``, ``|u| <= sqrt(n) E``,
+    ``alpha <= n E``, ``|c'| <= E (sqrt n + n|b|)``, ``|c'|_inf <= E (1 + n|b|)``,
+    ``|J'| <= E (1 + sqrt(n)|b|)``; the gradient ``A^T J'^T c'`` and the Hessian's two terms
+    follow by the triangle inequality (the Hessian bound is the gradient's Lipschitz constant on
+    the ball)."""
+    E = float(np.exp(R**2))
+    nb = torch.linalg.vector_norm(b, dim=-1)
+    rn = math.sqrt(n)
+    Jp = E * (1 + rn * nb)
+    cp, cinf = E * (rn + n * nb), E * (1 + n * nb)
+    return R * Jp * cp, R**2 * (Jp**2 + E * (cinf + nb * cp))
+
+
+def data_grad(A: T, b: T, x: T) -> T:
+    """``dL_exp/dA = (f o c - <f, c> f) x^T`` (``z = A x``: ``dz_i/dA_ij = x_j``)."""
+    f, c, s = softmax_parts(A, b, x)
+    return (f * c - s * f)[..., :, None] * x[..., None, :]
+
+
 # -- multiple softmax regression (attention) ----------------------------------------------------
 def attention_loss(A1: T, A2: T, B: T, X: T) -> T:
     F = torch.softmax(A1 @ X @ A2.transpose(-1, -2), dim=-1)
@@ -116,6 +151,24 @@ def attention_grad(A1: T, A2: T, B: T, X: T, rescaled: bool = False) -> T:
         C = F - B
         G = F * C - (F * C).sum(-1, keepdim=True) * F
     return A1.transpose(-1, -2) @ G @ A2
+
+
+def attention_hessian(A1: T, A2: T, B: T, X: T) -> T:
+    """The Hessian of ``L_att`` in ``x = vec_row(X)`` (``[d^2, d^2]``) through the tensor trick:
+    ``L_att`` is the sum over rows j of single regressions with ``cal A_j = (A1)_j (x) A2`` and
+    labels ``B_j`` (:func:`attention_as_single`), so ``Hess = sum_j cal A_j^T G_j cal A_j``
+    (:func:`hessian`)."""
+    x = vec(X)
+    return sum(hessian(kron(A1[..., j : j + 1, :], A2), B[..., j, :], x) for j in range(A1.shape[-2]))
+
+
+def attention_hessian_bound(A1: T, A2: T, B: T) -> T:
+    """``|Hess L_att|_2 <= |A1|_2^2 |A2|_2^2 max_j (5/2 + 3|B_j|/2)`` (ours): for a unit v,
+    ``|v^T Hess v| <= sum_j |G_j| |cal A_j v|^2`` with :func:`hessian_bound`'s ``|G_j| <= 5/2 +
+    3|B_j|/2``, and ``sum_j cal A_j^T cal A_j = (A1^T A1) (x) (A2^T A2)``, whose norm is
+    ``|A1|^2 |A2|^2`` (Kronecker norms multiply)."""
+    g = (2.5 + 1.5 * torch.linalg.vector_norm(B, dim=-1)).amax(-1)
+    return (torch.linalg.matrix_norm(A1, 2) * torch.linalg.matrix_norm(A2, 2)) ** 2 * g
 
 
 def vec(X: T, order: str = "row") -> T:
@@ -183,6 +236,32 @@ def attention_layer(d: int, n: int):
             return model(embed(A, x), n)[:, n, lay["f"].index]
 
     return model, lay, run
+
+
+def matrix_attention_layer(d: int, n: int):
+    """One softmax self-attention layer whose attention weight is X: n key tokens hold the rows of
+    A2 (and a one-hot position code), n query tokens the rows of A1; ``W_Q = X`` on the a1 slot,
+    ``W_K`` the identity on a2, so query j's scores are ``(A1 X A2^T)_j`` and its ``f`` slot becomes
+    row j of ``F(X) = D^{-1} exp(A1 X A2^T)``.  Returns ``run(A1, A2, X) -> F [B, n, n]`` (one
+    layer built per prompt: its weight is that prompt's X)."""
+    lay = ResidualLayout.of([("a1", d, "x"), ("a2", d, "x"), ("pos", n, "zero"), ("f", n, "zero"),
+                             ("out", 1, "zero")], Readout("out"))
+
+    def run(A1: T, A2: T, X: T) -> T:
+        out = []
+        for a1, a2, x in zip(A1, A2, X):
+            head = dict(W_Q=lay.read({"a1": x.numpy()}, d), W_K=lay.read({"a2": np.eye(d)}, d),
+                        W_V=lay.read({"pos": np.eye(n)}, n), W_O=lay.write({"f": np.eye(n)}, n))
+            model = Transformer([BlockSpec(AttentionSpec.from_heads("softmax", [head]))])
+            h = torch.zeros(1, 2 * n, lay.width, dtype=torch.float64)
+            h[0, :n, lay["a2"].index] = a2
+            h[0, :n, lay["pos"].index] = torch.eye(n, dtype=torch.float64)
+            h[0, n:, lay["a1"].index] = a1
+            with torch.no_grad():
+                out.append(model(h, n)[0, n:, lay["f"].index])
+        return torch.stack(out)
+
+    return run
 
 
 # -- claim checks: each returns a verify.tolerance.Comparison (measured vs 0, tol = bound) -------
@@ -272,6 +351,132 @@ def check_lipschitz(prompt, knobs):
     return _cmp([moved, hn], [bound, hessian_bound(A1, b)], [u * torch.ones_like(moved), u * hessian_bound(A1, b)])
 
 
+def _matrix_instance(prompt, knobs, R=None):
+    """A matrix instance: ``A1 = `` the prompt's X and ``A2`` random, each of spectral norm R;
+    ``X = (I + G/(2|G|))/R`` (singular values in ``[1/(2R), 3/(2R)]``, so scores ``<= 1.5 R`` and
+    ``cond(X) <= 3``); ``B`` row distributions."""
+    A1, b, x = _instance(prompt, knobs)
+    R = knobs.R if R is None else R
+    g = torch.Generator().manual_seed(knobs.seed)
+    A2 = torch.randn(A1.shape, generator=g, dtype=torch.float64)
+    A2 = A2 * (R / torch.linalg.matrix_norm(A2, 2)[:, None, None])
+    Bsz, n, d = A1.shape
+    G = torch.randn((Bsz, d, d), generator=g, dtype=torch.float64)
+    X = (torch.eye(d, dtype=torch.float64) + G / (2 * torch.linalg.matrix_norm(G, 2)[:, None, None])) / R
+    B = torch.softmax(torch.randn((Bsz, n, n), generator=g, dtype=torch.float64), -1)
+    return A1, A2, X, B
+
+
+def _on_sphere(x: T, R, knobs) -> T:
+    """A second point of norm R near x (the segment between them stays in the ball of radius R)."""
+    g = torch.Generator().manual_seed(knobs.seed + 1)
+    y = x + torch.randn(x.shape, generator=g, dtype=torch.float64) * 10.0**knobs.log10_eta * R
+    return y * (R / torch.linalg.vector_norm(y, dim=-1, keepdim=True))
+
+
+def check_rescaled(prompt, knobs):
+    """``gao23-rescaled``: the rescaled loss's closed-form gradient and Hessian
+    (:func:`grad_rescaled`, :func:`hessian_rescaled`) against autograd, those of the matrix rescaled
+    loss (:func:`attention_grad`) too, and on ``|A|_2 = R``, ``|x| = R``: ``|grad| <= gb``,
+    ``|Hess| <= hb`` and the gradient ``hb``-Lipschitz between two points of the sphere
+    (:func:`rescaled_bounds`).  Tolerance: ``C eps (n + d)`` times the bound's scale."""
+    A, b, x = _instance(prompt, knobs)
+    n, d = A.shape[-2], A.shape[-1]
+    gb, hb = rescaled_bounds(knobs.R, n, b)
+    u = C * eps(torch.float64) * (n + d)
+    xg = x.clone().requires_grad_(True)
+    auto, = torch.autograd.grad(loss_rescaled(A, b, xg).sum(), xg)
+    closed = grad_rescaled(A, b, x)
+    H = torch.stack([torch.autograd.functional.hessian(lambda z: loss_rescaled(a, bb, z), z0) for a, bb, z0 in zip(A, b, x)])
+    Hc = hessian_rescaled(A, b, x)
+    y = _on_sphere(x, knobs.R, knobs)
+    lip = torch.linalg.vector_norm(grad_rescaled(A, b, y) - closed, dim=-1)
+    A1, A2, X, B = _matrix_instance(prompt, knobs)
+    Xg = X.clone().requires_grad_(True)
+    mauto, = torch.autograd.grad(attention_loss_rescaled(A1, A2, B, Xg).sum(), Xg)
+    mclosed = attention_grad(A1, A2, B, X, rescaled=True)
+    mscale = mauto.abs().amax((-1, -2)) + 1
+    measured = [(auto - closed).abs().amax(-1), (H - Hc).abs().amax((-1, -2)), torch.linalg.vector_norm(closed, dim=-1),
+                torch.linalg.matrix_norm(Hc, 2), lip, (mauto - mclosed).abs().amax((-1, -2))]
+    bound = [0 * gb, 0 * hb, gb, hb, hb * torch.linalg.vector_norm(y - x, dim=-1), 0 * gb]
+    return _cmp(measured, bound, [u * gb, u * hb, u * gb, u * hb, u * gb, u * d * mscale])
+
+
+def check_matrix_hessian(prompt, knobs):
+    """``gao23-matrix-hessian``: the normalised matrix loss's Hessian in ``vec_row(X)``
+    (``[d^2, d^2]``, :func:`attention_hessian`, the tensor trick) against autograd, and its norm
+    within :func:`attention_hessian_bound`.  Tolerance: ``C eps (d^2 + n)`` times the bound."""
+    A1, A2, X, B = _matrix_instance(prompt, knobs)
+    d, n = X.shape[-1], A1.shape[-2]
+    H = torch.stack([torch.autograd.functional.hessian(lambda z: attention_loss(a1, a2, bb, z.reshape(d, d)), x0.reshape(-1))
+                     for a1, a2, bb, x0 in zip(A1, A2, B, X)])
+    Hc = attention_hessian(A1, A2, B, X)
+    hb = attention_hessian_bound(A1, A2, B)
+    u = C * eps(torch.float64) * (d * d + n)
+    return _cmp([(H - Hc).abs().amax((-1, -2)), torch.linalg.matrix_norm(Hc, 2)], [0 * hb, hb], [u * hb, u * hb])
+
+
+def matrix_shift(A1: T, A2: T, B: T, X: T, eta, rescaled: bool = False):
+    """One GD step on the attention weight X of the normalised (or rescaled) matrix loss,
+    ``X' = X - eta grad`` (eta a float or per prompt ``[B, 1, 1]``), and the two shifts that reproduce it with X fixed: the label shift
+    ``B~ = B - (F(X') - F(X))`` and the data shift ``A2' = A2 X'^T X^{-T}`` (``A1 X A2'^T =
+    A1 X' A2^T``).  Returns ``(X', B~, A2')``."""
+    X1 = X - eta * attention_grad(A1, A2, B, X, rescaled)
+    F = lambda Z: torch.softmax(A1 @ Z @ A2.transpose(-1, -2), -1)  # noqa: E731
+    Bt = B - (F(X1) - F(X))
+    A2s = A2 @ torch.linalg.solve(X, X1).transpose(-1, -2)  # A2 (X^{-1} X')^T
+    return X1, Bt, A2s
+
+
+def check_matrix_closeness(prompt, knobs):
+    """``gao23-closeness``: for the normalised and the rescaled matrix loss, one GD step on the
+    layer's weight X (:func:`matrix_shift`; the rescaled step's rate is ``eta/(1 + gb)``, its
+    gradient bound) moves the attention layer's output (:func:`matrix_attention_layer`) exactly as
+    a label shift ``B~`` and as a data shift ``A2'`` with X fixed: the layer at X' minus B equals
+    the closed form at X minus B~, and the layer at ``(X, A2')`` equals the layer at ``(X', A2)``;
+    ``|B~ - B|_F <= |A1||A2||X' - X|_F/2`` and ``|A2' - A2|_F <= |A2||X^{-1}||X' - X|_F`` (ours)."""
+    A1, A2, X, B = _matrix_instance(prompt, knobs)
+    n, d = A1.shape[-2], A1.shape[-1]
+    run = matrix_attention_layer(d, n)
+    F = lambda Z, A2_=A2: torch.softmax(A1 @ Z @ A2_.transpose(-1, -2), -1)  # noqa: E731
+    nA1, nA2 = torch.linalg.matrix_norm(A1, 2), torch.linalg.matrix_norm(A2, 2)
+    nXi = 1 / torch.linalg.matrix_norm(X, -2)  # |X^{-1}|_2
+    u = C * eps(torch.float64) * (n + d) * torch.ones_like(nA1)
+    eta = 10.0**knobs.log10_eta
+    measured, bound, roundoff = [], [], []
+    for rescaled in (False, True):
+        # the rescaled gradient grows like exp(R^2): its step is eta / (1 + |grad|_F), per prompt
+        scale = 1 + torch.linalg.matrix_norm(attention_grad(A1, A2, B, X, True)) if rescaled else torch.ones(len(X))
+        X1, Bt, A2s = matrix_shift(A1, A2, B, X, eta / scale[:, None, None], rescaled)
+        L1, Ls = run(A1, A2, X1), run(A1, A2s, X)
+        dX = torch.linalg.matrix_norm(X1 - X)
+        cond = nXi * torch.linalg.matrix_norm(X1, 2)
+        measured += [(L1 - F(X1)).abs().amax((-1, -2)), ((L1 - B) - (F(X) - Bt)).abs().amax((-1, -2)),
+                     (Ls - L1).abs().amax((-1, -2)), torch.linalg.matrix_norm(Bt - B), torch.linalg.matrix_norm(A2s - A2)]
+        bound += [0 * u, 0 * u, 0 * u, nA1 * nA2 * dX / 2, nA2 * nXi * dX]
+        # the data shift's identity: A2' carries X^{-1} X' (error ~ eps cond), the scores move by |A1||X| times that
+        roundoff += [u, u, u * (1 + nA1 * nA2 * torch.linalg.matrix_norm(X, 2) * cond * d), u, u * nA2 * (1 + cond)]
+    return _cmp(measured, bound, roundoff)
+
+
+def check_data_shift(prompt, knobs):
+    """``li23-data-shift``: one GD step on the data, ``A' = A - eta dL_exp/dA`` (:func:`data_grad`),
+    moves the softmax attention layer's output as a label shift: the layer with keys A' minus b
+    equals the closed form with keys A minus ``b~ = b - (f_{A'}(x) - f_A(x))``, and
+    ``|b~ - b| <= |x| |A' - A|_2 / 2`` (ours: the softmax Jacobian's norm is at most 1/2)."""
+    A, b, x = _instance(prompt, knobs)
+    n, d = A.shape[-2], A.shape[-1]
+    A1 = A - 10.0**knobs.log10_eta * data_grad(A, b, x)
+    _, _, run = attention_layer(d, n)
+    f0, f1 = torch.softmax(_mv(A, x), -1), torch.softmax(_mv(A1, x), -1)
+    L1 = run(A1, x)
+    bt = b - (f1 - f0)
+    u = C * eps(torch.float64) * (n + d) * torch.ones_like(bt[..., 0])
+    ours = torch.linalg.vector_norm(x, dim=-1) * torch.linalg.matrix_norm(A1 - A, 2) / 2
+    return _cmp([(L1 - f1).abs().amax(-1), ((L1 - b) - (f0 - bt)).abs().amax(-1), torch.linalg.vector_norm(bt - b, dim=-1)],
+                [0 * u, 0 * u, ours], [u, u, u])
+
+
 def layer_is_softmax_regression():
     """The attention layer computes ``f(x) = softmax(A x)`` for every d, n <= 8: its folded maps are
     exactly the designed ones (``QK`` the bilinear form ``x . a``, nothing else; ``OV`` copies the
@@ -320,9 +525,15 @@ def tensor_trick_exact():
     row = (S.reshape(-1) == np.kron(A1, A2) @ Xm.reshape(-1)).all()
     col = (S.T.reshape(-1) == np.kron(A2, A1) @ Xm.T.reshape(-1)).all()
     swapped = (S.reshape(-1) == np.kron(A2, A1) @ Xm.reshape(-1)).all()
-    ok = bool(row and col and not swapped)
-    return Outcome(ok, "row-major: A1 (x) A2, column-major: A2 (x) A1, exactly; the swapped order is wrong"
-                   if ok else "a Kronecker identity failed")
+    # the torch code (tensor_trick, and through kron the matrix Hessian's cal A_j) on integer matrices,
+    # where float64 products and sums are exact
+    Ai, Bi, Xi = (torch.tensor(rng.integers(-9, 10, sh), dtype=torch.float64) for sh in ((4, 3), (4, 3), (3, 3)))
+    Si = Ai @ Xi @ Bi.T
+    torch_row = bool((vec(Si) == _mv(tensor_trick(Ai, Bi), vec(Xi))).all())
+    torch_col = bool((vec(Si, "col") == _mv(tensor_trick(Ai, Bi, "col"), vec(Xi, "col"))).all())
+    ok = bool(row and col and not swapped and torch_row and torch_col)
+    return Outcome(ok, "row-major: A1 (x) A2, column-major: A2 (x) A1, exactly (and the torch tensor_trick on integer "
+                       "matrices); the swapped order is wrong" if ok else "a Kronecker identity failed")
 
 
 for _claim in (
@@ -348,6 +559,43 @@ for _claim in (
           "autograd Hessian", check_lipschitz, kind="bound", subject="(bounds)", prompt=dict(n=(2, 16), d=(1, 6)),
           proof=Proof("general", (lemma("softmax Jacobian norm <= 1/2", "lemma_softmax_jacobian_norm"),),
                       note="the Hessian bound's triangle inequalities are checked numerically")),
+    Claim("gao23-rescaled", "Gao, Song, Xie 2023", "rescaled loss (single and matrix forms)",
+          "the rescaled loss 1/2|exp(Ax) - <exp(Ax),1> b|^2: closed-form gradient A^T(u o c' - <b,c'> u) and Hessian "
+          "A^T(J'^T J' + diag(u o (c' - <b,c'>)))A equal autograd, the matrix rescaled gradient too; on |A|, |x| <= R "
+          "the gradient and Hessian norms and the gradient's Lipschitz constant are within our bounds "
+          "(E = exp(R^2): |Hess| <= R^2 (E^2 (1 + sqrt(n)|b|)^2 + E^2 (1 + n|b| + |b|(sqrt n + n|b|))))",
+          "autograd gradient and Hessian", check_rescaled, kind="bound", subject="(rescaled loss)",
+          prompt=dict(n=(2, 16), d=(1, 6)),
+          proof=Proof("exact-rational", (lemma("gradient formulas (symbolic, n = 3)", "lemma_softmax_gradients"),
+                                         lemma("rescaled Hessian (symbolic, n = 3)", "lemma_rescaled_hessian")),
+                      note="the norm bounds' triangle inequalities are checked numerically")),
+    Claim("gao23-matrix-hessian", "Gao, Song, Xie 2023", "tensor trick, matrix loss in vec form",
+          "the normalised matrix loss's Hessian in vec_row(X) (d^2 unknowns) is sum_j cal A_j^T G_j cal A_j with "
+          "cal A_j = (A1)_j (x) A2; it equals autograd, and |Hess| <= |A1|^2 |A2|^2 max_j (5/2 + 3|B_j|/2) (ours)",
+          "autograd Hessian in vec(X)", check_matrix_hessian, kind="bound", subject="(matrix loss)",
+          prompt=dict(n=(2, 12), d=(1, 5)),
+          proof=Proof("exact-rational", (Part("Kronecker vec identities, exact", tensor_trick_exact),
+                                         lemma("gradient formulas and G (symbolic, n = 3)", "lemma_softmax_gradients")),
+                      note="the Hessian is the single regressions' sum; its bound uses |G_j| from gao23-lipschitz")),
+    Claim("gao23-closeness", "Gao, Song, Xie 2023", "in-context learning statement, matrix case",
+          "one GD step X' = X - eta grad on the normalised (and on the rescaled) matrix loss moves the softmax "
+          "attention layer with weight X exactly as the label shift B~ = B - (F(X') - F(X)) and as the data shift "
+          "A2' = A2 (X^{-1} X')^T with X fixed; |B~ - B|_F <= |A1||A2||X' - X|_F/2 and |A2' - A2|_F <= "
+          "|A2||X^{-1}||X' - X|_F (ours)",
+          "closed-form matrix softmax regression (torch)", check_matrix_closeness, kind="bound",
+          subject="softmax attention layer with weight X (constructions.softmax_regression)",
+          prompt=dict(n=(2, 16), d=(1, 6)),
+          proof=Proof("general", (lemma("softmax Jacobian norm <= 1/2", "lemma_softmax_jacobian_norm"),),
+                      note="the shifts are definitions; the label-shift bound follows from the Jacobian lemma row by "
+                           "row, the data-shift bound from |A2 (X^{-1} (X' - X))^T|_F <= |A2||X^{-1}||X' - X|_F")),
+    Claim("li23-data-shift", "Li et al. 2023", "data shift (updating A)",
+          "one GD step on the data A' = A - eta dL_exp/dA moves the softmax attention layer's output as the label "
+          "shift b~ = b - (f_A'(x) - f_A(x)), |b~ - b| <= |x||A' - A|/2 (ours; Li's M = n^1.5 exp(10R^2) is looser)",
+          "closed-form softmax regression (torch)", check_data_shift, kind="bound",
+          subject="softmax attention layer (constructions.softmax_regression)", prompt=dict(n=(2, 40), d=(1, 12)),
+          proof=Proof("exact-rational", (Part("the layer is softmax(Ax)", layer_is_softmax_regression),
+                                         lemma("softmax Jacobian norm <= 1/2", "lemma_softmax_jacobian_norm")),
+                      note="the label shift is a definition; the bound follows from the Jacobian lemma")),
 ):
     add_claim(_claim)
 
@@ -358,8 +606,7 @@ register_paper(Paper(
                                "shift", ("li23-closeness",)),
         Result("Lipschitz lemmas", "the softmax and the loss's Hessian are Lipschitz on bounded inputs",
                ("gao23-lipschitz",)),
-        Result("data shift", "updating the data A moves the output like a weight step", (),
-               "not yet (li23-data-shift)"),
+        Result("data shift", "updating the data A moves the output like a weight step", ("li23-data-shift",)),
     )))
 
 register_paper(Paper(
@@ -368,9 +615,8 @@ register_paper(Paper(
         Result("tensor trick", "vec(A1 X A2^T) = (A1 (x) A2) vec(X): the matrix loss is n single regressions",
                ("gao23-tensor-trick",)),
         Result("Lipschitz lemmas", "Lipschitz and Hessian bounds on bounded inputs", ("gao23-lipschitz",)),
-        Result("rescaled loss", "the rescaled loss's gradient, Hessian and bounds", (), "not yet (gao23-rescaled)"),
-        Result("matrix Hessian", "the normalised matrix loss's Hessian in vec form", (),
-               "not yet (gao23-matrix-hessian)"),
-        Result("ICL statement, matrix case", "one GD step on X moves the attention output like a data shift", (),
-               "not yet (gao23-closeness)"),
+        Result("rescaled loss", "the rescaled loss's gradient, Hessian and bounds", ("gao23-rescaled",)),
+        Result("matrix Hessian", "the normalised matrix loss's Hessian in vec form", ("gao23-matrix-hessian",)),
+        Result("ICL statement, matrix case", "one GD step on X moves the attention output like a data shift",
+               ("gao23-closeness",)),
     )))

@@ -102,3 +102,70 @@ def test_a_wrong_closed_form_is_caught(bad):
         wrong = A.transpose(-1, -2) @ J @ J @ A  # the Gauss-Newton part only
         assert ((H - wrong).abs().amax((-1, -2)) > U * 8).any()
         assert np.isfinite(H.numpy()).all()
+
+
+# -- rescaled loss, matrix Hessian, the matrix in-context statement, the data shift ------------------
+def test_rescaled_hessian_and_bounds_a_dropped_term_is_caught():
+    g = torch.Generator().manual_seed(3)
+    A = torch.randn((4, 5, 3), generator=g, dtype=torch.float64)
+    A = A / torch.linalg.matrix_norm(A, 2)[:, None, None]  # R = 1
+    x = torch.randn((4, 3), generator=g, dtype=torch.float64)
+    x = x / torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    b = torch.softmax(torch.randn((4, 5), generator=g, dtype=torch.float64), -1)
+    H = torch.stack([torch.autograd.functional.hessian(lambda z: sr.loss_rescaled(a, bb, z), z0) for a, bb, z0 in zip(A, b, x)])
+    gb, hb = sr.rescaled_bounds(1.0, 5, b)
+    assert ((H - sr.hessian_rescaled(A, b, x)).abs().amax((-1, -2)) <= U * 8 * hb).all()
+    assert (torch.linalg.matrix_norm(H, 2) <= hb).all()
+    assert (torch.linalg.vector_norm(sr.grad_rescaled(A, b, x), dim=-1) <= gb).all()
+    # without the second-order term diag(u o (c' - <b, c'>)) the Hessian is J'^T J' only: far off
+    u = torch.exp(sr._mv(A, x))
+    Jp = torch.diag_embed(u) - b[..., :, None] * u[..., None, :]
+    gauss_newton = A.transpose(-1, -2) @ Jp.transpose(-1, -2) @ Jp @ A
+    assert ((H - gauss_newton).abs().amax((-1, -2)) > 1e3 * U * 8 * hb).all()
+
+
+@given(p=prompts(n=(2, 8), d=(1, 4)), k=knobs())
+def test_matrix_hessian_is_the_sum_of_single_hessians(p, k):
+    A1, A2, X, B = sr._matrix_instance(p, k)
+    d, n = X.shape[-1], A1.shape[-2]
+    H = torch.stack([torch.autograd.functional.hessian(lambda z: sr.attention_loss(a1, a2, bb, z.reshape(d, d)),
+                                                       x0.reshape(-1)) for a1, a2, bb, x0 in zip(A1, A2, B, X)])
+    hb = sr.attention_hessian_bound(A1, A2, B)
+    assert ((H - sr.attention_hessian(A1, A2, B, X)).abs().amax((-1, -2)) <= U * (d * d + n) * hb).all()
+    assert (torch.linalg.matrix_norm(H, 2) <= hb).all()
+
+
+def test_matrix_gd_step_is_a_label_and_a_data_shift():
+    g = torch.Generator().manual_seed(5)
+    n, d = 6, 3
+    A1, A2 = (torch.randn((2, n, d), generator=g, dtype=torch.float64) for _ in range(2))
+    X = torch.eye(d, dtype=torch.float64) + 0.3 * torch.randn((2, d, d), generator=g, dtype=torch.float64)
+    B = torch.softmax(torch.randn((2, n, n), generator=g, dtype=torch.float64), -1)
+    run = sr.matrix_attention_layer(d, n)
+    F = lambda Z, A2_=A2: torch.softmax(A1 @ Z @ A2_.transpose(-1, -2), -1)  # noqa: E731
+    for rescaled in (False, True):
+        X1, Bt, A2s = sr.matrix_shift(A1, A2, B, X, 1e-3, rescaled)
+        assert (X1 - X).abs().max() > 1e-6  # a real step
+        tol = U * 100 * (1 + (X1 - X).abs().max() / 1e-3)
+        assert ((run(A1, A2, X1) - F(X1)).abs().max()) <= U * (n + d)
+        assert ((run(A1, A2s, X) - run(A1, A2, X1)).abs().max()) <= tol
+        assert ((F(X) - Bt) - (F(X1) - B)).abs().max() <= U * (n + d)
+        # the data shift with the factors in the other order (X' X^{-1}) is not the step's
+        wrong = A2 @ (X1 @ torch.linalg.inv(X)).transpose(-1, -2)
+        assert (run(A1, wrong, X) - run(A1, A2, X1)).abs().max() > 1e3 * tol
+
+
+def test_data_shift_is_first_order_in_eta():
+    """The label shift of a data step is O(eta): ``|b~ - b|/eta`` converges to ``|J dA x|``."""
+    g = torch.Generator().manual_seed(6)
+    A = torch.randn((3, 7, 4), generator=g, dtype=torch.float64)
+    x = torch.randn((3, 4), generator=g, dtype=torch.float64)
+    b = torch.softmax(torch.randn((3, 7), generator=g, dtype=torch.float64), -1)
+    f = torch.softmax(sr._mv(A, x), -1)
+    J = torch.diag_embed(f) - f[..., :, None] * f[..., None, :]
+    limit = torch.linalg.vector_norm(sr._mv(J, sr._mv(sr.data_grad(A, b, x), x)), dim=-1)
+    devs = []
+    for eta in (1e-2, 1e-3, 1e-4):
+        f1 = torch.softmax(sr._mv(A - eta * sr.data_grad(A, b, x), x), -1)
+        devs.append((torch.linalg.vector_norm(f1 - f, dim=-1) / eta - limit).abs())
+    assert (devs[1] < devs[0] / 5).all() and (devs[2] < devs[1] / 5).all()

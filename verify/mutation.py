@@ -362,6 +362,12 @@ CATALOGUE = [
     Mutation("softmax-layer", "softmax regression's attention layer: the score x (1 + 1e-6)", ("li23-closeness",),
              _module_function("constructions.softmax_regression", "Transformer",
                               lambda T: lambda blocks, **k: T([_scaled_query(b, 1 + SMALL) for b in blocks], **k))),
+    Mutation("rescaled-hessian", "softmax regression: the rescaled loss's closed-form Hessian x (1 + 1e-6)",
+             ("gao23-rescaled",), _module_function("constructions.softmax_regression", "hessian_rescaled",
+                                                   lambda f: lambda *a, **k: f(*a, **k) * (1 + SMALL))),
+    Mutation("kron-order", "softmax regression: the tensor trick's Kronecker factors swapped (A2 (x) A1)",
+             ("gao23-matrix-hessian", "gao23-tensor-trick"),
+             _module_function("constructions.softmax_regression", "kron", lambda f: lambda P, Q: f(Q, P))),
     # the transformer's paths
     Mutation("relu-in-linear", "transformer: linear attention takes relu of its scores (per-head scores order)",
              ("vonoswald23-prop1", "ahn23-pgd"), _relu_in_linear(), tests=PATH_TESTS),

@@ -48,6 +48,7 @@ import sympy as sp
 from constructions.layout import ROLE_FILLS
 
 from .claims import Outcome
+from .tolerance import C, eps
 
 d, n = sp.symbols("d n", integer=True, positive=True)
 LIFT_DIMS = (3, 4)  # the builder is lifted at these d; both must give the same block form
@@ -670,6 +671,38 @@ def lemma_softmax_gradients(n_: int = 3) -> Outcome:
               for i in range(n_) for j in range(n_))
     return Outcome(ok, f"both gradient formulas and the Hessian G equal sympy's derivatives (symbolic z, b; "
                        f"n = {n_})" if ok else "a gradient or Hessian formula differs from sympy's derivative")
+
+
+def lemma_rescaled_hessian(n_: int = 3) -> Outcome:
+    """The rescaled loss's Hessian in logit space (:func:`constructions.softmax_regression.hessian_rescaled`),
+    with symbolic logits z and labels b at n = 3: ``d^2/dz dz 1/2|u - alpha b|^2 = J'^T J' +
+    diag(u o (c' - <b, c'>))`` with ``J' = diag(u) - b u^T``."""
+    z = sp.symbols(f"z0:{n_}", real=True)
+    b = sp.symbols(f"b0:{n_}", real=True)
+    u = [sp.exp(v) for v in z]
+    al = sum(u)
+    cp = [ui - al * bi for ui, bi in zip(u, b)]
+    Lr = sum(v**2 for v in cp) / 2
+    sb = sum(bi * v for bi, v in zip(b, cp))
+    Jp = [[(u[k] if k == i else 0) - b[k] * u[i] for i in range(n_)] for k in range(n_)]  # dc'_k/dz_i
+    ok = all(sp.simplify(sp.diff(Lr, z[i], z[j]) - (sum(Jp[k][i] * Jp[k][j] for k in range(n_))
+                                                     + (u[i] * (cp[i] - sb) if i == j else 0))) == 0
+             for i in range(n_) for j in range(n_))
+    # the torch code is this formula: at a rational anchor (A = I, so x = z) against sympy's exact Hessian
+    import torch
+
+    from constructions import softmax_regression as sr
+
+    at = {**{v: sp.Rational(k - 1, 3) for k, v in enumerate(z)}, **{v: sp.Rational(k + 1, 7) for k, v in enumerate(b)}}
+    exact = np.array([[float(sp.diff(Lr, z[i], z[j]).subs(at)) for j in range(n_)] for i in range(n_)])
+    zt = torch.tensor([float(at[v]) for v in z], dtype=torch.float64)
+    bt = torch.tensor([float(at[v]) for v in b], dtype=torch.float64)
+    got = sr.hessian_rescaled(torch.eye(n_, dtype=torch.float64), bt, zt).numpy()
+    anchored = np.abs(got - exact).max() <= C * eps(torch.float64) * n_ * (1 + np.abs(exact).max())
+    ok = ok and bool(anchored)
+    return Outcome(ok, f"the rescaled loss's Hessian J'^T J' + diag(u o (c' - <b, c'>)) equals sympy's (symbolic z, b; "
+                       f"n = {n_}), and the torch hessian_rescaled is it at a rational anchor" if ok else
+                   "the rescaled Hessian differs from sympy's second derivative, or the torch code from the formula")
 
 
 def lemma_softmax_jacobian_norm() -> Outcome:
