@@ -113,8 +113,8 @@ def claims_markdown() -> str:
                   "| result | what it states | claims |", "|---|---|---|"]
         for r in p.results:
             status = ", ".join(f"`{i}`" for i in r.claims) if r.claims else "not yet"
-            if r.note:
-                status += f" ({_cell(r.note)})"
+            if r.note:  # a note that says "not yet" itself replaces the bare status
+                status = _cell(r.note) if not r.claims and r.note.startswith("not yet") else f"{status} ({_cell(r.note)})"
             lines.append(f"| {_cell(r.section)} | {_cell(r.what)} | {status} |")
         lines += [""] + header
         for i in dict.fromkeys(ids):
