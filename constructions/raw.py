@@ -681,6 +681,178 @@ def check_sgd_pass(prompt, knobs) -> Comparison:
     return Comparison(m, np.zeros_like(m), t, t)
 
 
+# -- Thm 2: one Sherman-Morrison update from the primitives ----------------------------------------
+def raw_ridge(d: int, lam: float, config: RawConfig | dict = RawConfig()) -> Construction:
+    """Ridge regression on one exemplar by one Sherman-Morrison update, from Akyurek et al.'s
+    primitives (Thm 2), as the paper states it.
+
+    **Theorem** (Akyurek et al. 2022, Thm 2 / App. B).  On the causal prompt ``[x_1, y_1, x_2]``
+    the last token's ``out`` slot approximates ``w'^T x_2`` with ``w' = A_1^{-1} x_1 y_1`` and
+    ``A_1^{-1} = A_0^{-1} - A_0^{-1} x_1 x_1^T A_0^{-1} / (1 + x_1^T A_0^{-1} x_1)``,
+    ``A_0^{-1} = I/lam`` (Sherman-Morrison), i.e. ``w' = (lam I + x_1 x_1^T)^{-1} x_1 y_1``, the
+    toolkit's ridge on one example (n = 1: ``(X^T X/n + lam I)^{-1} X^T y/n``).
+
+    **Chain** (13 primitives, one block each; App. B's order, without its unused ``x_1 y`` product):
+    mov x_1 -> token 1; aff ``A0 = I/lam`` (bias); mul ``u = A0 x_1``; mul ``vA = x_1^T A0``;
+    mul ``O = u vA`` (the outer product, d^2 rows); mul ``q = x_1^T u``; aff ``c = 1 + q``; div
+    ``Od = O/|c|`` (LayerNorm); aff ``A1 = A0 - Od``; mul ``z = A1 x_1``; mul ``w' = z y_1``;
+    mov w' -> token 2; mul ``out = w'^T x_2``.
+
+    **Resources.**  13 blocks (2 attention-only mov, 1 attention + LayerNorm MLP div, 10 GeLU MLPs),
+    1 head, width ``4d^2 + 7d + 10``; the paper: constant depth, O(d^2) hidden size.
+
+    **Exactness.**  Approximate: the seven mul layers' ``s^2`` terms and div's LayerNorm term
+    ``1 - (1 + Q/(2 M^2 c^2))^{-1/2}`` (Q: the square sum of token 1's other rows plus its balance
+    row), carried through the chain (:func:`ridge_raw_emulate`); ``akyurek22-thm2-raw`` checks the
+    error against that prediction and the decade rates in s and in M.
+
+    **Domain.**  One exemplar and one query; the values the aff layers pass through,
+    ``1/lam``, ``c = 1 + x_1^T x_1/lam`` and the entries of ``A_1^{-1}``, within ``P/2``
+    (``config.passthrough``; checked at prediction time); ``lam > 0``; the knobs of ``config``
+    finite positive reals.
+    """
+    d = parts.positive_int(d, "d")
+    lam = parts.real(lam, "lam")
+    D = 4 * d * d + 7 * d + 10
+    parts.budget("raw_ridge", layers=13, width=D, mlp=3 * d * d)
+    cfg = RawConfig.of(config)
+    if 1 / lam > cfg.passthrough / 2:
+        raise ConstructionError(f"raw_ridge: 1/lam = {1 / lam:.3g} exceeds passthrough/2 = {cfg.passthrough / 2:.3g}, "
+                                f"where the GeLU pass-through of A0 = I/lam fails; use lam >= {2 / cfg.passthrough:.3g} "
+                                "or a larger config passthrough")
+    lay = ResidualLayout.of([("x", d, "x"), ("y", 1, "y"), ("pos", 3, "zero"), ("x1", d, "zero"), ("A0", d * d, "zero"),
+                             ("u", d, "zero"), ("vA", d, "zero"), ("O", d * d, "zero"), ("q", 1, "zero"),
+                             ("c", 1, "zero"), ("Od", d * d, "zero"), ("A1", d * d, "zero"), ("z", d, "zero"),
+                             ("wn", d, "zero"), ("wq", d, "zero"), ("out", 1, "zero"), ("pad", 2, "zero"),
+                             ("bal", 1, "zero")], Readout("out"))
+    I = np.eye(d * d)
+    with np.errstate(over="ignore", invalid="ignore"):
+        blocks = [
+            mov(lay, "x", "x1", 0, 1, cfg),
+            aff(lay, {}, np.eye(d).reshape(-1) / lam, "A0", cfg),
+            mul(lay, "A0", "x1", "u", d, d, 1, cfg),
+            mul(lay, "x1", "A0", "vA", 1, d, d, cfg),
+            mul(lay, "u", "vA", "O", d, 1, d, cfg),
+            mul(lay, "x1", "u", "q", 1, d, 1, cfg),
+            aff(lay, {"q": [[1.0]]}, 1.0, "c", cfg),
+            div(lay, "O", ("c", 0), "Od", cfg),
+            aff(lay, {"A0": I, "Od": -I}, 0.0, "A1", cfg),
+            mul(lay, "A1", "x1", "z", d, d, 1, cfg),
+            mul(lay, "z", "y", "wn", d, 1, 1, cfg),
+            mov(lay, "wn", "wq", 1, 2, cfg),
+            mul(lay, "wq", "x", "out", 1, d, 1, cfg),
+        ]
+    split = parts.fixed_examples(1, "raw_ridge", "it takes one exemplar (Akyurek's Thm 2)")
+
+    def domain(X, y, Xq):
+        x1 = X[:, 0]
+        vals = dict(c=1 + (x1**2).sum(-1) / lam,
+                    A1=torch.linalg.inv(lam * torch.eye(d, dtype=X.dtype) + x1[:, :, None] * x1[:, None, :]).abs()
+                    .amax((-1, -2)))
+        for name, v in vals.items():
+            b = int(v.argmax())
+            if float(v[b]) > cfg.passthrough / 2:
+                raise ConstructionError(
+                    f"prompt {b}: the value {name} = {float(v[b]):.3g} passed through an aff layer of raw_ridge exceeds "
+                    f"passthrough/2 = {cfg.passthrough / 2:.3g}; rescale x_1 or raise lam, or rebuild with config "
+                    f"passthrough >= {2 * float(v[b]):.3g}")
+
+    return InterleavedConstruction("raw_ridge", dict(d=d, lam=lam, config=dict(cfg.__dict__)), blocks, lay, d,
+                                   mask_query=False, split=split, step_blocks=13, domain=domain)
+
+
+def ridge_raw_emulate(x1, y1, x2, lam: float, s: float = 0.0, M: float = math.inf) -> np.ndarray:
+    """raw_ridge's chain in numpy with each primitive's leading error put in (``[B]``): every
+    product ``a b`` of a mul layer becomes ``a b - s^2 q4(a, b)/12`` (Lemma 4's term), div's
+    quotient is scaled by ``(1 + Q/(2 M^2 c^2))^{-1/2}`` with Q the square sum of token 1's other
+    rows plus its balance row (their sum, squared) at div's input (Lemma 8's term).  s = 0 and
+    M = inf give the exact Sherman-Morrison prediction ``w'^T x_2``; mov and aff errors
+    (``e^{-N/2}``, ``Phi(-P/2)``) are left out: below 1e-16 in the domain."""
+    B, d = x1.shape
+    q4 = lambda a, b: s**2 * _q(a, b, 4) / 12  # noqa: E731
+
+    def mm(P, Qm):  # P [B, a, b] @ Qm [B, b, c], every product with its mul error
+        prod = P[..., :, :, None] * Qm[..., None, :, :]
+        return (prod - q4(P[..., :, :, None], Qm[..., None, :, :])).sum(-2)
+
+    A0 = np.broadcast_to(np.eye(d) / lam, (B, d, d))
+    xc, xr = x1[:, :, None], x1[:, None, :]
+    u = mm(A0, xc)  # [B, d, 1]
+    vA = mm(xr, A0)  # [B, 1, d]
+    O = mm(u, vA)  # [B, d, d]
+    q = mm(xr, u)[:, 0, 0]
+    c = 1 + q
+    rows = [y1[:, None], np.ones((B, 1)), x1, A0.reshape(B, -1), u[..., 0], vA[:, 0], O.reshape(B, -1), q[:, None],
+            c[:, None]]
+    other = np.concatenate(rows, -1)
+    Q = (other**2).sum(-1) + other.sum(-1) ** 2
+    Od = O / np.abs(c)[:, None, None] * (1 + Q / (2 * M**2 * c**2))[:, None, None] ** -0.5
+    A1 = A0 - Od
+    z = mm(A1, xc)
+    wn = mm(z, y1[:, None, None])
+    return mm(wn.transpose(0, 2, 1), x2[:, :, None])[:, 0, 0]
+
+
+#: the knobs of akyurek22-thm2-raw: (s, M) where the error is checked against its prediction, and the
+#: pairs of its decade rates (in s with div's term negligible; in M with the mul terms negligible)
+RIDGE_RAW_POINTS = ((1e-3, 1e4), (1e-3, 1e5))
+RIDGE_RAW_RATES = (((1e-2, 1e6), (1e-3, 1e6)), ((1e-4, 1e2), (1e-4, 1e3)))
+
+
+def ridge_raw_errors(x1, y1, x2, lam: float, points):
+    """``(err [k, B], pred [k, B])``: raw_ridge's error against the exact update at each ``(s, M)``
+    of ``points``, and the error :func:`ridge_raw_emulate` predicts there."""
+    exact = ridge_raw_emulate(x1, y1, x2, lam)
+    err, pred = [], []
+    for s, M in points:
+        c = raw_ridge(x1.shape[-1], lam, RawConfig(mul_scale=s, ln_pad=M))
+        err.append(c.predict(x1[:, None], y1[:, None], x2[:, None])[:, 0] - exact)
+        pred.append(ridge_raw_emulate(x1, y1, x2, lam, s, M) - exact)
+    return np.array(err), np.array(pred)
+
+
+def check_ridge_raw(prompt, knobs) -> Comparison:
+    """``akyurek22-thm2-raw``: at (s, M) = (1e-3, 1e4) and (1e-3, 1e5) the error is its predicted
+    leading term within ``THM1_DOMINANCE`` (10%) of it plus round-off (``U (1/s + M)`` times the
+    chain's size); each rate pair (:data:`RIDGE_RAW_RATES`) cuts the error by ``>= THM1_DECADE``
+    per decade, on prompts where that knob's predicted part is at least 10 times the other's.
+    Inputs of unit size (``|x| <= 1/2``, ``|y| <= 1``), ``lam`` in (0.3, 1)."""
+    rng = np.random.default_rng(knobs.seed)
+    unit = lambda a: a / np.sqrt((a**2).mean(axis=tuple(range(1, a.ndim)), keepdims=True))  # noqa: E731
+    x1 = np.tanh(unit(prompt.X)[:, 0]) * 0.5
+    x2 = np.tanh(unit(prompt.Xq)[:, 0]) * 0.5
+    y1 = np.tanh(unit(prompt.y)[:, 0])
+    lam = 0.3 + 0.7 * rng.uniform()
+    d = x1.shape[-1]
+    err, pred = ridge_raw_errors(x1, y1, x2, lam, RIDGE_RAW_POINTS)
+    size = (d * d + d) * (1 + 1 / lam) ** 3
+    ro = np.array([U * (1 / s + M) * size for s, M in RIDGE_RAW_POINTS])[:, None]
+    m = [np.abs(err - pred)]
+    t = [THM1_DOMINANCE * np.abs(pred) + ro]
+    for (p_hi, p_lo), which in zip(RIDGE_RAW_RATES, ("s", "M")):
+        e, _ = ridge_raw_errors(x1, y1, x2, lam, (p_hi, p_lo))
+        parts_ = []
+        for s, M in (p_hi, p_lo):  # the knob's own predicted part and the other's
+            exact = ridge_raw_emulate(x1, y1, x2, lam)
+            only_s = ridge_raw_emulate(x1, y1, x2, lam, s=s) - exact
+            only_M = ridge_raw_emulate(x1, y1, x2, lam, M=M) - exact
+            own, other = (only_s, only_M) if which == "s" else (only_M, only_s)
+            parts_.append(np.abs(own) >= 10 * (np.abs(other) + U * (1 / s + M) * size))
+        window = parts_[0] & parts_[1]
+        gain = np.abs(e[0]) / np.maximum(np.abs(e[1]), np.finfo(np.float64).tiny)
+        m.append(np.where(window, THM1_DECADE / gain, 0.0)[None])
+        t.append(np.ones((1, len(x1))))
+    m, t = np.concatenate(m).T[None], np.concatenate(t).T[None]
+    return Comparison(m, np.zeros_like(m), t, t)
+
+
+def _ridge_raw_baseline(prep, c):
+    lam = c.params["lam"]
+    x1, y1 = prep.X[:, 0], prep.y[:, 0]
+    eye = torch.eye(x1.shape[-1], dtype=x1.dtype, device=x1.device)
+    return lambda: torch.linalg.solve(lam * eye + x1[:, :, None] * x1[:, None, :], x1 * y1[:, None])
+
+
 def _sgd_bench_params(d, n):
     return dict(n=n, lr=0.05 / d)
 
@@ -748,15 +920,35 @@ register(
     ],
 )
 
+register(
+    raw_ridge, summary="one Sherman-Morrison update (ridge on one exemplar) from the primitives mov, aff, mul, div on a "
+                       "causal prompt", source="Akyürek et al. 2022, Thm 2, App. B",
+    exactness="approximate: error `O(s²)` in the GeLU scale and `O(1/M²)` in div's LayerNorm padding",
+    paper_resources="Thm 2: constant depth, O(d²) hidden size",
+    bench=Bench(lambda d, n: dict(lam=1.0), labels="unit", n=1, baseline=_ridge_raw_baseline),
+    claims=[
+        Claim("akyurek22-thm2-raw", "Akyurek et al. 2022", "Thm 2, App. B (with the paper's primitives)",
+              "13 primitive layers (mov, aff, mul, div) on the causal prompt [x1, y1, x2] compute w'^T x2, "
+              "w' = (lam I + x1 x1^T)^{-1} x1 y1 by one Sherman-Morrison update of A0^{-1} = I/lam; the error is its "
+              "predicted first-order term (the mul layers' s^2 q4/12 terms and div's 1 - (1 + Q/(2M^2c^2))^(-1/2), "
+              "carried through the chain) within 10% plus round-off, and a decade of s (M) cuts it by >= 10^1.9 "
+              "where that knob's part dominates",
+              "exact Sherman-Morrison update (numpy)", check_ridge_raw, kind="bound", prompt=dict(B=(1, 3), d=(1, 4)),
+              proof=Proof("none", note="approximate (GeLU, LayerNorm); the predicted error terms are checked "
+                                       "numerically")),
+    ],
+)
+
 register_paper(Paper(
     "Akyurek et al. 2022", "What learning algorithm is in-context learning? Investigations with linear models "
                            "(ICLR 2023, arXiv 2211.15661)", (
         Result("Lemma 1, App. C", "the RAW primitives mov, aff, mul, div as single layers", ("akyurek22-primitives",)),
         Result("Thm 1", "one GD step on one exemplar from the primitives, error O(s^2)", ("akyurek22-thm1",)),
         Result("Thm 1, chained", "one pass of SGD over the n exemplars of a causal prompt", ("akyurek22-sgd-pass",)),
-        Result("Thm 2", "ridge regression by one Sherman-Morrison update per example", ("akyurek22-thm2",),
-               "built from ReLU heads and a Newton reciprocal; the paper's own primitives: not yet "
-               "(akyurek22-thm2-raw)"),
+        Result("Thm 2", "ridge regression by one Sherman-Morrison update per example",
+               ("akyurek22-thm2", "akyurek22-thm2-raw"),
+               "akyurek22-thm2: every example, from ReLU heads and a Newton reciprocal (exact to round-off); "
+               "akyurek22-thm2-raw: the paper's single update from its own primitives"),
         Result("Figs. 3-5, App. E, H", "trained transformers' phase diagram and probes", (),
                "trained-model evidence: not yet"),
     )))

@@ -169,3 +169,52 @@ def test_raw_sgd_refuses_bad_input():
     for bad in (dict(n=0), dict(lr=float("nan")), dict(w0=[1.0]), dict(config=dict(mul_scale=-1.0))):
         with pytest.raises(ConstructionError):
             constructions.raw_sgd(**{**dict(d=2, n=4, lr=0.1), **bad})
+
+
+# -- raw_ridge: Thm 2's single Sherman-Morrison update from the primitives (akyurek22-thm2-raw) ----------
+def _ridge_prompt(B=3, d=3, seed=7):
+    rng = np.random.default_rng(seed)
+    return (np.tanh(rng.normal(size=(B, d))) * 0.5, np.tanh(rng.normal(size=B)), np.tanh(rng.normal(size=(B, d))) * 0.5)
+
+
+def test_raw_ridge_is_the_sherman_morrison_ridge_step():
+    x1, y1, x2 = _ridge_prompt()
+    lam = 0.5
+    w = np.stack([np.linalg.solve(lam * np.eye(3) + np.outer(a, a), a * b) for a, b in zip(x1, y1)])
+    assert np.abs(akyurek.ridge_raw_emulate(x1, y1, x2, lam) - (w * x2).sum(-1)).max() <= 1e-15
+    c = constructions.raw_ridge(3, lam)
+    assert np.abs(c.predict(x1[:, None], y1[:, None], x2[:, None])[:, 0] - (w * x2).sum(-1)).max() < 1e-6
+    assert (c.resources["layers"], c.resources["width"]) == (13, 4 * 9 + 7 * 3 + 10)
+
+
+def test_raw_ridge_error_is_its_predicted_term_and_each_part_is_needed():
+    """The prediction carries the mul terms and div's LayerNorm term; each alone misses where the
+    other dominates, and each knob's decade cuts its part ~100-fold."""
+    x1, y1, x2 = _ridge_prompt(seed=8)
+    lam = 0.6
+    exact = akyurek.ridge_raw_emulate(x1, y1, x2, lam)
+    for (s, M) in akyurek.RIDGE_RAW_POINTS + ((1e-2, 1e6), (1e-4, 1e2)):
+        err, pred = akyurek.ridge_raw_errors(x1, y1, x2, lam, ((s, M),))
+        assert (np.abs(err - pred) <= akyurek.THM1_DOMINANCE * np.abs(pred)).all(), (s, M)
+    err, _ = akyurek.ridge_raw_errors(x1, y1, x2, lam, ((1e-4, 1e2),))
+    mul_only = akyurek.ridge_raw_emulate(x1, y1, x2, lam, s=1e-4) - exact
+    assert (np.abs(err - mul_only) > 0.5 * np.abs(err)).all()  # div's term is the error at small M
+    err, _ = akyurek.ridge_raw_errors(x1, y1, x2, lam, ((1e-2, 1e6),))
+    div_only = akyurek.ridge_raw_emulate(x1, y1, x2, lam, M=1e6) - exact
+    assert (np.abs(err - div_only) > 0.5 * np.abs(err)).all()  # the mul terms are the error at large s
+    for pair in akyurek.RIDGE_RAW_RATES:
+        e, _ = akyurek.ridge_raw_errors(x1, y1, x2, lam, pair)
+        assert ((np.abs(e[0] / e[1]) >= akyurek.THM1_DECADE) & (np.abs(e[0] / e[1]) <= 10.0**2.1)).all()
+
+
+def test_raw_ridge_refuses_bad_input():
+    with pytest.raises(ConstructionError, match="lam"):
+        constructions.raw_ridge(2, 0.1)  # 1/lam = 10 > P/2: the pass-through of I/lam fails
+    for bad in (dict(lam=0.0), dict(d=0), dict(config=dict(ln_pad=float("inf")))):
+        with pytest.raises(ConstructionError):
+            constructions.raw_ridge(**{**dict(d=2, lam=0.5), **bad})
+    c = constructions.raw_ridge(2, 0.5)
+    with pytest.raises(ConstructionError, match="passthrough"):
+        c.predict(np.array([[[3.0, 0.0]]]), np.array([[1.0]]), np.array([[[0.1, 0.1]]]))  # c = 1 + 9/0.5 = 19
+    with pytest.raises(ConstructionError, match="one exemplar"):
+        c.predict(np.ones((1, 2, 2)) * 0.1, np.ones((1, 2)), np.ones((1, 1, 2)))
