@@ -53,6 +53,36 @@ def random_relu_features(d: int, k: int, seed: int = 0, scale: float = 1.0) -> d
     return dict(W_in=W.tolist(), b_in=b.tolist(), W_out=np.eye(k).tolist())
 
 
+def relu_polynomial_features(d: int, degree: int, knots: int = 8, bound: float = 1.0) -> dict:
+    """A polynomial basis from ReLUs on ``[-bound, bound]``: for every coordinate j and power
+    ``p = 1..degree`` the feature ``m_{j,p}(x)`` is the piecewise-linear interpolant of ``x_j^p``
+    at the knots ``u_k = k h`` and ``-u_k`` (``h = bound/knots``, k = 0..knots).  On ``[0, bound]``
+    ``x^p`` is convex and 0 at 0, so its interpolant is ``sum_k (s_k - s_{k-1}) relu(x - u_k)`` with
+    slopes ``s_k`` rising (``s_{-1} = 0``): every term has one sign; on ``[-bound, 0]`` it is
+    ``(-1)^p`` times the same in ``relu(-x - u_k)``.  So at any x the terms do not cancel and the
+    features round like their values.  On the interval
+    ``|m_{j,p}(x) - x_j^p| <= h^2 p (p-1) bound^(p-2)/8`` (the interpolation error of a function with
+    ``|f''| <= p(p-1) bound^(p-2)``); outside it the features continue linearly.  ``k = d * degree``
+    features, ``2 d knots`` hidden units, as plain lists (the ``features`` of :func:`feature_gd`)."""
+    d, degree, K = parts.positive_int(d, "d"), parts.positive_int(degree, "degree"), parts.positive_int(knots, "knots")
+    bound = parts.real(bound, "bound")
+    parts.budget("relu_polynomial_features", layers=1, width=d, mlp=2 * d * K, heads=0)
+    u = np.arange(K + 1) * (bound / K)
+    W_in = np.zeros((2 * d * K, d))
+    b_in = np.zeros(2 * d * K)
+    W_out = np.zeros((d * degree, 2 * d * K))
+    for j in range(d):
+        pos, neg = slice(2 * j * K, (2 * j + 1) * K), slice((2 * j + 1) * K, (2 * j + 2) * K)
+        W_in[pos, j], W_in[neg, j] = 1.0, -1.0
+        b_in[pos] = b_in[neg] = -u[:-1]
+        for p in range(1, degree + 1):
+            slope = np.diff(u**p) / np.diff(u)
+            rise = np.diff(np.concatenate([[0.0], slope]))  # >= 0: x^p is convex on [0, bound]
+            W_out[j * degree + p - 1, pos] = rise
+            W_out[j * degree + p - 1, neg] = (-1) ** p * rise
+    return dict(W_in=W_in.tolist(), b_in=b_in.tolist(), W_out=W_out.tolist())
+
+
 def _features(features, d: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if not isinstance(features, dict) or set(features) != {"W_in", "b_in", "W_out"}:
         raise ConstructionError("features must be a dict with keys W_in [h, d], b_in [h], W_out [k, h] (e.g. "
@@ -87,9 +117,10 @@ def feature_gd(d: int, steps: int, lr: float, features=None, k: int = 16, seed: 
 
     **Paper mapping.**  The paper's MLP is trained; here ``features`` is any one-hidden-layer
     ReLU map ``m(x) = W_out relu(W_in x + b_in)`` (``{"W_in": [h, d], "b_in": [h], "W_out": [k, h]}``),
-    or, by default, k random ReLU features (:func:`random_relu_features` with ``seed``).  A
-    polynomial basis is not exact with finitely many ReLUs; pass a piecewise-linear
-    interpolant's weights to use one.
+    or, by default, k random ReLU features (:func:`random_relu_features` with ``seed``).  The
+    second named family, :func:`relu_polynomial_features`, is the ReLU interpolant of the monomials
+    ``x_j^p`` on a bounded interval (within ``h^2 p(p-1) bound^(p-2)/8`` of them there); GD on
+    those features is exact, the features approximate the polynomials.
 
     **Resources.**  ``steps + 1`` layers (1 MLP block + ``steps`` LSA layers), 1 head of width
     ``k + 1``, width ``d + k + 1``, MLP width h (k by default), linear attention.
@@ -129,9 +160,14 @@ def _feature_map(c):
 
 
 def _drawn(p, k):
-    """Random ReLU features for the prompt and a stable step on them (a fraction ``lr_factor`` of
-    the limit; any step when every feature is 0 on the whole batch)."""
-    feats = random_relu_features(p.spec.d, k.features, seed=k.seed % 2**31)
+    """Features for the prompt, each named family on half of the seeds (random ReLU features;
+    the ReLU polynomial basis of degree 1-3 on the prompt's range), and a stable step on them (a
+    fraction ``lr_factor`` of the limit; any step when every feature is 0 on the whole batch)."""
+    if k.seed % 2:
+        bound = max(float(np.abs(p.X).max()), float(np.abs(p.Xq).max()), 1e-3)
+        feats = relu_polynomial_features(p.spec.d, 1 + (k.seed // 2) % 3, knots=max(1, k.features // 2), bound=bound)
+    else:
+        feats = random_relu_features(p.spec.d, k.features, seed=k.seed % 2**31)
     F = relu_features(p.X, feats["W_in"], feats["b_in"], feats["W_out"])
     return feats, stable_lr(F, k.lr_factor) if np.abs(F).max() > 0 else k.lr_factor
 

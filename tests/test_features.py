@@ -2,6 +2,7 @@
 is a GD step on the features, and bad feature maps or steps are refused."""
 import numpy as np
 import pytest
+import torch
 
 import constructions
 from constructions import ConstructionError
@@ -66,3 +67,26 @@ def test_an_unstable_step_on_the_features_is_refused():
     with pytest.raises(ConstructionError, match="stability limit"):
         c.predict(X, y, Xq)
     assert np.isfinite(c.predict(X, y, Xq, check=False)).all()  # two steps stay finite; check=False skips the domain
+
+
+def test_relu_polynomial_features_interpolate_the_monomials():
+    from constructions.features import relu_polynomial_features, torch_features
+
+    K, bound, degree = 8, 1.0, 3
+    feats = relu_polynomial_features(2, degree, knots=K, bound=bound)
+    x = torch.linspace(-bound, bound, 401, dtype=torch.float64)
+    X = torch.stack([x, -x], -1)
+    m = torch_features(feats, X).reshape(-1, 2, degree)
+    h = bound / K
+    for p in range(1, degree + 1):
+        err = (m[:, :, p - 1] - X**p).abs().max()
+        assert err <= h**2 * p * (p - 1) * bound ** max(p - 2, 0) / 8 + 1e-12
+        assert p < 2 or err > h**2 * p * (p - 1) * bound ** max(p - 2, 0) / 8 / 4  # the bound is the error's order
+    t = torch.linspace(-bound, bound, 2 * K + 1, dtype=torch.float64)  # exact at the knots
+    assert (torch_features(feats, torch.stack([t, t], -1)).reshape(-1, 2, degree)[:, 0, 2] - t**3).abs().max() <= 1e-14
+    # no cancellation: the terms W_out * relu(.) of each feature have one sign at every x
+    W_in, b_in, W_out = (torch.tensor(feats[k], dtype=torch.float64) for k in ("W_in", "b_in", "W_out"))
+    terms = W_out[None] * torch.relu(X @ W_in.T + b_in)[:, None, :]
+    assert torch.allclose(terms.abs().sum(-1), (terms.sum(-1)).abs())
+    c = feature_gd(2, 3, 0.05, features=feats)
+    assert c.resources["width"] == 2 + 2 * degree + 1
