@@ -27,10 +27,13 @@ def test_files(m: M.Mutation) -> list[str]:
     """The mutation's own test files, those of its claims' modules, and the claims' test."""
     files = list(m.tests)
     for cid in m.claims:
-        module = registry.claim(cid).case.__module__.rpartition(".")[2]
-        f = {"linear_gd": "test_linear_gd", "momentum": "test_momentum", "bai": "test_bai", "ridge": "test_ridge",
-             "sherman_morrison": "test_ridge", "raw": "test_raw", "softmax_regression": "test_softmax_regression"}[module]
-        files.append(f"tests/{f}.py")
+        module = registry.claim(cid).case.__module__
+        own = ROOT / "tests" / f"test_{module.rpartition('.')[2]}.py"
+        if own.exists():
+            files.append(str(own.relative_to(ROOT)))
+        else:  # the test files that name the module (e.g. sherman_morrison's tests live in test_ridge.py)
+            files += [str(t.relative_to(ROOT)) for t in sorted((ROOT / "tests").glob("test_*.py"))
+                      if module.rpartition(".")[2] in t.read_text() and t.name != "test_claims.py"]
     return sorted(set(files)) + ["tests/test_claims.py"]
 
 

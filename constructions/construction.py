@@ -333,6 +333,9 @@ class Construction:
                 h[:, N:, s.index] = Xq
             elif s.fill == "y":
                 h[:, step - 1:N:step, s.start] = y
+            elif s.fill == "sqnorm":
+                h[:, 0:N:step, s.start] = (X * X).sum(-1)
+                h[:, N:, s.start] = (Xq * Xq).sum(-1)
             elif s.fill == "position":
                 if s.size != N:
                     raise ConstructionError(f"this {self.name} construction was built for {s.size} context tokens "

@@ -29,6 +29,8 @@ elsewhere), on query tokens all -1; a head gated by entry t admits token t only.
 
 ``position`` (size N, the number of context tokens): the one-hot ``e_i`` of context token i,
 0 on query tokens (von Oswald et al.'s positional encodings, Prop. 3).
+``sqnorm`` (size 1): the squared norm ``|x|^2`` of the token's input (context and query
+tokens; 0 on interleaved y-tokens), the squared-distance trick of a Gaussian-kernel score.
 
 *Interleaved* prompts (``Construction(interleaved=True)``, Garg et al.'s format ``x_1, y_1, x_2,
 y_2, ..., x_q``): example i takes two context tokens, an x-token (``x`` filled, ``y`` 0) and a
@@ -58,7 +60,7 @@ ROLE_FILLS = {
     "train_gate": (0.0, -1.0, -1.0),
     "val_gate": (-1.0, 0.0, -1.0),
 }
-FILLS = ("x", "y", "posgate", "position", *ROLE_FILLS)
+FILLS = ("x", "y", "posgate", "position", "sqnorm", *ROLE_FILLS)
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,7 @@ def test_every_construction_states_theorem_source_resources_exactness(name):
     doc = inspect.getdoc(getattr(constructions, name))
     for word in ("Theorem", "Resources", "Exactness", "Domain"):
         assert f"**{word}" in doc, f"{name} docstring lacks **{word}**"
-    assert re.search(r"et al\. 20\d\d|Polyak 1964", doc)  # a paper and its year
+    assert re.search(r"et al\. 20\d\d|Polyak 1964|Nadaraya 1964", doc)  # a paper and its year
 
 
 @pytest.mark.parametrize("name", BUILT_IN)

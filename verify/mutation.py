@@ -120,6 +120,16 @@ def scale_largest(factor: float, head: int | None = 0):
     return change
 
 
+def _scale_most_negative(factor: float):
+    """``change`` for :func:`edit`: scale the most negative entry by ``factor`` (e.g. the one
+    negative weight of a key map)."""
+    def change(W):
+        idx = np.unravel_index(W.argmin(), W.shape)
+        W[idx] *= factor
+
+    return change
+
+
 def _block(c, where: str) -> int:
     """The index of the first step block with attention (``"attn"``) or an MLP (``"mlp"``), the
     first readout block (``"readout"``) or the last block (``"last"``)."""
@@ -356,6 +366,13 @@ CATALOGUE = [
     Mutation("raw-weight", "raw_gd: one weight of the first mov x (1 + 1e-6)", ("akyurek22-thm1",), one_weight("raw_gd")),
     Mutation("sgd-weight", "raw_sgd: one weight of the first mov x (1 + 1e-6)", ("akyurek22-sgd-pass",),
              one_weight("raw_sgd")),
+    Mutation("nw-weight", "nw_kernel_smoother: the value-output weight x (1 + 1e-6)", ("nw-kernel-smoother",),
+             one_weight("nw_kernel_smoother")),
+    Mutation("nw-norm-term", "nw_kernel_smoother: the Gaussian key's norm term -beta sq/2 x (1 + 1e-6)",
+             ("nw-kernel-smoother",), one_weight("nw_kernel_smoother", matrix="W_K",
+                                                 when=lambda a, k: (list(a) + [None] * 3)[2] == "gaussian"
+                                                 or k.get("kernel") == "gaussian",
+                                                 change=_scale_most_negative(1 + SMALL))),
     Mutation("ridge-raw-weight", "raw_ridge: one weight of the first mov x (1 + 1e-6)", ("akyurek22-thm2-raw",),
              one_weight("raw_ridge")),
     Mutation("raw-div", "raw_ridge: the div primitive's output x (1 + 1e-6)", ("akyurek22-thm2-raw",),

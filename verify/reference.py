@@ -505,3 +505,45 @@ class KernelStep(Reference):
         Fq = self.features(self._q(Xq))
         terms = np.einsum("bn,bn->b", np.abs(self.y_).astype(np.float64), _norm(self.F_, axis=-1)) / self.F_.shape[1]
         return (abs(float(self.lr)) * terms[:, None] * _norm(Fq, axis=-1))[None]
+
+
+class NadarayaWatson:
+    """The Nadaraya-Watson kernel smoother ``f(x_q) = sum_i k(x_q, x_i) y_i / sum_i k(x_q, x_i)``
+    with ``k = exp(beta x . x')`` (``"exp"``) or ``exp(-beta |x - x'|^2 / 2)`` (``"gaussian"``),
+    computed from the log-kernel by log-sum-exp (numpy), one "step": ``trace`` ``[1, B, m]``.
+    ``scale``: the size of the output (a convex combination of the y_i) times the relative error
+    that rounding a score puts into its weight (``exp(s (1 + eps)) = exp(s) (1 + s eps)``)."""
+
+    def __init__(self, beta: float, kernel: str = "exp"):
+        self.beta, self.kernel = float(beta), kernel
+
+    def fit(self, X, y) -> "NadarayaWatson":
+        self.X_, self.y_ = (np.asarray(a, dtype=np.float64) for a in _batch(X, y))
+        return self
+
+    def _logk(self, Xq):
+        Xq = np.asarray(Xq, dtype=np.float64)
+        Xq = Xq[None] if Xq.ndim == 2 else Xq
+        s = self.beta * np.einsum("bmd,bnd->bmn", Xq, self.X_)
+        if self.kernel == "gaussian":
+            s = s - self.beta * ((Xq**2).sum(-1)[..., None] + (self.X_**2).sum(-1)[:, None, :]) / 2
+        return s
+
+    def predict(self, Xq):
+        s = self._logk(Xq)
+        w = np.exp(s - s.max(-1, keepdims=True))
+        return np.einsum("bmn,bn->bm", w, self.y_) / w.sum(-1)
+
+    def trace(self, Xq):
+        return self.predict(Xq)[None]
+
+    def scale(self, Xq):
+        """``max|y| (1 + max_i |score_i|)``, the score being the attention's own
+        (``beta x_q . x_i``, minus ``beta |x_i|^2/2`` for the Gaussian): rounding it by a relative
+        eps moves its weight by the factor ``1 + eps |score|``."""
+        Xq = np.asarray(Xq, dtype=np.float64)
+        Xq = Xq[None] if Xq.ndim == 2 else Xq
+        score = np.abs(self.beta * np.einsum("bmd,bnd->bmn", Xq, self.X_))
+        if self.kernel == "gaussian":
+            score = score + self.beta * (self.X_**2).sum(-1)[:, None, :] / 2
+        return (np.abs(self.y_).max(-1)[:, None] * (1 + score.max(-1)))[None]
