@@ -47,6 +47,7 @@ def random_relu_features(d: int, k: int, seed: int = 0, scale: float = 1.0) -> d
     scale = parts.real(scale, "scale")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ConstructionError(f"seed must be a non-negative integer, got {seed!r}")
+    parts.budget("random_relu_features", layers=1, width=d, mlp=k, heads=0)  # before drawing k x d weights
     rng = np.random.default_rng(int(seed))
     W = rng.normal(size=(k, d)) * scale / np.sqrt(d)
     b = rng.uniform(-scale, scale, size=k)

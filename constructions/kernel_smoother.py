@@ -64,9 +64,10 @@ def nw_kernel_smoother(d: int, beta: float, kernel: str = "exp") -> Construction
     """
     d = parts.positive_int(d, "d")
     beta = parts.real(beta, "beta")
-    if kernel not in KERNELS:
+    if not isinstance(kernel, str) or kernel not in KERNELS:
         raise ConstructionError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     gauss = kernel == "gaussian"
+    parts.budget("nw_kernel_smoother", layers=1, width=d + 4, d_head=d + 1)
     extra = [("sq", 1, "sqnorm"), ("one", 1, "one")] if gauss else []
     lay = ResidualLayout.of([("x", d, "x"), ("y", 1, "y"), *extra, ("out", 1, "zero")], Readout("out"))
     e = d + gauss

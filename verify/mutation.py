@@ -373,6 +373,12 @@ CATALOGUE = [
                                                  when=lambda a, k: (list(a) + [None] * 3)[2] == "gaussian"
                                                  or k.get("kernel") == "gaussian",
                                                  change=_scale_most_negative(1 + SMALL))),
+    Mutation("fgd-weight", "functional_gd: one kernel head's output weight x (1 + 1e-6)", ("cheng23-functional-gd",),
+             one_weight("functional_gd")),
+    Mutation("fgd-prox", "functional_gd: the ridge prox's MLP output x (1 + 1e-6)",
+             ("cheng23-functional-gd", "cheng23-kernel-ridge"),
+             one_weight("functional_gd", where="mlp", matrix="W_out", head=None,
+                        when=lambda a, k: bool((list(a) + [0.0] * 4)[3] or k.get("lam")))),
     Mutation("ridge-raw-weight", "raw_ridge: one weight of the first mov x (1 + 1e-6)", ("akyurek22-thm2-raw",),
              one_weight("raw_ridge")),
     Mutation("raw-div", "raw_ridge: the div primitive's output x (1 + 1e-6)", ("akyurek22-thm2-raw",),

@@ -547,3 +547,51 @@ class NadarayaWatson:
         if self.kernel == "gaussian":
             score = score + self.beta * (self.X_**2).sum(-1)[:, None, :] / 2
         return (np.abs(self.y_).max(-1)[:, None] * (1 + score.max(-1)))[None]
+
+
+class KernelGD:
+    """Functional GD from ``f_0 = 0`` with the kernel ``K(x, x') = sum_h relu(x^T W_h x')`` and rate
+    ``lr``, each step followed by the ridge term's proximal map (``shrink = lr lam/(1 + lr lam)``,
+    0 for plain functional GD): ``r <- r - (lr/n) K r``, ``f(x_q) <- f(x_q) + (lr/n) k_q^T r``, then
+    ``r <- r + shrink (y - r)``, ``f <- (1 - shrink) f``.  Runs in exact rational arithmetic for
+    Fraction inputs and parameters.  ``trace`` ``[S, B, m]``; ``scale`` the running largest of
+    ``|f_t(x_q)| + (lr/n) sum_i |k_q,i| |r_i|`` (the terms each step sums)."""
+
+    def __init__(self, steps: int, lr, shrink, kernels):
+        self.steps, self.lr, self.shrink, self.kernels = steps, lr, shrink, [np.asarray(W) for W in kernels]
+
+    def fit(self, X, y) -> "KernelGD":
+        self.X_, self.y_ = _batch(X, y)
+        return self
+
+    def _k(self, A, Bm):
+        return sum(np.maximum(np.einsum("bjd,de,bie->bji", A, W, Bm), 0) for W in self.kernels)
+
+    def _run(self, Xq):
+        Xq = np.asarray(Xq, dtype=_dtype(Xq))
+        Xq = Xq[None] if Xq.ndim == 2 else Xq
+        X, y = self.X_, self.y_
+        n = X.shape[1]
+        K, Kq = self._k(X, X), self._k(Xq, X)
+        r, f = y.copy(), np.zeros(Xq.shape[:2], dtype=X.dtype) * y[:, :1]
+        fs, mags, mag = [], [], np.zeros(Xq.shape[:2])
+        for _ in range(self.steps):
+            upd = np.einsum("bqi,bi->bq", Kq, r) * self.lr / n
+            mag = np.maximum(mag, np.abs(f.astype(np.float64)) + np.einsum(
+                "bqi,bi->bq", np.abs(Kq.astype(np.float64)), np.abs(r.astype(np.float64))) * float(self.lr) / n)
+            r, f = r - np.einsum("bji,bi->bj", K, r) * self.lr / n, f + upd
+            if self.shrink:
+                r, f = r + self.shrink * (y - r), f - self.shrink * f
+            fs.append(f)
+            mags.append(mag + np.abs(y.astype(np.float64)).max(-1)[:, None])
+        return np.stack(fs), np.stack(mags)
+
+    def predict(self, Xq):
+        return self._run(Xq)[0][-1]
+
+    def trace(self, Xq):
+        return self._run(Xq)[0]
+
+    def scale(self, Xq):
+        return self._run(Xq)[1]
+

@@ -1,0 +1,59 @@
+"""functional_gd (Cheng et al. 2023): ReLU attention as functional GD, and its convergence to kernel ridge."""
+import numpy as np
+import pytest
+
+import constructions
+from constructions import ConstructionError
+from constructions import functional as fg
+from verify.knobs import Knobs
+from verify.prompts import PromptSpec, make_prompt
+
+
+def _prompt(B=2, n=8, d=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(B, n, d)), rng.normal(size=(B, n)), rng.normal(size=(B, 2, d))
+
+
+def test_layers_are_kernel_gd_steps_with_summed_heads():
+    X, y, Xq = _prompt()
+    heads = [np.eye(3), np.diag([1.0, 0.5, 2.0])]
+    for lam in (0.0, 0.4):
+        c = constructions.functional_gd(3, 5, 0.05, lam, heads)
+        ref = fg._reference(c).fit(X, y)
+        assert np.abs(c.trace(X, y, Xq) - ref.trace(Xq)).max() <= 1e-13
+    # one head alone is a different kernel: the sum matters
+    one = fg._reference(constructions.functional_gd(3, 5, 0.05, 0.0, heads[:1])).fit(X, y)
+    assert np.abs(one.trace(Xq) - fg._reference(constructions.functional_gd(3, 5, 0.05, 0.0, heads)).fit(X, y)
+                  .trace(Xq)).max() > 1e-3
+
+
+def test_the_proximal_iteration_reaches_kernel_ridge():
+    X, y, Xq = _prompt(seed=1)
+    n, lam, lr = X.shape[1], 0.5, 0.2
+    c = constructions.functional_gd(3, 300, lr, lam)
+    K = np.maximum(np.einsum("bjd,bid->bji", X, X), 0)
+    Kq = np.maximum(np.einsum("bqd,bid->bqi", Xq, X), 0)
+    alpha = np.linalg.solve(K + n * lam * np.eye(n), y[..., None])[..., 0]
+    f_star = np.einsum("bqi,bi->bq", Kq, alpha)
+    assert np.abs(c.predict(X, y, Xq) - f_star).max() <= 1e-10
+    assert np.abs(constructions.functional_gd(3, 300, lr, 0.0).predict(X, y, Xq) - f_star).max() > 1e-3
+
+
+def test_kernel_ridge_check_measures_a_real_contraction():
+    p = make_prompt(PromptSpec(B=3, n=12, m=2, d=3, seed=4))
+    k = Knobs(steps=6, lr_factor=1.0, log10_lam=-1.0, seed=3)
+    cmp = fg.check_kernel_ridge(p, k)
+    m, t = cmp.model[0], cmp.tol[0]
+    assert (m <= t).all()
+    per = 1 + p.Xq.shape[1]  # each layer: the context error, then one entry per query
+    ctx, query, bound = m[:, 0::per], m[:, 1::per], t[:, 1::per]
+    assert (ctx[:, -1] < 0.5 * ctx[:, 0]).all()  # the context error shrinks over the layers
+    assert (query[:, -1] < query[:, 0]).all()  # and so does the query's
+    rate = bound[:, 1:] / bound[:, :-1]  # the query bound shrinks by rho < 1 per layer
+    assert (rate < 1).all() and np.allclose(rate, rate[:, :1], rtol=1e-6)
+
+
+def test_bad_input_is_refused():
+    for bad in (dict(lr=0.0), dict(lam=-0.1), dict(heads=[np.eye(2)]), dict(heads=[]), dict(steps=0)):
+        with pytest.raises(ConstructionError):
+            constructions.functional_gd(**{**dict(d=3, steps=2, lr=0.1), **bad})
