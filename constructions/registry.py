@@ -96,8 +96,16 @@ _plugins_loaded = False
 
 
 def _namespace() -> dict:
-    pkg = sys.modules.get(__name__.rpartition(".")[0])
-    return vars(pkg) if pkg is not None else {}
+    """The package's names, its submodules included (a module still being imported is not bound
+    in the package yet, so a factory named like it would be shadowed once it is)."""
+    package = __name__.rpartition(".")[0]
+    pkg = sys.modules.get(package)
+    names = dict(vars(pkg)) if pkg is not None else {}
+    if pkg is not None and getattr(pkg, "__path__", None):
+        import pkgutil
+
+        names.update({m.name: None for m in pkgutil.iter_modules(pkg.__path__)})
+    return names
 
 
 def register_paper(paper: Paper) -> Paper:

@@ -125,6 +125,8 @@ def test_bad_registrations_are_refused(user_construction):
         registry.register(scaled_gd, summary="", source="", exactness="")
     with pytest.raises(ConstructionError, match="name of the constructions package"):
         registry.register(_named("parts"), summary="", source="", exactness="")
+    with pytest.raises(ConstructionError, match="name of the constructions package"):
+        registry.register(_named("numpy_pass"), summary="", source="", exactness="")  # a submodule not yet imported
     with pytest.raises(ConstructionError, match="registered already"):
         registry.add_claim(user_construction)
     with pytest.raises(ConstructionError, match="not a registered construction"):

@@ -120,6 +120,21 @@ def scale_largest(factor: float, head: int | None = 0):
     return change
 
 
+class _GateShift:
+    """``constructions.parts`` with ``relu_gd_heads`` reading gate entry ``(t + 1) mod n`` for entry t."""
+
+    def __init__(self, parts):
+        self._parts = parts
+
+    def __getattr__(self, name):
+        return getattr(self._parts, name)
+
+    def relu_gd_heads(self, lay, lr, mask_const, w="w", gate="gate", scale=1.0):
+        if isinstance(gate, tuple):
+            gate = (gate[0], (gate[1] + 1) % lay[gate[0]].size)
+        return self._parts.relu_gd_heads(lay, lr, mask_const, w, gate, scale)
+
+
 def _scale_most_negative(factor: float):
     """``change`` for :func:`edit`: scale the most negative entry by ``factor`` (e.g. the one
     negative weight of a key map)."""
@@ -379,6 +394,10 @@ CATALOGUE = [
              ("cheng23-functional-gd", "cheng23-kernel-ridge"),
              one_weight("functional_gd", where="mlp", matrix="W_out", head=None,
                         when=lambda a, k: bool((list(a) + [0.0] * 4)[3] or k.get("lam")))),
+    Mutation("delta-weight", "delta_rule: one update head's output weight x (1 + 1e-6)", ("schlag21-delta-rule",),
+             one_weight("delta_rule")),
+    Mutation("delta-gate", "delta_rule: layer t admits example t + 1 (the gate off by one)", ("schlag21-delta-rule",),
+             _module_function("constructions.fast_weights", "parts", lambda P: _GateShift(P))),
     Mutation("ridge-raw-weight", "raw_ridge: one weight of the first mov x (1 + 1e-6)", ("akyurek22-thm2-raw",),
              one_weight("raw_ridge")),
     Mutation("raw-div", "raw_ridge: the div primitive's output x (1 + 1e-6)", ("akyurek22-thm2-raw",),

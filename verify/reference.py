@@ -457,6 +457,28 @@ def relu_features(X, W_in, b_in, W_out) -> np.ndarray:
     return np.maximum(X @ W_in.T + b_in, 0) @ W_out.T
 
 
+class LMS(Reference):
+    """The delta rule / least mean squares, one example per step in prompt order:
+    ``w_t = w_{t-1} + beta (y_t - w_{t-1} . x_t) x_t`` from ``w_0 = 0`` (S = n steps).
+    ``magnitude_``: ``|w_t|`` plus the update's unsigned size ``beta |r_t| |x_t|``."""
+
+    def __init__(self, beta):
+        self.beta = beta
+
+    def fit(self, X, y) -> "LMS":
+        X, y = _batch(X, y)
+        B, n, d = X.shape
+        w = np.zeros((B, d), dtype=X.dtype) * y[:, :1]
+        ws, mags = [w], [np.zeros(B)]
+        for t in range(n):
+            r = y[:, t] - np.einsum("bd,bd->b", w, X[:, t])
+            w = w + self.beta * r[:, None] * X[:, t]
+            ws.append(w)
+            mags.append(_norm(w, axis=-1) + float(self.beta) * np.abs(r.astype(np.float64)) * _norm(X[:, t], axis=-1))
+        self.iterates_, self.magnitude_ = np.stack(ws), np.stack(mags)
+        return self
+
+
 class OnFeatures:
     """A reference run on features: ``fit(X, y)`` fits ``inner`` on ``(m(X), y)``; ``trace`` and
     ``scale`` read the queries ``m(Xq)`` (``m`` a callable, e.g. :func:`relu_features` with its
