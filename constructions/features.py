@@ -27,15 +27,15 @@ import numpy as np
 import torch
 
 from verify import baselines
-from verify.claims import LR, Claim, Outcome, Part, Proof
-from verify.knobs import stable_lr
+from verify.claims import LAM, LR, Claim, Outcome, Part, Proof
+from verify.knobs import ridge_lam, stable_lr
 from verify.prompts import PromptSpec
 from verify.reference import GD, KernelStep, OnFeatures, relu_features
 
 from . import parts
 from .construction import Construction
 from .errors import ConstructionError
-from .registry import Bench, register
+from .registry import Bench, Paper, Result, register, register_paper
 from .spec import BlockSpec
 
 
@@ -98,7 +98,7 @@ def _features(features, d: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return W_in, b_in, W_out
 
 
-def feature_gd(d: int, steps: int, lr: float, features=None, k: int = 16, seed: int = 0) -> Construction:
+def feature_gd(d: int, steps: int, lr: float, features=None, k: int = 16, seed: int = 0, lam: float = 0.0) -> Construction:
     """A ReLU MLP writes features m(x) into every token; each following LSA layer is one GD step
     on the feature regression.
 
@@ -123,25 +123,42 @@ def feature_gd(d: int, steps: int, lr: float, features=None, k: int = 16, seed: 
     ``x_j^p`` on a bounded interval (within ``h^2 p(p-1) bound^(p-2)/8`` of them there); GD on
     those features is exact, the features approximate the polynomials.
 
+    **Ridge on the representation** (Guo et al. 2023, in-context learning with representations:
+    a fixed ReLU-MLP representation, then ridge regression on it in context).  With ``lam > 0``
+    each layer is GD on ``L_m(w) + (lam/2)|w|^2``, which converges to the ridge solution on the
+    features ``(M^T M/n + lam I)^{-1} M^T y/n`` (``M = m(X)``): the decay head adds
+    ``lr lam (y0_j - y_j)`` to every token's ``y`` (``y0`` keeps the labels; the head's score
+    reads a constant ``one`` key, so its mean over the n keys is that value), which is the
+    ``-lr lam w`` term of the step (``guo23-representation``).
+
     **Resources.**  ``steps + 1`` layers (1 MLP block + ``steps`` LSA layers), 1 head of width
-    ``k + 1``, width ``d + k + 1``, MLP width h (k by default), linear attention.
+    ``k + 1`` (2 heads with ``lam > 0``), width ``d + k + 1`` (``d + k + 3`` with ``lam > 0``),
+    MLP width h (k by default), linear attention.
 
     **Exactness.**  Exact (float64 round-off).
 
-    **Domain.**  ``lr * lambda_max(M^T M/n) <= 2`` for the feature matrix ``M = m(X)``, per prompt.
+    **Domain.**  ``lr * lambda_max(M^T M/n + lam I) <= 2`` for the feature matrix ``M = m(X)``, per
+    prompt; ``lam >= 0``.
     """
     d, steps = parts.positive_int(d, "d"), parts.positive_int(steps, "steps")
-    lr = parts.real(lr, "lr")
+    lr, lam = parts.real(lr, "lr"), parts.real(lam, "lam", strict=False)
     if features is None:
         features = random_relu_features(d, k, seed)
     W_in, b_in, W_out = _features(features, d)
     k, h = W_out.shape
-    parts.budget("feature_gd", layers=steps + 1, width=d + k + 1, d_head=k + 1, mlp=h)
-    lay = parts.lsa_layout(d, ("f", k, "zero"))
+    parts.budget("feature_gd", layers=steps + 1, width=d + k + (3 if lam else 1), heads=2 if lam else 1, d_head=k + 1,
+                 mlp=h)
+    lay = parts.lsa_layout(d, ("f", k, "zero"), *((("y0", 1, "y"), ("one", 1, "one")) if lam else ()))
+    heads = [parts.gd_head(lay, lr * np.eye(k), x="f")]
+    if lam:  # the ridge term -lr lam w as lr lam (y0 - y) on every token's y
+        rate = lr * lam
+        heads.append(parts.product_head(lay, {"y0": [[rate]], "y": [[-rate]]}, {"one": [[1.0]]}, {"y": [[1.0]]}))
     blocks = [BlockSpec(None, parts.feature_mlp(lay, W_in, b_in, W_out))]
-    blocks += [parts.block("linear", [parts.gd_head(lay, lr * np.eye(k), x="f")]) for _ in range(steps)]
-    step = parts.step_check(lr)
+    blocks += [parts.block("linear", heads) for _ in range(steps)]
+    step = parts.step_check(lr, lam)
     params = dict(d=d, steps=steps, lr=lr, features=dict(W_in=W_in.tolist(), b_in=b_in.tolist(), W_out=W_out.tolist()))
+    if lam:
+        params["lam"] = lam
 
     def domain(X, y, Xq):
         step(torch_features(params["features"], X), y, None)
@@ -179,6 +196,16 @@ def _case(p, k):
     return c, OnFeatures(_feature_map(c), GD(k.steps, lr))
 
 
+def _ridge_case(p, k):
+    """feature_gd with a ridge term: lam = ridge_lam of the features, a stable step for it."""
+    feats, _ = _drawn(p, k)
+    F = relu_features(p.X, feats["W_in"], feats["b_in"], feats["W_out"])
+    lam = ridge_lam(F, k.log10_lam) if np.abs(F).max() > 0 else 10.0**k.log10_lam
+    lr = stable_lr(F, k.lr_factor, lam)
+    c = feature_gd(p.spec.d, k.steps, lr, features=feats, lam=lam)
+    return c, OnFeatures(_feature_map(c), GD(k.steps, lr, lam))
+
+
 def _kernel_case(p, k):
     feats, lr = _drawn(p, k)
     c = feature_gd(p.spec.d, 1, lr, features=feats)
@@ -197,6 +224,7 @@ def feature_exact() -> Outcome:
 
     c = feature_gd(2, 3, LR, features=PROOF_FEATURES)
     one = feature_gd(2, 1, LR, features=PROOF_FEATURES)
+    ridge = feature_gd(2, 3, LR, features=PROOF_FEATURES, lam=LAM)  # LR * LAM = 3/128: exact in float
     fm = _feature_map(c)
     gates = ex.ReluGates(blocks={0})
     ok = True
@@ -204,10 +232,12 @@ def feature_exact() -> Outcome:
         X, y, Xq = ex.rational_prompt(PromptSpec(B=2, n=6, m=2, d=2, seed=seed))
         ok &= ex.trace_equals(c, OnFeatures(fm, GD(3, Fraction(LR))), X, y, Xq, record=gates)
         ok &= ex.trace_equals(one, KernelStep(fm, Fraction(LR)), X, y, Xq)
+        ok &= ex.trace_equals(ridge, OnFeatures(fm, GD(3, Fraction(LR), Fraction(LAM))), X, y, Xq)
     if gates.stuck():
         return Outcome(False, f"the proof's prompts are not generic: feature units never switched {gates.stuck()}")
-    return Outcome(ok, "feature_gd(d=2, k=3, 3 steps) = GD on m(x) exactly, and its first layer = the kernel smoother "
-                       "(lr/n) sum_i y_i m(x_i).m(x_q), on 3 rational prompts; every feature unit open and closed"
+    return Outcome(ok, "feature_gd(d=2, k=3, 3 steps) = GD on m(x) exactly, with lam = 1/8 GD on the ridge objective "
+                       "on m(x), and its first layer = the kernel smoother (lr/n) sum_i y_i m(x_i).m(x_q), on 3 rational "
+                       "prompts; every feature unit open and closed"
                    if ok else "feature_gd differs from GD on the features in exact arithmetic")
 
 
@@ -234,5 +264,20 @@ register(
               "kernel smoother from the Gram matrix (numpy)", _kernel_case, KernelStep, variant="steps=1",
               knobs=dict(features=(1, 12), steps=1),
               proof=Proof("exact-rational", (Part("exact feature_gd", feature_exact),))),
+        Claim("guo23-representation", "Guo et al. 2023", "in-context ridge on a fixed ReLU-MLP representation",
+              "a ReLU MLP block writing the representation m(x), then L LSA layers (a GD head and a decay head) = L "
+              "GD steps on the ridge objective 1/(2n) sum_i (w.m(x_i) - y_i)^2 + (lam/2)|w|^2, converging to ridge on "
+              "the representation; the readout after layer t is m(x_q).w_t",
+              "ridge GD on the features (numpy)", _ridge_case, OnFeatures, variant="lam>0",
+              knobs=dict(features=(1, 12)),
+              proof=Proof("exact-rational", (Part("exact feature_gd", feature_exact),))),
     ],
 )
+
+register_paper(Paper(
+    "Guo et al. 2023", "How do transformers learn in-context beyond simple functions? A case study on learning with "
+                       "representations (arXiv 2310.10616)", (
+        Result("ridge on a representation", "a fixed MLP representation, then in-context ridge regression on it by GD "
+                                            "layers", ("guo23-representation",)),
+    )))
+

@@ -90,3 +90,22 @@ def test_relu_polynomial_features_interpolate_the_monomials():
     assert torch.allclose(terms.abs().sum(-1), (terms.sum(-1)).abs())
     c = feature_gd(2, 3, 0.05, features=feats)
     assert c.resources["width"] == 2 + 2 * degree + 1
+
+
+def test_ridge_on_the_representation_converges_to_ridge_on_the_features():
+    """Guo et al.'s in-context ridge on a ReLU-MLP representation: with lam > 0 the GD layers
+    converge to ``(M^T M/n + lam I)^{-1} M^T y/n`` on the features M = m(X)."""
+    rng = np.random.default_rng(2)
+    X, y, Xq = rng.normal(size=(2, 12, 3)), rng.normal(size=(2, 12)), rng.normal(size=(2, 3, 3))
+    feats = random_relu_features(3, 6, seed=5)
+    M, Mq = (relu_features(Z, feats["W_in"], feats["b_in"], feats["W_out"]) for Z in (X, Xq))
+    lam = 0.3
+    lr = 1.0 / (np.linalg.eigvalsh(np.einsum("bnk,bnl->bkl", M, M) / 12).max() + lam)
+    w = np.linalg.solve(np.einsum("bnk,bnl->bkl", M, M) / 12 + lam * np.eye(6), np.einsum("bnk,bn->bk", M, y)[..., None] / 12)[..., 0]
+    ridge = np.einsum("bqk,bk->bq", Mq, w)
+    c = feature_gd(3, 400, lr, features=feats, lam=lam)
+    assert np.abs(c.predict(X, y, Xq) - ridge).max() <= 1e-10
+    assert np.abs(feature_gd(3, 400, lr, features=feats).predict(X, y, Xq) - ridge).max() > 1e-3  # lam matters
+    assert (c.resources["heads"], c.resources["width"]) == (2, 3 + 6 + 3)
+    with pytest.raises(ConstructionError):
+        feature_gd(3, 2, 0.1, features=feats, lam=-1.0)

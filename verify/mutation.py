@@ -398,6 +398,8 @@ CATALOGUE = [
              one_weight("delta_rule")),
     Mutation("delta-gate", "delta_rule: layer t admits example t + 1 (the gate off by one)", ("schlag21-delta-rule",),
              _module_function("constructions.fast_weights", "parts", lambda P: _GateShift(P))),
+    Mutation("feature-ridge", "feature_gd (lam > 0): the ridge decay head's output x (1 + 1e-6)", ("guo23-representation",),
+             one_weight("feature_gd", head=1, when=lambda a, k: bool(k.get("lam")))),
     Mutation("ridge-raw-weight", "raw_ridge: one weight of the first mov x (1 + 1e-6)", ("akyurek22-thm2-raw",),
              one_weight("raw_ridge")),
     Mutation("raw-div", "raw_ridge: the div primitive's output x (1 + 1e-6)", ("akyurek22-thm2-raw",),
