@@ -39,7 +39,7 @@ from verify.claims import LAM, LR, MASK, Claim, Outcome, Part, Proof, induction,
 from verify.knobs import lasso_lam, masking_constant, ridge_lam, stable_lr
 from verify.prompts import Prompt, PromptSpec
 from verify.reference import (
-    GD, ISTA, BinaryTest, LogisticGD, RidgeSelect, lasso_objective, lasso_solution,
+    GD, ISTA, BinaryTest, LogisticGD, ProxGD, RidgeSelect, lasso_objective, lasso_solution,
 )
 from verify.tolerance import Comparison, compare_trace, tolerance
 
@@ -147,6 +147,61 @@ def lasso_ista(d: int, steps: int, lr: float, lam: float, mask_const: float = 1e
         mask_const, lambda X, y, Xq: lasso_score_bound(X, y, Xq, lam), "|y|^2/(n lam) max|x_i|"))
     return Construction("lasso_ista", dict(d=d, steps=steps, lr=lr, lam=lam, mask_const=mask_const), blocks, lay, d,
                         n_readout=1, mask_query=False, domain=domain)
+
+
+def prox_shrink(lr: float, lam: float) -> float:
+    """The l2 prox's coefficient ``c = lr lam/(1 + lr lam)`` (``w <- (1 - c) w``), one float for the
+    construction's weight and the reference."""
+    return lr * lam / (1 + lr * lam)
+
+
+PROXES = ("box", "l2")
+
+
+def proximal_gd(d: int, steps: int, lr: float, prox: str, param: float, mask_const: float = 1e9) -> Construction:
+    """Proximal GD in context beyond l1: projected GD onto a box, or ridge by the l2 prox (Bai et
+    al. 2023, App. C, Thm C.1 / Prop. C.1: a proximal step as an MLP after the attention's GD step).
+
+    **Theorem** (Bai et al. 2023, App. C).  Step layer t maps the replicated iterate by
+    ``w <- prox(w - lr grad L0(w))``, ``L0(w) = 1/(2n)|Xw - y|^2``: its attention is the GD step of
+    :func:`relu_gd`, its MLP the proximal map, exact with ReLUs:
+
+    * ``prox="box"``, ``param = R``: the projection ``clip(w, -R, R)``
+      (:func:`constructions.parts.box_projection_mlp`), projected GD on ``{|w|_inf <= R}``;
+    * ``prox="l2"``, ``param = lam``: the prox of ``(lam/2)|w|^2``, ``v/(1 + lr lam)``
+      (:func:`constructions.parts.shrink_mlp`), whose fixed point is ridge
+      ``(X^T X/n + lam I)^{-1} X^T y/n``.
+
+    **Resources.**  ``steps + 1`` layers, 2 heads per layer, MLP width 2d, width ``2d + 3``,
+    ReLU attention and ReLU MLP.
+
+    **Exactness.**  Exact (float64 round-off), for any ``mask_const`` above the score bound.
+
+    **Domain.**  ``lr * lambda_max(X^T X/n) <= 2``; ``param > 0`` (R or lam); ``mask_const`` above
+    the score bound: ``max(1, sqrt(d) R max_i |x_i|)`` for the box (every iterate is in it), and
+    relu_gd's ``max(1, 2 |w*| max_i |x_i|)`` for l2 (the prox-gradient map is nonexpansive, so
+    ``|w_t - w*| <= |w*|``).
+    """
+    d, steps = parts.positive_int(d, "d"), parts.positive_int(steps, "steps")
+    lr, param = parts.real(lr, "lr"), parts.real(param, "param")
+    mask_const = parts.real(mask_const, "mask_const")
+    if not isinstance(prox, str) or prox not in PROXES:
+        raise ConstructionError(f"prox must be one of {PROXES}, got {prox!r}")
+    parts.budget("proximal_gd", layers=steps + 1, width=2 * d + 3, heads=2, d_head=d + 2, mlp=2 * d)
+    lay = _bai_layout(d)
+    mlp = parts.box_projection_mlp(lay, param) if prox == "box" else parts.shrink_mlp(lay, prox_shrink(lr, param))
+    blocks = [parts.block("relu", parts.relu_gd_heads(lay, lr, mask_const), mlp) for _ in range(steps)]
+    blocks.append(parts.block("relu", parts.relu_readout_heads(lay, mask_const)))
+
+    def bound(X, y, Xq):
+        if prox == "l2":
+            return score_bound(X, y, Xq, param)
+        xmax = torch.cat([X, Xq], 1).norm(dim=-1).max(-1).values
+        return torch.clamp(np.sqrt(d) * param * xmax, min=1.0)
+
+    domain = parts.all_checks(parts.step_check(lr), parts.mask_check(mask_const, bound, "the iterate's score bound"))
+    return Construction("proximal_gd", dict(d=d, steps=steps, lr=lr, prox=prox, param=param, mask_const=mask_const),
+                        blocks, lay, d, n_readout=1, mask_query=False, domain=domain)
 
 
 def sigmoid_knots(heads: int, radius: float) -> tuple[np.ndarray, np.ndarray, float]:
@@ -415,6 +470,38 @@ def _lasso_case(p, k):
     lr = stable_lr(p.X, k.lr_factor / 2)  # <= 1/L: the O(1/L) objective bound's step limit
     mask = masking_constant(k.log10_mask, lasso_score_bound(*_torch(p), lam))
     return lasso_ista(p.spec.d, k.steps, lr, lam, mask_const=mask), ISTA(k.steps, lr, lam)
+
+
+def _prox_case(p, k):
+    """Box (radius a fraction of the least-squares solution's largest entry, so it binds) or l2
+    (lam = ridge_lam), each on half of the seeds; a stable step."""
+    lr = stable_lr(p.X, k.lr_factor)
+    if k.seed % 2:
+        w = np.linalg.lstsq(p.X[0], p.y[0], rcond=None)[0]
+        R = max(float(np.abs(w).max()), 1e-3) * (0.2 + 0.6 * (k.seed % 7) / 6)
+        c = proximal_gd(p.spec.d, k.steps, lr, "box", R)
+        return c, ProxGD(k.steps, lr, "box", R)
+    lam = ridge_lam(p.X, k.log10_lam)
+    c = proximal_gd(p.spec.d, k.steps, lr, "l2", lam)
+    return c, ProxGD(k.steps, lr, "l2", prox_shrink(lr, lam))
+
+
+def prox_exact() -> Outcome:
+    """proximal_gd(d=3, 4 steps), box and l2, equals proximal GD in exact rational arithmetic, every
+    ReLU of the prox MLPs open and closed over the prompts."""
+    from verify import exact as ex
+
+    ok = True
+    for prox, param, ref_param in (("box", 0.03125, Fraction(1, 32)), ("l2", LAM, Fraction(prox_shrink(LR, LAM)))):
+        c = proximal_gd(3, 4, LR, prox, param, mask_const=MASK)
+        gates = ex.ReluGates(blocks={b for b, blk in enumerate(c.blocks) if blk.mlp is not None})
+        ok &= all(ex.trace_equals(c, ProxGD(4, Fraction(LR), prox, ref_param), *pr, record=gates)
+                  for pr in _rational_prompts(B=2, n=6, d=3, m=2))
+        if prox == "box" and gates.stuck():
+            return Outcome(False, f"the proof's prompts are not generic: box gates never switched {gates.stuck()}")
+    return Outcome(ok, "proximal_gd(d=3, 4 steps) = projected GD (box R = 1/32, every clip gate open and closed) and "
+                       "l2-prox GD exactly on 3x2 rational prompts" if ok else
+                   "proximal_gd differs from proximal GD in exact arithmetic")
 
 
 def _lasso_bounds(p, k, c) -> Comparison:
@@ -692,6 +779,35 @@ register(
 )
 
 
+def _prox_baseline(prep, c):
+    lr, prox, param = c.params["lr"], c.params["prox"], c.params["param"]
+    X, y = prep.X, prep.y
+
+    def run():
+        w = torch.zeros(X.shape[0], X.shape[2], dtype=X.dtype, device=X.device)
+        for _ in range(c.steps):
+            w = w + lr * (X.transpose(1, 2) @ (y - (X @ w[..., None])[..., 0])[..., None])[..., 0] / X.shape[1]
+            w = w.clamp(-param, param) if prox == "box" else w / (1 + lr * param)
+        return w
+
+    return run
+
+
+register(
+    proximal_gd, summary="one proximal GD step: attention GD, then a ReLU MLP projecting onto a box or shrinking by "
+                         "the l2 prox", source="Bai et al. 2023, App. C", exactness="exact",
+    paper_resources="App. C: 2 heads, the proximal map in an MLP after the GD step",
+    bench=Bench(lambda d, n: dict(steps=10, lr=0.01, prox="l2", param=0.01), baseline=_prox_baseline),
+    claims=[
+        Claim("bai23-prox", "Bai et al. 2023", "App. C, Thm C.1 / Prop. C.1 (proximal steps beyond l1)",
+              "attention GD step + a 2d-ReLU MLP per layer = one proximal GD step: projected GD onto {|w|_inf <= R} "
+              "(clip) or the l2-squared prox v/(1 + lr lam), whose fixed point is ridge",
+              "projected / l2-prox GD iterates (numpy)", _prox_case, ProxGD,
+              proof=Proof("exact-rational", (Part("exact proximal_gd", prox_exact),))),
+    ],
+)
+
+
 def _logistic_baseline(prep, c):
     return lambda: baselines.gd(prep.X, prep.y, c.steps, lr=c.params["lr"], link=torch.sigmoid)
 
@@ -766,7 +882,7 @@ register_paper(Paper(
                ("bai23-selection",)),
         Result("Lemma 18, Cor. H.1", "pre-ICL testing: are all labels binary?", ("bai23-binary-test",)),
         Result("Prop. B.1", "decoder (causal) versions predicting at every prefix", (), "not yet (bai23-decoder)"),
-        Result("Thm C.1", "proximal steps beyond l1 (l2 squared, box projection)", (), "not yet (bai23-prox)"),
+        Result("Thm C.1", "proximal steps beyond l1 (l2 squared, box projection)", ("bai23-prox",)),
         Result("Thm 17, App. I.1", "noise-level selection among Bayes ridge estimators", (),
                "not yet (bai23-noise-selection)"),
         Result("Prop. 19, App. H.4", "regression or classification, chosen by the binary test", (),

@@ -325,6 +325,24 @@ def soft_threshold_mlp(lay: ResidualLayout, threshold: float, w: str = "w") -> M
     return MLPSpec("relu", W_in, b_in, W_out, np.zeros(lay.width))
 
 
+def box_projection_mlp(lay: ResidualLayout, radius: float, w: str = "w") -> MLPSpec:
+    """``w <- clip(w, -R, R)`` coordinatewise as a residual ReLU MLP with 2d units (Bai et al.
+    2023, App. C: a projection is a proximal step): ``clip(v) - v = -relu(v - R) + relu(-v - R)``."""
+    d = lay[w].size
+    I = np.eye(d)
+    return MLPSpec("relu", lay.read({w: np.hstack([I, -I])}, 2 * d), -radius * np.ones(2 * d),
+                   lay.write({w: np.vstack([-I, I])}, 2 * d), np.zeros(lay.width))
+
+
+def shrink_mlp(lay: ResidualLayout, c: float, w: str = "w") -> MLPSpec:
+    """``w <- (1 - c) w`` as a residual ReLU MLP with 2d units: ``-relu(c v) + relu(-c v) = -c v``
+    (the proximal map of ``(lam/2)|w|^2`` with step lr is ``v/(1 + lr lam)``: ``c = lr lam/(1 + lr lam)``)."""
+    d = lay[w].size
+    I = np.eye(d)
+    return MLPSpec("relu", lay.read({w: np.hstack([c * I, -c * I])}, 2 * d), np.zeros(2 * d),
+                   lay.write({w: np.vstack([-I, I])}, 2 * d), np.zeros(lay.width))
+
+
 def zero_mlp(lay: ResidualLayout, slots) -> MLPSpec:
     """A ReLU MLP that sets the given slots to exactly 0: ``z - relu(z) + relu(-z) = 0``."""
     units = []

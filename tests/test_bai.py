@@ -207,3 +207,32 @@ def test_binary_test_flags_one_non_binary_label_and_validates():
     for bad in (dict(eps=0.6), dict(eps=0.0), dict(threshold=1.0)):
         with pytest.raises(ConstructionError):
             constructions.binary_test(2, **bad)
+
+
+# -- proximal GD beyond l1 (bai23-prox) ----------------------------------------------------------------
+def test_proximal_gd_projects_onto_the_box_and_the_l2_prox_reaches_ridge():
+    from constructions.bai import prox_shrink
+    from verify.reference import ProxGD
+
+    rng = np.random.default_rng(3)
+    X, y, Xq = rng.normal(size=(2, 10, 3)), rng.normal(size=(2, 10)) * 3, rng.normal(size=(2, 2, 3))
+    c = constructions.proximal_gd(3, 30, 0.2, "box", 0.1)
+    w = c.read_slot(X, y, Xq, "w")[-1][:, 0]  # the iterate after the last step
+    assert np.abs(w).max() <= 0.1 + 1e-15 and (np.abs(w) == 0.1).any()  # the box binds
+    ref = ProxGD(30, 0.2, "box", 0.1).fit(X, y)
+    assert np.abs(c.trace(X, y, Xq) - ref.trace(Xq)).max() <= 1e-13
+    lam = 0.5
+    l2 = constructions.proximal_gd(3, 400, 0.2, "l2", lam)
+    w_ridge = np.linalg.solve(np.einsum("bnd,bne->bde", X, X) / 10 + lam * np.eye(3),
+                              np.einsum("bnd,bn->bd", X, y)[..., None] / 10)[..., 0]
+    assert np.abs(l2.predict(X, y, Xq) - np.einsum("bqd,bd->bq", Xq, w_ridge)).max() <= 1e-10
+    assert 0 < prox_shrink(0.2, lam) < 1
+
+
+def test_proximal_gd_refuses_bad_input():
+    X = np.ones((1, 4, 2)) * 0.1
+    for bad in (dict(prox="l1"), dict(prox=None), dict(param=0.0), dict(steps=0)):
+        with pytest.raises(ConstructionError):
+            constructions.proximal_gd(**{**dict(d=2, steps=2, lr=0.1, prox="box", param=1.0), **bad})
+    with pytest.raises(ConstructionError, match="mask_const"):
+        constructions.proximal_gd(2, 2, 0.1, "box", 10.0, mask_const=1.0).predict(X, np.ones((1, 4)), X[:, :1] * 100)

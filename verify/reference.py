@@ -209,6 +209,35 @@ class ISTA(Reference):
         return self
 
 
+class ProxGD(Reference):
+    """Proximal GD on ``1/(2n)|Xw - y|^2`` with the box projection ``clip(., -R, R)``
+    (``prox="box"``, ``param = R``) or the prox of ``(lam/2)|w|^2``, ``v -> (1 - c) v`` with
+    ``c = lr lam/(1 + lr lam)`` given as ``param`` (``prox="l2"``, so exact arithmetic uses the same
+    number as the construction's weight): ``w <- prox(w - lr grad)``."""
+
+    def __init__(self, steps: int, lr, prox: str, param):
+        self.steps, self.lr, self.prox, self.param = steps, lr, prox, param
+
+    def _prox(self, v):
+        if self.prox == "box":
+            return np.minimum(np.maximum(v, -self.param), self.param)
+        return v - self.param * v
+
+    def fit(self, X, y) -> "ProxGD":
+        X, y = _batch(X, y)
+        B, n, d = X.shape
+        w = np.zeros((B, d), dtype=X.dtype)
+        ws, mags = [w], []
+        for _ in range(self.steps):
+            r = y - np.einsum("bnd,bd->bn", X, w)
+            mags.append(_norm(w, axis=-1) + float(self.lr) * _unsigned_grad(X, r))
+            w = self._prox(w + self.lr * np.einsum("bnd,bn->bd", X, r) / n)
+            ws.append(w)
+        mags.append(_norm(w, axis=-1))
+        self.iterates_, self.magnitude_ = np.stack(ws), np.stack(mags)
+        return self
+
+
 def lasso_objective(X, y, w, lam) -> np.ndarray:
     X, y = _batch(X, y)
     r = np.einsum("bnd,bd->bn", X, w) - y
