@@ -29,6 +29,7 @@ from fractions import Fraction
 
 import torch
 
+from verify import baselines
 from verify.claims import Claim, Outcome, Part, Proof
 from verify.prompts import PromptSpec
 from verify.reference import LMS
@@ -38,16 +39,6 @@ from .construction import Construction
 from .errors import ConstructionError
 from .layout import Readout, ResidualLayout
 from .registry import Bench, Paper, Result, register, register_paper
-
-
-def lms_iterates(X: torch.Tensor, y: torch.Tensor, beta: float) -> torch.Tensor:
-    """The delta-rule iterates ``[B, n + 1, d]`` (``w_0 = 0`` first), in torch."""
-    w = torch.zeros(X.shape[0], X.shape[2], dtype=X.dtype, device=X.device)
-    out = [w]
-    for t in range(X.shape[1]):
-        w = w + beta * (y[:, t] - (w * X[:, t]).sum(-1))[:, None] * X[:, t]
-        out.append(w)
-    return torch.stack(out, 1)
 
 
 def delta_rule(d: int, n: int, beta: float, mask_const: float = 1e9) -> Construction:
@@ -87,7 +78,7 @@ def delta_rule(d: int, n: int, beta: float, mask_const: float = 1e9) -> Construc
     blocks.append(parts.block("relu", parts.relu_readout_heads(lay, mask_const)))
 
     def scores(X, y, Xq):
-        ws = lms_iterates(X, y, beta)  # [B, n + 1, d]
+        ws = baselines.sgd_pass(X, y, beta)  # [B, n + 1, d]
         ctx = (torch.einsum("btd,bjd->btj", ws[:, :-1], X) - y[:, None, :]).abs().amax((1, 2))
         qry = torch.einsum("btd,bqd->btq", ws, Xq).abs().amax((1, 2))
         return torch.clamp(torch.maximum(ctx, qry), min=1.0)
@@ -125,7 +116,7 @@ def delta_exact() -> Outcome:
 
 
 def _baseline(prep, c):
-    return lambda: lms_iterates(prep.X, prep.y, c.params["beta"])
+    return lambda: baselines.sgd_pass(prep.X, prep.y, c.params["beta"])
 
 
 register(

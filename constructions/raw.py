@@ -34,7 +34,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from verify import baselines
 from verify.claims import Claim, Proof
+from verify.reference import LMS
 from verify.tolerance import C, Comparison, eps
 
 from . import parts
@@ -518,17 +520,10 @@ def raw_sgd(d: int, n: int, lr: float, lam: float = 0.0, w0=None, config: RawCon
 
 
 def sgd_pass(X, y, w0, lr: float, lam: float):
-    """The exact SGD pass (numpy, Akyurek's step): iterates ``[B, n + 1, d]`` (``w_0`` first) and
-    the residuals ``e_i = w_{i-1}^T x_i - y_i`` ``[B, n]``."""
-    B, n, d = X.shape
-    w = np.broadcast_to(np.asarray(w0, dtype=np.float64), (B, d)).copy()
-    ws, es = [w], []
-    for i in range(n):
-        e = (w * X[:, i]).sum(-1) - y[:, i]
-        w = w - 2 * lr * (X[:, i] * e[:, None] + lam * w)
-        ws.append(w)
-        es.append(e)
-    return np.stack(ws, 1), np.stack(es, 1)
+    """The exact SGD pass (Akyurek's step, :class:`verify.reference.LMS` with ``beta = 2 lr``):
+    iterates ``[B, n + 1, d]`` (``w_0`` first) and the residuals ``e_i = w_{i-1}^T x_i - y_i`` ``[B, n]``."""
+    ref = LMS(2 * lr, lam, w0).fit(X, y)
+    return ref.iterates_.transpose(1, 0, 2), ref.residuals_
 
 
 def sgd_pass_values(X, y, w0, lr: float, lam: float) -> dict:
@@ -858,16 +853,8 @@ def _sgd_bench_params(d, n):
 
 
 def _sgd_baseline(prep, c):
-    X, y, lr, lam = prep.X, prep.y, c.params["lr"], c.params["lam"]
-    w0 = torch.tensor(c.params["w0"], dtype=X.dtype, device=X.device)
-
-    def run():
-        w = w0.expand(X.shape[0], -1)
-        for i in range(X.shape[1]):
-            w = w - 2 * lr * (X[:, i] * ((X[:, i] * w).sum(-1) - y[:, i])[:, None] + lam * w)
-        return w
-
-    return run
+    p = c.params
+    return lambda: baselines.sgd_pass(prep.X, prep.y, 2 * p["lr"], p["lam"], p["w0"])
 
 
 def _bench_params(d, n):

@@ -219,13 +219,16 @@ def test_proximal_gd_projects_onto_the_box_and_the_l2_prox_reaches_ridge():
     c = constructions.proximal_gd(3, 30, 0.2, "box", 0.1)
     w = c.read_slot(X, y, Xq, "w")[-1][:, 0]  # the iterate after the last step
     assert np.abs(w).max() <= 0.1 + 1e-15 and (np.abs(w) == 0.1).any()  # the box binds
-    ref = ProxGD(30, 0.2, "box", 0.1).fit(X, y)
-    assert np.abs(c.trace(X, y, Xq) - ref.trace(Xq)).max() <= 1e-13
-    lam = 0.5
-    l2 = constructions.proximal_gd(3, 400, 0.2, "l2", lam)
-    w_ridge = np.linalg.solve(np.einsum("bnd,bne->bde", X, X) / 10 + lam * np.eye(3),
-                              np.einsum("bnd,bn->bd", X, y)[..., None] / 10)[..., 0]
-    assert np.abs(l2.predict(X, y, Xq) - np.einsum("bqd,bd->bq", Xq, w_ridge)).max() <= 1e-10
+    assert_trace_matches(c, ProxGD(30, 0.2, "box", 0.1), X, y, Xq)
+    lam, lr = 0.5, 0.2
+    l2 = constructions.proximal_gd(3, 400, lr, "l2", lam)
+    S = np.einsum("bnd,bne->bde", X, X) / 10
+    w_ridge = np.linalg.solve(S + lam * np.eye(3), np.einsum("bnd,bn->bd", X, y)[..., None] / 10)[..., 0]
+    # prox-gradient contracts by rho = max|1 - lr kappa|/(1 + lr lam) toward ridge: |w_T - w*| <= rho^T |w*|
+    rho = np.abs(1 - lr * np.linalg.eigvalsh(S)).max(-1) / (1 + lr * lam)
+    tol = assert_trace_matches(l2, ProxGD(400, lr, "l2", prox_shrink(lr, lam)), X, y, Xq).tol[-1]
+    bound = np.linalg.norm(Xq, axis=-1) * (rho**400 * np.linalg.norm(w_ridge, axis=-1))[:, None]
+    assert (rho < 1).all() and (np.abs(l2.predict(X, y, Xq) - np.einsum("bqd,bd->bq", Xq, w_ridge)) <= bound + tol).all()
     assert 0 < prox_shrink(0.2, lam) < 1
 
 

@@ -4,6 +4,7 @@ import pytest
 
 import constructions
 from constructions import ConstructionError
+from verify.tolerance import assert_trace_matches
 
 
 def test_nw_smoother_is_the_kernel_smoother_and_the_norm_slot_makes_it_gaussian():
@@ -12,9 +13,7 @@ def test_nw_smoother_is_the_kernel_smoother_and_the_norm_slot_makes_it_gaussian(
     rng = np.random.default_rng(0)
     X, y, Xq = rng.normal(size=(2, 9, 3)), rng.normal(size=(2, 9)), rng.normal(size=(2, 4, 3))
     for kernel in ("exp", "gaussian"):
-        c = constructions.nw_kernel_smoother(3, 2.0, kernel)
-        ref = NadarayaWatson(2.0, kernel).fit(X, y)
-        assert np.abs(c.predict(X, y, Xq) - ref.predict(Xq)).max() <= 1e-14
+        assert_trace_matches(constructions.nw_kernel_smoother(3, 2.0, kernel), NadarayaWatson(2.0, kernel), X, y, Xq)
     # without the key's -beta |x_i|^2/2 term the Gaussian smoother is the exp one, which differs
     gauss, expo = (NadarayaWatson(2.0, k).fit(X, y).predict(Xq) for k in ("gaussian", "exp"))
     assert np.abs(gauss - expo).max() > 0.1

@@ -28,6 +28,20 @@ def gd(X, y, steps: int, lr: float | None = None, lam: float = 0.0, precond=None
     return w[..., 0]
 
 
+def sgd_pass(X, y, beta: float, lam: float = 0.0, w0=None):
+    """One pass of SGD in prompt order, ``w <- w + beta ((y_t - w . x_t) x_t - lam w)`` from ``w0``
+    (default 0): the delta rule / LMS (Akyurek et al.'s pass is beta = 2 lr).  Iterates
+    ``[B, n + 1, d]``, ``w_0`` first (torch)."""
+    w = torch.zeros(X.shape[0], X.shape[2], dtype=X.dtype, device=X.device)
+    if w0 is not None:
+        w = w + torch.as_tensor(w0, dtype=X.dtype, device=X.device)
+    out = [w]
+    for t in range(X.shape[1]):
+        w = w + beta * ((y[:, t] - (w * X[:, t]).sum(-1))[:, None] * X[:, t] - lam * w)
+        out.append(w)
+    return torch.stack(out, 1)
+
+
 def heavy_ball(X, y, steps: int, lr: float, beta: float) -> torch.Tensor:
     """``w <- w - lr grad L(w) + beta (w - w_prev)`` from ``w_prev = w = 0``."""
     n = X.shape[1]

@@ -187,33 +187,13 @@ def soft_threshold(v: np.ndarray, c: float) -> np.ndarray:
     return np.sign(v) * np.maximum(np.abs(v) - c, 0)  # int 0: exact inputs stay exact
 
 
-class ISTA(Reference):
-    """Proximal GD for LASSO ``1/(2n)|Xw - y|^2 + lam |w|_1``: ``w <- S_{lr lam}(w - lr grad)``."""
-
-    def __init__(self, steps: int, lr: float, lam: float):
-        self.steps, self.lr, self.lam = steps, lr, lam
-
-    def fit(self, X, y) -> "ISTA":
-        X, y = _batch(X, y)
-        B, n, d = X.shape
-        w = np.zeros((B, d), dtype=X.dtype)
-        ws, mags = [w], []
-        for _ in range(self.steps):
-            r = y - np.einsum("bnd,bd->bn", X, w)
-            # the prox adds terms of size lr*lam per coordinate
-            mags.append(_norm(w, axis=-1) + self.lr * (_unsigned_grad(X, r) + self.lam * np.sqrt(d)))
-            w = soft_threshold(w + self.lr * np.einsum("bnd,bn->bd", X, r) / n, self.lr * self.lam)
-            ws.append(w)
-        mags.append(_norm(w, axis=-1))
-        self.iterates_, self.magnitude_ = np.stack(ws), np.stack(mags)
-        return self
-
-
 class ProxGD(Reference):
-    """Proximal GD on ``1/(2n)|Xw - y|^2`` with the box projection ``clip(., -R, R)``
-    (``prox="box"``, ``param = R``) or the prox of ``(lam/2)|w|^2``, ``v -> (1 - c) v`` with
-    ``c = lr lam/(1 + lr lam)`` given as ``param`` (``prox="l2"``, so exact arithmetic uses the same
-    number as the construction's weight): ``w <- prox(w - lr grad)``."""
+    """Proximal GD on ``1/(2n)|Xw - y|^2``: ``w <- prox(w - lr grad)`` with the box projection
+    ``clip(., -R, R)`` (``prox="box"``, ``param = R``), the prox of ``(lam/2)|w|^2``,
+    ``v -> (1 - c) v`` with ``c = lr lam/(1 + lr lam)`` given as ``param`` (``prox="l2"``, so exact
+    arithmetic uses the same number as the construction's weight), or the soft threshold
+    ``S_param`` (``prox="l1"``: ISTA).  ``magnitude_``: ``|w|`` plus the step's unsigned gradient
+    and the prox's own terms (``param`` per coordinate for l1)."""
 
     def __init__(self, steps: int, lr, prox: str, param):
         self.steps, self.lr, self.prox, self.param = steps, lr, prox, param
@@ -221,6 +201,8 @@ class ProxGD(Reference):
     def _prox(self, v):
         if self.prox == "box":
             return np.minimum(np.maximum(v, -self.param), self.param)
+        if self.prox == "l1":
+            return soft_threshold(v, self.param)
         return v - self.param * v
 
     def fit(self, X, y) -> "ProxGD":
@@ -228,14 +210,23 @@ class ProxGD(Reference):
         B, n, d = X.shape
         w = np.zeros((B, d), dtype=X.dtype)
         ws, mags = [w], []
+        extra = float(self.param) * np.sqrt(d) if self.prox == "l1" else 0.0
         for _ in range(self.steps):
             r = y - np.einsum("bnd,bd->bn", X, w)
-            mags.append(_norm(w, axis=-1) + float(self.lr) * _unsigned_grad(X, r))
+            mags.append(_norm(w, axis=-1) + float(self.lr) * _unsigned_grad(X, r) + extra)
             w = self._prox(w + self.lr * np.einsum("bnd,bn->bd", X, r) / n)
             ws.append(w)
         mags.append(_norm(w, axis=-1))
         self.iterates_, self.magnitude_ = np.stack(ws), np.stack(mags)
         return self
+
+
+class ISTA(ProxGD):
+    """Proximal GD for LASSO ``1/(2n)|Xw - y|^2 + lam |w|_1``: ``w <- S_{lr lam}(w - lr grad)``."""
+
+    def __init__(self, steps: int, lr: float, lam: float):
+        super().__init__(steps, lr, "l1", lr * lam)
+        self.lam = lam
 
 
 def lasso_objective(X, y, w, lam) -> np.ndarray:
@@ -487,24 +478,30 @@ def relu_features(X, W_in, b_in, W_out) -> np.ndarray:
 
 
 class LMS(Reference):
-    """The delta rule / least mean squares, one example per step in prompt order:
-    ``w_t = w_{t-1} + beta (y_t - w_{t-1} . x_t) x_t`` from ``w_0 = 0`` (S = n steps).
-    ``magnitude_``: ``|w_t|`` plus the update's unsigned size ``beta |r_t| |x_t|``."""
+    """The delta rule / least mean squares, one example per step in prompt order (S = n steps):
+    ``w_t = w_{t-1} + beta ((y_t - w_{t-1} . x_t) x_t - lam w_{t-1})`` from ``w_0`` (default 0), one pass
+    of SGD on ``(1/2)(w . x - y)^2 + (lam/2)|w|^2`` with step beta (Akyurek et al.'s pass, their
+    loss without the 1/2, is beta = 2 lr).  ``residuals_`` ``[B, n]``: ``w_{t-1} . x_t - y_t``.
+    ``magnitude_``: ``|w_t|`` plus the update's unsigned size."""
 
-    def __init__(self, beta):
-        self.beta = beta
+    def __init__(self, beta, lam=0.0, w0=None):
+        self.beta, self.lam, self.w0 = beta, lam, w0
 
     def fit(self, X, y) -> "LMS":
         X, y = _batch(X, y)
         B, n, d = X.shape
         w = np.zeros((B, d), dtype=X.dtype) * y[:, :1]
-        ws, mags = [w], [np.zeros(B)]
+        if self.w0 is not None:
+            w = w + np.asarray(self.w0, dtype=X.dtype)
+        ws, mags, es = [w], [np.zeros(B)], []
         for t in range(n):
-            r = y[:, t] - np.einsum("bd,bd->b", w, X[:, t])
-            w = w + self.beta * r[:, None] * X[:, t]
+            e = np.einsum("bd,bd->b", w, X[:, t]) - y[:, t]
+            step = -e[:, None] * X[:, t] - (self.lam * w if self.lam else 0)
+            mags.append(_norm(w, axis=-1) + float(self.beta) * _norm(step, axis=-1))
+            w = w + self.beta * step
             ws.append(w)
-            mags.append(_norm(w, axis=-1) + float(self.beta) * np.abs(r.astype(np.float64)) * _norm(X[:, t], axis=-1))
-        self.iterates_, self.magnitude_ = np.stack(ws), np.stack(mags)
+            es.append(e)
+        self.iterates_, self.magnitude_, self.residuals_ = np.stack(ws), np.stack(mags), np.stack(es, 1)
         return self
 
 
