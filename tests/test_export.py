@@ -1,9 +1,11 @@
-"""TransformerLens export (optional extra [tl]; runs in its own CI job: .ci/run-tl)."""
+"""TransformerLens export (optional extra [tl]; runs in its own CI jobs, one per major version:
+``bash .ci/run-tl 3`` and ``bash .ci/run-tl 4``)."""
+from importlib import metadata
+
 import numpy as np
 import pytest
 
-tl = pytest.importorskip("transformer_lens", reason="transformer-lens<4 is not installed (extra [tl])")
-pytest.importorskip("transformer_lens.HookedTransformer", reason="transformer-lens>=4 has no HookedTransformer")
+tl = pytest.importorskip("transformer_lens", reason="transformer-lens is not installed (extra [tl])")
 
 import constructions  # noqa: E402
 from constructions import export  # noqa: E402
@@ -29,12 +31,19 @@ def test_export_reproduces_predict(name, dtype):
     n, d = X.shape[1:]
     assert np.abs(got - want).max() <= C * eps(c.dtype) * (len(c.blocks) + 1) * (n + d) * scale
     first = next(i for i, b in enumerate(c.blocks) if b.attn is not None)
-    a = c.blocks[first].attn.W_Q  # the weights are the construction's, not a copy that drifted
-    v = model.state_dict()[f"blocks.{first}.attn.W_Q"]
-    assert torch.equal(v[: a.shape[0], :, : a.shape[2]], torch.from_numpy(a).to(c.dtype))
+    a = torch.from_numpy(c.blocks[first].attn.W_Q).to(c.dtype)  # the construction's weights, not a drifted copy
+    state = model.state_dict()
+    if model.icl_major < 4:  # HookedTransformer: W_Q [H, D, E]
+        v = state[f"blocks.{first}.attn.W_Q"]
+    else:  # the bridge's nn.Linear: weight [H·E, D]
+        v = state[f"blocks.{first}.attn.q.weight"].view(model.cfg.n_heads, model.cfg.d_head, -1).transpose(1, 2)
+    assert torch.equal(v[: a.shape[0], :, : a.shape[2]], a)
+    assert model.icl_major == int(metadata.version("transformer-lens").split(".")[0])
 
 
 def test_a_bare_call_is_refused_and_prompt_makes_it_the_construction():
+    import torch
+
     c, X, y, Xq = example("gd")
     model = to_transformer_lens(c)
     p = c.prepare(X, y, Xq)
@@ -42,9 +51,13 @@ def test_a_bare_call_is_refused_and_prompt_makes_it_the_construction():
     with pytest.raises(ConstructionError, match="bare call"):
         model(h, start_at_layer=0, stop_at_layer=len(c.blocks))
     n = X.shape[1]
+    L = len(c.blocks)
     with export.prompt(model, c.n_keys(n), n):
-        out, cache = model.run_with_cache(h, start_at_layer=0, stop_at_layer=len(c.blocks))
-    assert np.allclose(c.read(out, c.n_keys(n)).detach().numpy(), c.predict(X, y, Xq), rtol=0, atol=1e-12)
+        _, cache = model.run_with_cache(h, start_at_layer=0, stop_at_layer=L)
+        out = export.residual(model, h, L)
+    got = c.read(cache[f"blocks.{L - 1}.hook_resid_post"], c.n_keys(n)).detach().numpy()
+    assert np.allclose(got, c.predict(X, y, Xq), rtol=0, atol=1e-12)
+    assert torch.equal(out, cache[f"blocks.{L - 1}.hook_resid_post"])
     assert "blocks.0.attn.hook_pattern" in cache
     with pytest.raises(ConstructionError, match="bare call"):  # the context ended
         model(h, start_at_layer=0, stop_at_layer=len(c.blocks))

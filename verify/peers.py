@@ -59,5 +59,5 @@ def transformer_lens_predict(c, n_ctx: int = 1024):
     try:
         model = export.to_transformer_lens(c, n_ctx=n_ctx)
     except ConstructionError as e:
-        return "transformer-lens<4 not installed" if "needs transformer-lens" in str(e) else str(e).split(";")[0]
+        return "transformer-lens not installed" if "needs transformer-lens" in str(e) else str(e).split(";")[0]
     return lambda X, y, Xq: export.predict(model, c, X, y, Xq)
