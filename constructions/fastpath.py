@@ -97,6 +97,18 @@ def order_of(attn, T: int, S: int, forced: str | None = None) -> str:
     non-causal attention, else ``scores``.  All orders compute the same sums."""
     if forced not in (None, *ORDERS):
         raise ValueError(f"evaluation order must be one of {ORDERS} or None, got {forced!r}")
+    key = (attn.kind, attn.causal, attn.W_Q.shape, T, S, forced, FOLD_GAIN, FORCE_LIMIT)  # all it depends on
+    if key not in _ORDERS:
+        _ORDERS[key] = _order(attn, T, S, forced)
+    return _ORDERS[key]
+
+
+#: memo of :func:`order_of` (the choice is a function of the block's kind and shapes), so a
+#: forward pass of many small blocks does not redo the cost models for every block
+_ORDERS: dict = {}
+
+
+def _order(attn, T: int, S: int, forced: str | None) -> str:
     if forced == "scores" or (forced == "kv" and _linear(attn)):
         return forced
     if forced == "folded" and _linear(attn) and folded_cost(attn, T, S) <= FORCE_LIMIT * per_head_cost(attn, T, S):

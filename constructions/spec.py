@@ -97,19 +97,19 @@ class AttentionSpec:
         E = max(max(h["W_Q"].shape[1], h["W_V"].shape[1]) for h in heads)
         D = heads[0]["W_Q"].shape[0]
 
-        def pad_cols(a):
-            return np.pad(a, ((0, 0), (0, E - a.shape[1])))
+        def stack(mats, rows: bool = False):  # zero-padded to E columns (rows, for W_O) and stacked
+            mats = [np.asarray(a) for a in mats]
+            for a in mats:
+                if a.ndim != 2 or a.shape[1 if rows else 0] != D or a.shape[0 if rows else 1] > E:
+                    raise ConstructionError(f"a head's matrix has shape {a.shape}; expected "
+                                            f"{'[e, D]' if rows else '[D, e]'} with D = {D}, e <= {E}")
+            out = np.zeros((len(mats), E, D) if rows else (len(mats), D, E), np.result_type(*mats))
+            for o, a in zip(out, mats):
+                o[: a.shape[0], : a.shape[1]] = a
+            return out
 
-        return cls(
-            kind,
-            np.stack([pad_cols(h["W_Q"]) for h in heads]),
-            np.stack([pad_cols(h["W_K"]) for h in heads]),
-            np.stack([pad_cols(h["W_V"]) for h in heads]),
-            np.stack([np.pad(h["W_O"], ((0, E - h["W_O"].shape[0]), (0, 0))) for h in heads]).reshape(
-                len(heads), E, D
-            ),
-            **options,
-        )
+        return cls(kind, *(stack(h[k] for h in heads) for k in ("W_Q", "W_K", "W_V")),
+                   stack((h["W_O"] for h in heads), rows=True), **options)
 
 
 @dataclass

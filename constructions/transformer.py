@@ -60,6 +60,31 @@ def _param(a: np.ndarray) -> nn.Parameter:
     return nn.Parameter(torch.from_numpy(np.array(a, dtype=np.float64)), requires_grad=False)
 
 
+#: how many (padding, divisor, order) variants of a block's maps :func:`_memo` keeps
+MEMO_SIZE = 4
+
+
+def _memo(module: nn.Module, params: tuple, key: tuple, compute) -> dict:
+    """``compute(*key)``, the padded maps of a block, memoised on ``module`` for repeated calls.
+    A memo entry keeps a copy of the parameters it was computed from and is used only while
+    every parameter is still *equal* to its copy (``torch.equal``: same dtype, device, shape and
+    values), so a weight changed in place, through ``.data``, by ``load_state_dict`` or by
+    ``.to()`` is never read stale; the check costs one comparison per parameter instead of the
+    products and paddings.  Nothing is memoised while autograd tracks a parameter."""
+    if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+        return compute(*key)
+    memo = module.__dict__.setdefault("_maps_memo", {})
+    hit = memo.get(key)
+    if hit is not None and all(a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
+                               for a, b in zip(hit[0], params)):
+        return hit[1]
+    maps = compute(*key)
+    if len(memo) >= MEMO_SIZE:
+        memo.pop(next(iter(memo)))
+    memo[key] = (tuple(p.detach().clone() for p in params), maps)
+    return maps
+
+
 class Attention(nn.Module):
     def __init__(self, spec: AttentionSpec):
         super().__init__()
@@ -82,7 +107,11 @@ class Attention(nn.Module):
     def weights(self, pad: int, norm: int, folded: bool) -> dict:
         """The maps :meth:`forward` multiplies by, with ``pad`` zero rows/columns for a padded
         stream: folded, ``QK [H, Dp, Dp]`` (with the 1/norm) and ``OV [H, Dp, Dp]``; per head,
-        all heads side by side, ``W_Q, W_K, W_V [Dp, H E]`` and ``W_O [H E, Dp]``."""
+        all heads side by side, ``W_Q, W_K, W_V [Dp, H E]`` and ``W_O [H E, Dp]``
+        (memoised: :func:`_memo`)."""
+        return _memo(self, (self.W_Q, self.W_K, self.W_V, self.W_O), (pad, norm, folded), self._weights)
+
+    def _weights(self, pad: int, norm: int, folded: bool) -> dict:
         H, D, E = self.W_Q.shape
         p = fastpath.pad
         if folded:
@@ -144,7 +173,11 @@ class MLP(nn.Module):
 
     def weights(self, pad: int) -> dict:
         """``W_in [Dp, F]`` (unpadded under LayerNorm, which reads the D real columns), ``b_in``,
-        ``W_out [F, Dp]``, ``b_out [Dp]`` for a stream with ``pad`` zero columns."""
+        ``W_out [F, Dp]``, ``b_out [Dp]`` for a stream with ``pad`` zero columns (memoised:
+        :func:`_memo`)."""
+        return _memo(self, (self.W_in, self.b_in, self.W_out, self.b_out), (pad,), self._weights)
+
+    def _weights(self, pad: int) -> dict:
         p = fastpath.pad
         return dict(W_in=self.W_in if self.layernorm else p(self.W_in, pad, 0), b_in=self.b_in,
                     W_out=p(self.W_out, 0, pad), b_out=p(self.b_out, 0, pad))
@@ -228,7 +261,8 @@ class Transformer(nn.Module):
         layers = range(start, stop)
         blocks = [self.blocks[l] for l in layers]
         hooks = hooks or {}
-        per_head = [b.attn is not None and (heads or any(f"blocks.{l}.attn.{p}" in hooks for p in HEAD_POINTS))
+        per_head = [b.attn is not None and (heads or bool(hooks) and any(f"blocks.{l}.attn.{p}" in hooks
+                                                                          for p in HEAD_POINTS))
                     for l, b in zip(layers, blocks)]
         orders = [None if b.attn is None else "scores" if ph else fastpath.order_of(b.attn, T, S, self.order)
                   for b, ph in zip(blocks, per_head)]

@@ -2,6 +2,9 @@
 ``verify.strategies`` registers them and loads the one the environment names
 (``HYPOTHESIS_PROFILE``, else ``ci`` when ``CI`` is set, else ``dev``).
 
+Under pytest-xdist (``pytest -n auto``, the README's test command) each worker process gets
+``threads // workers`` torch intra-op threads (torch's default count split), so the workers do not oversubscribe the cores.
+
 ``ICL_MUTATION=<name>`` runs the session with that mutation of :mod:`verify.mutation`
 applied (``python benchmarks/mutation.py --tests`` does this to see which tests catch it)."""
 import os
@@ -13,6 +16,11 @@ _mutation = None
 
 def pytest_configure(config):
     global _mutation
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, torch.get_num_threads() // workers))
     name = os.environ.get("ICL_MUTATION")
     if name:
         from verify.mutation import by_name

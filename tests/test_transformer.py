@@ -228,3 +228,42 @@ def test_a_per_head_hook_intervenes_on_one_head():
     ablated = model(h, 3, hooks={"blocks.0.attn.hook_pattern": drop_head_1})
     only0 = Transformer([BlockSpec(AttentionSpec("linear", spec.W_Q[:1], spec.W_K[:1], spec.W_V[:1], spec.W_O[:1]))])
     torch.testing.assert_close(ablated, only0(h, 3, heads=True, cache={}), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("how", ["data", "copy_", "load_state_dict", "to"])
+def test_memoised_maps_follow_every_change_of_the_weights(how):
+    """The padded maps are memoised per block (transformer._memo), but a weight changed in any
+    way (in place through .data, which bumps no version counter; copy_; load_state_dict; a dtype
+    change) is read afresh: the pass equals a freshly built model of the new weights."""
+    import constructions
+    from constructions import transformer
+
+    rng = np.random.default_rng(1)
+    c = constructions.gd(3, 2, 0.2)
+    X, y, Xq = rng.normal(size=(2, 5, 3)), rng.normal(size=(2, 5)), rng.normal(size=(2, 1, 3))
+    before = c.predict(X, y, Xq)
+    assert c.model.blocks[0].attn.__dict__.get("_maps_memo")  # the first call memoised the maps
+    W = c.model.blocks[1].attn.W_O
+    new = W.detach().clone() * 1.5
+    if how == "data":
+        W.data[...] = new
+    elif how == "copy_":
+        with torch.no_grad():
+            W.copy_(new)
+    elif how == "load_state_dict":
+        state = c.model.state_dict()
+        state["blocks.1.attn.W_O"] = new
+        c.model.load_state_dict(state)
+    else:
+        c = c.to("float32")
+        W = c.model.blocks[1].attn.W_O
+        with torch.no_grad():
+            W.copy_(new.to(torch.float32))
+    fresh = Transformer([BlockSpec(AttentionSpec(b.attn.kind, *(getattr(b.attn, k).detach().double().numpy()
+                                                                 for k in ("W_Q", "W_K", "W_V", "W_O"))))
+                         for b in c.model.blocks]).to(c.dtype)
+    h = c.embed(c.prepare(X, y, Xq))
+    got, want = c.model(h, c.n_keys(5)), fresh(h, c.n_keys(5))
+    assert torch.equal(got, want)
+    assert not np.allclose(c.predict(X, y, Xq), before)
+    assert all(len(b.attn.__dict__.get("_maps_memo", {})) <= transformer.MEMO_SIZE for b in c.model.blocks)
