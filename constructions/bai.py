@@ -39,7 +39,7 @@ from verify.claims import LAM, LR, MASK, Claim, Outcome, Part, Proof, induction,
 from verify.knobs import lasso_lam, masking_constant, ridge_lam, stable_lr
 from verify.prompts import Prompt, PromptSpec
 from verify.reference import (
-    GD, ISTA, BinaryTest, LogisticGD, ProxGD, RidgeSelect, lasso_objective, lasso_solution,
+    GD, ISTA, BinaryTest, LogisticGD, PreICLSelect, ProxGD, RidgeSelect, lasso_objective, lasso_solution,
 )
 from verify.tolerance import Comparison, compare_trace, tolerance
 
@@ -268,20 +268,29 @@ def logistic_gd(d: int, steps: int, lr: float, heads: int, x_bound: float, mask_
         raise ConstructionError(f"the sigmoid's knots on [-R, R], R = steps lr x_bound^2 = {radius:.3g}, are not "
                                 "distinct numbers; raise lr or x_bound (R must be a normal float)")
     lay = _bai_layout(d)
-    hs = []
-    for s_m, a_m in zip(knots, a):  # relu(w.x_j - s_m) with value -lr a_m x_j
-        hs.append(parts.gated_relu_head(lay, {"w": np.eye(d, d + 1), "one": -s_m * np.eye(d + 1)[d:]},
-                                        {"x": np.eye(d, d + 1), "one": np.eye(d + 1)[d:]},
-                                        {"x": np.eye(d)}, {"w": -lr * a_m * np.eye(d)}, d + 1, mask_const))
-    hs.append(parts.gated_relu_head(lay, {"one": [[1.0]]}, {"one": [[1.0]]}, {"x": np.eye(d)},
-                                    {"w": -lr * base * np.eye(d)}, 1, mask_const))  # constant sigma(-R)
-    hs.append(parts.gated_relu_head(lay, {"one": [[1.0]]}, {"y": [[1.0]]}, {"x": np.eye(d)},
-                                    {"w": lr * np.eye(d)}, 1, mask_const))  # relu(y_j) = y_j for y in {0,1}
+    hs = _logistic_heads(lay, lr, knots, a, base, mask_const)
     blocks = [parts.block("relu", hs) for _ in range(steps)] + [parts.block("relu", parts.relu_readout_heads(lay, mask_const))]
     domain = parts.all_checks(parts.norm_check(x_bound, "the sigmoid's knots cover only the scores of inputs "
                                                "within it", queries=True), parts.label_check((0, 1), "logistic_gd"))
     return Construction("logistic_gd", dict(d=d, steps=steps, lr=lr, heads=heads, x_bound=x_bound, mask_const=mask_const),
                         blocks, lay, d, n_readout=1, mask_query=False, domain=domain)
+
+
+def _logistic_heads(lay, lr: float, knots, a, base: float, mask_const: float, w: str = "w",
+                    linear_labels: bool = False) -> list[dict]:
+    """One logistic-GD step on the iterate in slot ``w``, ``w <- w - lr (1/n) sum_j (sigma_hat(w.x_j) - y_j) x_j``
+    with ``sigma_hat = base + sum_m a_m relu(s - s_m)`` (:func:`sigmoid_knots`): a head per knot,
+    one for the constant, and the labels' term, by one head ``relu(y_j) x_j`` (= ``y_j x_j`` for
+    labels in {0, 1}) or, with ``linear_labels``, a sign-split pair (``y_j x_j`` for any label)."""
+    d = lay["x"].size
+    hs = [parts.gated_relu_head(lay, {w: np.eye(d, d + 1), "one": -s_m * np.eye(d + 1)[d:]},
+                                {"x": np.eye(d, d + 1), "one": np.eye(d + 1)[d:]},
+                                {"x": np.eye(d)}, {w: -lr * a_m * np.eye(d)}, d + 1, mask_const)
+          for s_m, a_m in zip(knots, a)]  # relu(w.x_j - s_m) with value -lr a_m x_j
+    hs.append(parts.gated_relu_head(lay, {"one": [[1.0]]}, {"one": [[1.0]]}, {"x": np.eye(d)},
+                                    {w: -lr * base * np.eye(d)}, 1, mask_const))  # constant sigma(-R)
+    label = ({"one": [[1.0]]}, {"y": [[1.0]]}, {"x": np.eye(d)}, {w: lr * np.eye(d)}, 1, mask_const)
+    return hs + (parts.sign_split(lay, *label) if linear_labels else [parts.gated_relu_head(lay, *label)])
 
 
 def select_score_bound(X, y, Xq, lam: float, n_train: int) -> torch.Tensor:
@@ -435,6 +444,100 @@ def binary_test(d: int, eps: float = 0.1, threshold: float = 0.5) -> Constructio
            for t, sign in ((threshold, 1.0), (1.0, -1.0))]
     blocks = [parts.block("relu", psi), parts.block("relu", thr)]
     return Construction("binary_test", dict(d=d, eps=eps, threshold=threshold), blocks, lay, d, step_blocks=2)
+
+
+def pre_select_bounds(X, y, Xq, lam: float, steps: int, lr_class: float, x_bound: float, radius: float):
+    """Per prompt ``(gated, branches)`` for :func:`pre_icl_select`: ``gated`` bounds every score a
+    gate must push below zero (the ridge branch's ``2 |w*| max|x|``, the logistic branch's
+    ``|v_t| |x| + R`` with ``|v_t| <= t lr_class (1 + max|y_j|) x_bound``, and the binary test's
+    ``|b| <= 2``); ``branches`` bounds ``|f_ridge - f_logistic|`` at the query, the selection
+    MLP's constant."""
+    ridge = score_bound(X, y, Xq, lam)
+    logistic = steps * lr_class * (1 + y.abs().max(-1).values) * x_bound * x_bound
+    return torch.clamp(torch.maximum(ridge, logistic + radius), min=2.0), ridge + logistic
+
+
+def pre_icl_select(d: int, steps: int, lr: float, lr_class: float, heads: int, x_bound: float, lam: float = 0.0,
+                   eps: float = 0.1, threshold: float = 0.5, select_const: float = 1e3,
+                   mask_const: float = 1e9) -> Construction:
+    """Regression or classification, chosen in context by pre-ICL testing (Bai et al. 2023, Prop. 19, App. H.4).
+
+    **Theorem** (Bai et al. 2023, Prop. 19 with Lemma 18 and Thms 4, 13).  Block 1 runs the binary
+    test: 6 gated ReLU heads write ``Psi = (1/n) sum_i psi(y_i)`` into every token (psi as in
+    :func:`binary_test`) and a ReLU MLP writes ``test = clip((Psi - threshold)/(1 - threshold), 0, 1)``
+    (1 when every label is 0 or 1).  Each of the ``steps`` step layers then carries out, in
+    parallel heads on two iterates, one ridge-GD step (step ``lr``, l2 weight ``lam``) on ``w`` and
+    one logistic-GD step (step ``lr_class``, sigma a sum of ``heads`` ReLUs as in
+    :func:`logistic_gd`, the label term linear in y) on ``v``.  The readout block writes
+    ``f_r = <w, x_i>`` and ``f_c = <v, x_i>`` into every token, and a ReLU MLP outputs
+    ``f_r + relu(f_c - f_r - M (1 - test)) - relu(f_r - f_c - M (1 - test))``
+    (``M = select_const``): ``f_c`` (the logit) when the test says binary, ``f_r`` (the ridge
+    prediction) when it says not, once ``M >= |f_r - f_c|``.  In general the output is
+    ``f_r + S_g(f_c - f_r)``, S the soft threshold at ``g = M (1 - test)``, so a test strictly
+    between 0 and 1 (labels neither clearly binary nor clearly not) moves ``f_r`` part of the way
+    to ``f_c``; the numpy pipeline (:class:`verify.reference.PreICLSelect`) computes the same.
+
+    **Resources.**  ``steps + 2`` layers: the test (6 heads, an MLP of 2 units), ``steps`` layers of
+    ``2 + heads + 3`` heads (3 more with ``lam > 0``: the l2 head), the readout (4 heads, an MLP of
+    4 units); width ``3d + 7``.
+
+    **Exactness.**  Exact (float64 round-off) against the numpy pipeline: binary test, ridge GD and
+    logistic GD with the interpolated sigmoid on the same prompt, and the selection formula.
+
+    **Domain.**  ``lr lambda_max(X^T X/n + lam I) <= 2``; ``|x| <= x_bound`` for every token and
+    ``lr_class <= 8 / x_bound^2``; ``mask_const`` and ``select_const`` above the per-prompt bounds
+    of :func:`pre_select_bounds`.
+    """
+    d, steps, heads = parts.positive_int(d, "d"), parts.positive_int(steps, "steps"), parts.positive_int(heads, "heads")
+    if heads < 2:
+        raise ConstructionError("heads must be >= 2 (the interpolant needs two knots)")
+    lr, lr_class, x_bound = parts.real(lr, "lr"), parts.real(lr_class, "lr_class"), parts.real(x_bound, "x_bound")
+    lam, eps = parts.real(lam, "lam", strict=False), parts.real(eps, "eps")
+    threshold = parts.real(threshold, "threshold", strict=False)
+    select_const, mask_const = parts.real(select_const, "select_const"), parts.real(mask_const, "mask_const")
+    if not BINARY_EPS_MIN <= eps <= 0.5 or threshold >= 1:
+        raise ConstructionError(f"eps must be in [{BINARY_EPS_MIN:g}, 1/2] and threshold in [0, 1) (as in "
+                                f"binary_test), got eps={eps}, threshold={threshold}")
+    if lr_class * x_bound * x_bound > 8.0:
+        raise ConstructionError(f"lr_class={lr_class:.6g} exceeds 8/x_bound^2={8 / x_bound / x_bound:.6g}, the step "
+                                "limit of logistic GD's error bound")
+    parts.budget("pre_icl_select", layers=steps + 2, width=3 * d + 7, heads=heads + 6, d_head=d + 2)
+    radius = logistic_radius(steps, lr_class, x_bound)
+    with np.errstate(divide="ignore", invalid="ignore"):  # coinciding knots are refused just below
+        knots, a, base = sigmoid_knots(heads, radius)
+    if not (np.isfinite(a).all() and np.all(np.diff(knots) > 0)):
+        raise ConstructionError(f"the sigmoid's knots on [-R, R], R = {radius:.3g}, are not distinct numbers; "
+                                "raise lr_class or x_bound")
+    lay = ResidualLayout.of([("x", d, "x"), ("y", 1, "y"), ("w", d, "zero"), ("v", d, "zero"), ("one", 1, "one"),
+                             ("gate", 1, "train_gate"), ("psi", 1, "zero"), ("test", 1, "zero"), ("fr", 1, "zero"),
+                             ("fc", 1, "zero")], Readout("y", 1.0))
+    psi = [parts.gated_relu_head(lay, {"one": [[1.0]]}, {"y": [[1.0]], "one": [[b]]}, {"one": [[1.0]]},
+                                 {"psi": [[c]]}, 1, mask_const) for c, b in binary_psi_knots(eps)]
+    s = 1.0 / (1.0 - threshold)
+    test = parts.units_mlp(lay, "relu", [({"psi": [s]}, -s * threshold, {"test": [1.0]}),
+                                         ({"psi": [s]}, -s, {"test": [-1.0]})])
+    step = parts.relu_gd_heads(lay, lr, mask_const, w="w") + (
+        [parts.relu_decay_head(lay, lr * lam, mask_const, w="w")] if lam > 0 else [])
+    step += _logistic_heads(lay, lr_class, knots, a, base, mask_const, w="v", linear_labels=True)
+    readout = parts.relu_readout_heads(lay, mask_const, w="w", out="fr") + parts.relu_readout_heads(
+        lay, mask_const, w="v", out="fc")
+    M = select_const
+    select = parts.units_mlp(lay, "relu", [
+        ({"fr": [1.0]}, 0.0, {"y": [1.0]}), ({"fr": [-1.0]}, 0.0, {"y": [-1.0]}),  # f_r, as relu(f_r) - relu(-f_r)
+        ({"fc": [1.0], "fr": [-1.0], "test": [M]}, -M, {"y": [1.0]}),
+        ({"fr": [1.0], "fc": [-1.0], "test": [M]}, -M, {"y": [-1.0]})])
+    blocks = [parts.block("relu", psi, test)] + [parts.block("relu", step) for _ in range(steps)] + [
+        parts.block("relu", readout, select)]
+    bounds = lambda X, y, Xq: pre_select_bounds(X, y, Xq, lam, steps, lr_class, x_bound, radius)  # noqa: E731
+    domain = parts.all_checks(
+        parts.step_check(lr, lam),
+        parts.norm_check(x_bound, "the sigmoid's knots cover only the scores of inputs within it", queries=True),
+        parts.mask_check(mask_const, lambda X, y, Xq: bounds(X, y, Xq)[0], "the gated scores' bound"),
+        parts.mask_check(select_const, lambda X, y, Xq: bounds(X, y, Xq)[1], "|f_ridge - f_logistic| (select_const)"))
+    return Construction("pre_icl_select", dict(d=d, steps=steps, lr=lr, lr_class=lr_class, heads=heads,
+                                               x_bound=x_bound, lam=lam, eps=eps, threshold=threshold,
+                                               select_const=select_const, mask_const=mask_const),
+                        blocks, lay, d, n_prefix=1, n_readout=1, mask_query=False, domain=domain)
 
 
 # -- claims: cases and bounds ---------------------------------------------------------------------------
@@ -601,6 +704,33 @@ def _binary_case(p, k):
             y[:, 0] += np.random.default_rng(k.seed).uniform(-2 * eps, 2 * eps, size=y.shape[0])
     threshold = 1.0 - 0.5 / p.spec.n
     return binary_test(p.spec.d, eps, threshold), BinaryTest(eps, threshold), Prompt(p.X, y, p.Xq, p.w_star, p.spec)
+
+
+def _pre_select_case(p, k):
+    """Labels by the knobs' seed, as in :func:`_binary_case` (binary, one label moved by up to 2 eps,
+    or the prompt's real labels: the logistic branch, a test between 0 and 1, the ridge branch);
+    ridge GD at a stable step with lambda from its knob, logistic GD at ``lr_factor * 4 / x_bound^2``;
+    threshold ``1 - 1/(2n)``; the masking and selection constants above the domain's bounds."""
+    eps = 0.1
+    kind = k.seed % 3
+    y = p.y.copy()
+    if kind < 2:
+        y = (p.y > 0).astype(np.float64)
+        if kind == 1:
+            y[:, 0] += np.random.default_rng(k.seed).uniform(-2 * eps, 2 * eps, size=y.shape[0])
+    p = Prompt(p.X, y, p.Xq, p.w_star, p.spec)
+    lam = ridge_lam(p.X, k.log10_lam)
+    lr = stable_lr(p.X, k.lr_factor, lam)
+    x_bound = float(np.linalg.norm(np.concatenate([p.X, p.Xq], 1), axis=-1).max())
+    lr_class = k.lr_factor * 4.0 / x_bound**2
+    radius = logistic_radius(k.steps, lr_class, x_bound)
+    gated, branches = pre_select_bounds(*_torch(p), lam, k.steps, lr_class, x_bound, radius)
+    threshold = 1.0 - 0.5 / p.spec.n
+    c = pre_icl_select(p.spec.d, k.steps, lr, lr_class, k.heads, x_bound, lam=lam, eps=eps, threshold=threshold,
+                       select_const=2 * float(branches.max()), mask_const=masking_constant(k.log10_mask, gated))
+    ref = PreICLSelect(k.steps, lr, lr_class, sigmoid_knots(k.heads, radius)[0], eps, threshold,
+                       c.params["select_const"], lam=lam)
+    return c, ref, p
 
 
 # -- proofs ---------------------------------------------------------------------------------------------
@@ -870,6 +1000,32 @@ register(
     ],
 )
 
+def _pre_select_baseline(prep, c):
+    P = c.params
+    return lambda: (baselines.gd(prep.X, prep.y, c.steps, lr=P["lr"], lam=P["lam"]),
+                    baselines.gd(prep.X, prep.y, c.steps, lr=P["lr_class"], link=torch.sigmoid))
+
+
+register(
+    pre_icl_select, summary="the binary test, then ridge GD and logistic GD in parallel heads; the output is the branch "
+                            "the test selects", source="Bai et al. 2023, Prop. 19, App. H.4", exactness="exact",
+    paper_resources="Prop. 19: the binary-test layers, then the two base algorithms' layers side by side (their "
+                    "heads added), one selection layer",
+    bench=Bench(lambda d, n: dict(steps=10, lr=0.01, lr_class=1.0, heads=8, x_bound=1.0, threshold=1 - 0.5 / n,
+                                  select_const=1e3, mask_const=1e9), labels="binary", baseline=_pre_select_baseline),
+    claims=[
+        Claim("bai23-pre-icl-select", "Bai et al. 2023", "Prop. 19, App. H.4 (pre-ICL testing selects the task)",
+              "one transformer runs the binary test, ridge GD and logistic GD (sigma a sum of ReLUs) in parallel "
+              "heads, and outputs the logistic logit when all labels are binary, the ridge prediction when they "
+              "are not (the same selection formula as numpy in between), at every step",
+              "binary test + ridge GD + logistic GD with the interpolated sigmoid + selection (numpy)",
+              _pre_select_case, PreICLSelect, prompt=dict(n=(2, 40)),
+              proof=Proof("none", note="no proof in exact arithmetic: the sigmoid interpolant's slopes are floats; "
+                                       "its parts are proved (bai23-binary-test, bai23-icgd) and the whole is "
+                                       "checked on every layer against numpy")),
+    ],
+)
+
 register_paper(Paper(
     "Bai et al. 2023", "Transformers as Statisticians: provable in-context learning with in-context algorithm "
                        "selection (NeurIPS 2023, arXiv 2306.04637)", (
@@ -885,8 +1041,8 @@ register_paper(Paper(
         Result("Thm C.1", "proximal steps beyond l1 (l2 squared, box projection)", ("bai23-prox",)),
         Result("Thm 17, App. I.1", "noise-level selection among Bayes ridge estimators", (),
                "not yet (bai23-noise-selection)"),
-        Result("Prop. 19, App. H.4", "regression or classification, chosen by the binary test", (),
-               "not yet (bai23-pre-icl-select)"),
+        Result("Prop. 19, App. H.4", "regression or classification, chosen by the binary test",
+               ("bai23-pre-icl-select",)),
         Result("Thm I.2", "link-function selection by validation loss", (), "not yet (bai23-link-selection)"),
         Result("weight norms", "the parameter norm of every construction", (), "not yet (bai23-norms)"),
         Result("Thm G.1", "GD on a two-layer ReLU network in context", (), "not yet (bai23-two-layer)"),

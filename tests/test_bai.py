@@ -10,7 +10,7 @@ from constructions.bai import logistic_radius, score_bound, sigmoid_fit_error, s
 from verify.bounds import slot_matches_iterates
 from verify.knobs import lasso_lam, stable_lr
 from verify.prompts import PromptSpec, make_prompt
-from verify.reference import GD, ISTA, LogisticGD, RidgeSelect, soft_threshold
+from verify.reference import GD, ISTA, LogisticGD, PreICLSelect, RidgeSelect, soft_threshold
 from verify.strategies import knobs, prompts
 from verify.tolerance import assert_trace_matches, compare_trace, tolerance
 
@@ -239,3 +239,33 @@ def test_proximal_gd_refuses_bad_input():
             constructions.proximal_gd(**{**dict(d=2, steps=2, lr=0.1, prox="box", param=1.0), **bad})
     with pytest.raises(ConstructionError, match="mask_const"):
         constructions.proximal_gd(2, 2, 0.1, "box", 10.0, mask_const=1.0).predict(X, np.ones((1, 4)), X[:, :1] * 100)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_pre_icl_select_outputs_the_branch_the_test_selects(seed):
+    """Bai et al.'s Prop. 19 end to end: on binary labels the output is, at every step, the logit of
+    the separate logistic_gd construction; on real-valued labels the prediction of the separate
+    relu_gd construction (the same prompt, steps and step sizes); the domain refuses a selection
+    constant below |f_ridge - f_logistic|."""
+    rng = np.random.default_rng(seed)
+    d, n, steps = 3, 12, 5
+    X, Xq = rng.normal(size=(4, n, d)) / 2, rng.normal(size=(4, 2, d)) / 2
+    y_real = rng.normal(size=(4, n))
+    y_bin = (y_real > 0).astype(np.float64)
+    x_bound = float(np.linalg.norm(np.concatenate([X, Xq], 1), axis=-1).max())
+    lr, lr_class = stable_lr(X, 1.0), 2.0 / x_bound**2
+    c = constructions.pre_icl_select(d, steps, lr, lr_class, 8, x_bound, threshold=1 - 0.5 / n, select_const=1e3,
+                                     mask_const=1e6)
+    logistic = constructions.logistic_gd(d, steps, lr_class, 8, x_bound, mask_const=1e6)
+    ridge = constructions.relu_gd(d, steps, lr, mask_const=1e6)
+    knots = sigmoid_knots(8, logistic_radius(steps, lr_class, x_bound))[0]
+    for y, branch in ((y_bin, logistic), (y_real, ridge)):
+        got, want = c.trace(X, y, Xq), branch.trace(X, y, Xq)
+        ref = PreICLSelect(steps, lr, lr_class, knots, 0.1, 1 - 0.5 / n, 1e3).fit(X, y)  # the error model's scale
+        assert np.all(np.abs(got - want) <= tolerance(c.dtype, n, d, ref.scale(Xq)))
+        other = (ridge if branch is logistic else logistic)
+        if other is logistic and not np.all(np.isin(y, (0.0, 1.0))):
+            continue  # logistic_gd refuses real labels
+        assert np.abs(got - other.trace(X, y, Xq)).max() > 1e-3  # the branches differ: the selection matters
+    with pytest.raises(ConstructionError, match="select_const"):
+        constructions.pre_icl_select(d, steps, lr, lr_class, 8, x_bound, select_const=1e-6).predict(X, y_real, Xq)

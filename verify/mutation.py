@@ -146,8 +146,11 @@ def _scale_most_negative(factor: float):
 
 
 def _block(c, where: str) -> int:
-    """The index of the first step block with attention (``"attn"``) or an MLP (``"mlp"``), the
-    first readout block (``"readout"``) or the last block (``"last"``)."""
+    """The index of the first block with attention (``"attn"``) or an MLP (``"mlp"``), the first
+    step block (``"step"``, after any prefix), the first readout block (``"readout"``) or the last
+    block (``"last"``)."""
+    if where == "step":
+        return c.n_prefix
     if where == "readout":
         return c.n_step_blocks
     if where == "last":
@@ -366,6 +369,10 @@ CATALOGUE = [
              one_weight("ridge_select", where="last", head=0)),
     Mutation("binary-weight", "binary_test: one psi weight x (1 + 1e-6)", ("bai23-binary-test",),
              one_weight("binary_test")),
+    Mutation("pre-select-ridge", "pre_icl_select: one ridge-GD step weight x (1 + 1e-6)", ("bai23-pre-icl-select",),
+             one_weight("pre_icl_select", where="step", head=0)),
+    Mutation("pre-select-logistic", "pre_icl_select: the logistic-GD label head's weight x (1 + 1e-6) (relu(y_j), the head of positive labels)",
+             ("bai23-pre-icl-select",), one_weight("pre_icl_select", where="step", head=-2)),
     Mutation("newton-weight", "ridge_newton: one step weight x (1 + 1e-6)", ("fu23-newton",), one_weight("ridge_newton")),
     Mutation("newton-iters-2", "ridge_newton: two Newton iterations fewer by default", ("fu23-newton",),
              _module_function("constructions.ridge", "newton_iters", lambda f: lambda *a, **k: max(1, f(*a, **k) - 2))),

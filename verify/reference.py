@@ -466,6 +466,42 @@ class BinaryTest(Reference):
         return np.broadcast_to(self.size_[None, :, None], self.trace(Xq).shape).copy()
 
 
+class PreICLSelect:
+    """Regression or classification chosen by the binary test (Bai et al. 2023, Prop. 19), in numpy.
+
+    ``test`` of :class:`BinaryTest`; ridge GD (``steps``, ``lr``, ``lam``) and logistic GD
+    (``steps``, ``lr_class``, the sigmoid interpolated at ``knots``) on the same prompt; after
+    step t the output ``f_r + S_g(f_c - f_r)`` with ``f_r = <w_t, x_q>``, ``f_c = <v_t, x_q>``,
+    S the soft threshold at ``g = M (1 - test)``: ``f_c`` when test = 1, ``f_r`` when test = 0
+    (and ``|f_c - f_r| <= M``).  ``scale`` adds the branches' scales and, where the output is not
+    flat in the test, ``M`` times the test's scale: the output moves with the test (slope M) only
+    where the soft threshold is active, ``|f_c - f_r| > g``; ``|f_c - f_r| >= g / 2`` leaves a
+    margin of half the threshold for the test's round-off."""
+
+    def __init__(self, steps: int, lr: float, lr_class: float, knots, eps: float, threshold: float,
+                 select_const: float, lam: float = 0.0):
+        self.ridge, self.logistic = GD(steps, lr=lr, lam=lam), LogisticGD(steps, lr_class, knots)
+        self.test, self.M = BinaryTest(eps, threshold), select_const
+
+    def fit(self, X, y) -> "PreICLSelect":
+        for r in (self.ridge, self.logistic, self.test):
+            r.fit(X, y)
+        return self
+
+    def trace(self, Xq) -> np.ndarray:
+        fr, fc = self.ridge.trace(Xq), self.logistic.trace(Xq)
+        g = self.M * (1 - self.test.trace(Xq))  # [1, B, m]
+        return fr + np.maximum(fc - fr - g, 0) - np.maximum(fr - fc - g, 0)
+
+    def predict(self, Xq) -> np.ndarray:
+        return self.trace(Xq)[-1]
+
+    def scale(self, Xq) -> np.ndarray:
+        fr, fc = self.ridge.trace(Xq), self.logistic.trace(Xq)
+        active = np.abs(fc - fr) >= self.M * (1 - self.test.trace(Xq)) / 2
+        return self.ridge.scale(Xq) + self.logistic.scale(Xq) + np.where(active, self.M * self.test.scale(Xq), 0.0)
+
+
 def relu_features(X, W_in, b_in, W_out) -> np.ndarray:
     """``m(x) = W_out relu(W_in x + b_in)`` for every row x of ``X [..., d]`` -> ``[..., k]`` (exact
     for Fraction inputs and weights)."""
