@@ -10,7 +10,7 @@ from constructions.bai import logistic_radius, score_bound, sigmoid_fit_error, s
 from verify.bounds import slot_matches_iterates
 from verify.knobs import lasso_lam, stable_lr
 from verify.prompts import PromptSpec, make_prompt
-from verify.reference import GD, ISTA, LogisticGD, PreICLSelect, RidgeSelect, soft_threshold
+from verify.reference import GD, ISTA, LinkSelect, LogisticGD, PreICLSelect, RidgeSelect, soft_threshold
 from verify.strategies import knobs, prompts
 from verify.tolerance import assert_trace_matches, compare_trace, tolerance
 
@@ -269,3 +269,25 @@ def test_pre_icl_select_outputs_the_branch_the_test_selects(seed):
         assert np.abs(got - other.trace(X, y, Xq)).max() > 1e-3  # the branches differ: the selection matters
     with pytest.raises(ConstructionError, match="select_const"):
         constructions.pre_icl_select(d, steps, lr, lr_class, 8, x_bound, select_const=1e-6).predict(X, y_real, Xq)
+
+
+def test_link_select_picks_the_link_of_the_data():
+    """Bai et al.'s Thm I.2: on noisy linear labels the square loss's predictor validates better
+    and is selected (weights (1, 0)); on 0/1 labels of a steep logistic model the sigmoid's is
+    (weights (0, 1)); every layer of the construction equals the numpy pipeline."""
+    rng = np.random.default_rng(3)
+    d, n, n_train, steps = 3, 30, 18, 8
+    X, Xq = rng.normal(size=(4, n, d)) / 2, rng.normal(size=(4, 2, d)) / 2
+    w = rng.normal(size=(4, d)) * 2
+    s = np.einsum("bnd,bd->bn", X, w)
+    y = s + 0.05 * rng.normal(size=(4, n))
+    y[2:] = (s[2:] > 0).astype(np.float64)
+    x_bound = float(np.linalg.norm(np.concatenate([X, Xq], 1), axis=-1).max())
+    lr, lr_class, gamma = stable_lr(X[:, :n_train], 1.0), 4.0 / x_bound**2, 1e-3
+    c = constructions.link_select(d, steps, lr, lr_class, 8, x_bound, n_train, n - n_train, gamma, mask_const=1e6)
+    knots = sigmoid_knots(8, logistic_radius(steps, lr_class, x_bound))[0]
+    ref = LinkSelect(steps, lr, lr_class, knots, n_train, gamma).fit(X, y)
+    assert ref.weights_[-1].tolist() == [[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]]
+    assert_trace_matches(c, LinkSelect(steps, lr, lr_class, knots, n_train, gamma), X, y, Xq)
+    with pytest.raises(ConstructionError, match="n_train"):
+        c.predict(X[:, :-1], y[:, :-1], Xq)

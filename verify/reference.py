@@ -299,29 +299,34 @@ class LogisticGD(Reference):
         return self
 
 
-class RidgeSelect:
-    """Post-ICL validation (Bai et al. 2023, Prop. 15), in numpy.
+class ValidationSelect:
+    """Post-ICL validation (Bai et al. 2023, Prop. 15), in numpy, over any candidates.
 
-    GD (``steps``, ``lr``) on the first ``n_train`` examples for every ``lam_k``;
-    validation losses ``L_k`` on the remaining examples; weights
-    ``c_k = sum_j relu(L_k - L_j)``, ``u_k = relu(1 - c_k/gamma)``,
-    ``P_k = relu(1 - sum_{j<=k} u_j)``, ``a_k = P_{k-1} - P_k`` (``P_0 = 1``);
-    prediction ``sum_k a_k <w_k, x_q>``.  ``trace(Xq)`` applies the selection to
-    the iterates after every step; ``scale(Xq)`` is the error-model scale.
+    Each candidate is a :class:`Reference` (run on the first ``n_train`` examples) with a link
+    ``g`` (None: the identity), predicting ``g(<w_k, x>)``; validation losses ``L_k`` of the
+    predictions on the remaining examples; weights ``c_k = sum_j relu(L_k - L_j)``,
+    ``u_k = relu(1 - c_k/gamma)``, ``P_k = relu(1 - sum_{j<=k} u_j)``, ``a_k = P_{k-1} - P_k``
+    (``P_0 = 1``); prediction ``sum_k a_k g_k(<w_k, x_q>)``.  ``trace(Xq)`` applies the selection
+    to the iterates after every step; ``scale(Xq)`` is the error-model scale.
     """
 
-    def __init__(self, lams, steps: int, lr: float, n_train: int, gamma: float):
-        self.lams, self.steps, self.lr, self.n_train, self.gamma = list(lams), steps, lr, n_train, gamma
+    def __init__(self, candidates, n_train: int, gamma: float, links=None):
+        self.candidates, self.n_train, self.gamma = list(candidates), n_train, gamma
+        self.links = list(links) if links is not None else [None] * len(self.candidates)
 
-    def fit(self, X, y) -> "RidgeSelect":
+    def _f(self, X, W):
+        """``g_k(<w_k, x>)`` for inputs ``X [B, m, d]`` and iterates ``W [S, B, K, d]`` -> ``[S, B, K, m]``."""
+        s = np.einsum("bmd,sbkd->sbkm", X, W)
+        return np.stack([s[:, :, k] if g is None else g(s[:, :, k]) for k, g in enumerate(self.links)], axis=2)
+
+    def fit(self, X, y) -> "ValidationSelect":
         X, y = _batch(X, y)
         tr, va = slice(0, self.n_train), slice(self.n_train, None)
-        self.gds_ = [GD(self.steps, lr=self.lr, lam=lam).fit(X[:, tr], y[:, tr]) for lam in self.lams]
-        W = np.stack([g.iterates_ for g in self.gds_], axis=2)  # [S+1, B, K, d]
-        r = np.einsum("bnd,sbkd->sbkn", X[:, va], W) - y[:, None, va]
+        self.gds_ = [g.fit(X[:, tr], y[:, tr]) for g in self.candidates]
+        self.W_ = np.stack([g.iterates_ for g in self.gds_], axis=2)  # [S+1, B, K, d]
+        r = self._f(X[:, va], self.W_) - y[:, None, va]
         self.losses_ = (r**2).mean(-1)  # [S+1, B, K]
         self.weights_ = self.select(self.losses_)
-        self.W_ = W
         return self
 
     def select(self, L: np.ndarray) -> np.ndarray:
@@ -333,8 +338,7 @@ class RidgeSelect:
     def trace(self, Xq) -> np.ndarray:
         Xq = np.asarray(Xq, dtype=_dtype(Xq))
         Xq = Xq[None] if Xq.ndim == 2 else Xq
-        f = np.einsum("bmd,sbkd->sbkm", Xq, self.W_[1:])
-        return np.einsum("sbk,sbkm->sbm", self.weights_[1:], f)
+        return np.einsum("sbk,sbkm->sbm", self.weights_[1:], self._f(Xq, self.W_[1:]))
 
     def predict(self, Xq) -> np.ndarray:
         return self.trace(Xq)[-1]
@@ -359,6 +363,25 @@ class RidgeSelect:
         second = np.sort(L - L.min(-1, keepdims=True), axis=-1)[..., 1]  # the runner-up's gap
         near = second <= self.gamma + SELECT_TIE_MARGIN * top
         return np.where(near, 1 + K * top / self.gamma, 1.0)
+
+
+class RidgeSelect(ValidationSelect):
+    """:class:`ValidationSelect` over ridge GD (``steps``, ``lr``) for every ``lam_k`` in ``lams``:
+    Bai et al.'s post-ICL validation among ridge estimators (Prop. 15)."""
+
+    def __init__(self, lams, steps: int, lr: float, n_train: int, gamma: float):
+        self.lams, self.steps, self.lr = list(lams), steps, lr
+        super().__init__([GD(steps, lr=lr, lam=lam) for lam in self.lams], n_train, gamma)
+
+
+class LinkSelect(ValidationSelect):
+    """:class:`ValidationSelect` between two links (Bai et al. 2023, Thm I.2): GD on the square loss
+    (identity link, ``steps``, ``lr``) and logistic GD (``lr_class``, the sigmoid interpolated at
+    ``knots``, predicting the mean ``sigma_hat(<v, x>)``)."""
+
+    def __init__(self, steps: int, lr: float, lr_class: float, knots, n_train: int, gamma: float):
+        logistic = LogisticGD(steps, lr_class, knots)
+        super().__init__([GD(steps, lr=lr), logistic], n_train, gamma, links=[None, logistic._sigma])
 
 
 #: the loss gap (relative to the largest loss) within which RidgeSelect's conditioning counts a tie as
