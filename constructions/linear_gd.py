@@ -460,6 +460,6 @@ register_paper(Paper(
     "Ahn et al. 2023", "Transformers learn to implement preconditioned gradient descent for in-context learning "
                        "(NeurIPS 2023, arXiv 2306.00297)", (
         Result("§3, the LSA layer with P and Q", "one LSA layer is one preconditioned GD step", ("ahn23-pgd",)),
-        Result("Thm 1", "the one-layer LSA's global optimum is a preconditioned GD step with a closed-form P", (),
-               "not yet (optimal_lsa)"),
+        Result("Thm 1", "the one-layer LSA's global optimum is a preconditioned GD step with a closed-form P",
+               ("ahn23-optimum",)),
     )))

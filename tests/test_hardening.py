@@ -272,3 +272,22 @@ def test_cli_usage_errors_exit_2_with_one_line(argv, env, capsys, monkeypatch):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("icl-verify: error: ")
+
+
+def test_a_tiny_prompt_keeps_a_nonzero_error_model_scale():
+    """Fuzz escape (prompt-values, schlag21-delta-rule, X and y scaled by 1e-79): the reference's
+    magnitudes came from sqrt(sum a^2), which underflows to 0 for entries near 1e-158, so the
+    tolerance was 0 where the model's answer had round-off.  The norms are now scaled by their
+    largest entry."""
+    from constructions import registry
+    from verify.claims import EVALUATION_ORDERS
+    from verify.reference import _norm
+    from verify.tolerance import compare_trace
+
+    assert _norm(np.full(3, 1e-160), axis=-1) > 0 and _norm(np.full((2, 2), 1e200), 2) < np.inf
+    claim = registry.claim("schlag21-delta-rule")
+    prompt, knobs = claim.sample(np.random.default_rng(0))
+    c, ref = claim.build(prompt, knobs)[:2]
+    c.model.order = EVALUATION_ORDERS[knobs.seed % len(EVALUATION_ORDERS)]
+    X, y, Xq = (a * 1e-79 for a in prompt.arrays)
+    assert compare_trace(c, ref, X, y, Xq).ok

@@ -377,6 +377,7 @@ CATALOGUE = [
              one_weight("link_select", where="step", head=0)),
     Mutation("link-sigma", "link_select: the sigmoid MLP's largest slope x (1 + 1e-6)", ("bai23-link-selection",),
              one_weight("link_select", where="readout", matrix="W_out", head=None)),
+    Mutation("optimal-weight", "optimal_lsa: the step weight x (1 + 1e-6)", ("ahn23-optimum",), one_weight("optimal_lsa")),
     Mutation("newton-weight", "ridge_newton: one step weight x (1 + 1e-6)", ("fu23-newton",), one_weight("ridge_newton")),
     Mutation("newton-iters-2", "ridge_newton: two Newton iterations fewer by default", ("fu23-newton",),
              _module_function("constructions.ridge", "newton_iters", lambda f: lambda *a, **k: max(1, f(*a, **k) - 2))),

@@ -40,9 +40,17 @@ def _batch(X, y):
     return X, y
 
 
-def _norm(a, *args, **kw):
-    """``np.linalg.norm`` in float64 (for magnitudes, also of exact inputs)."""
-    return np.linalg.norm(np.asarray(a, dtype=np.float64), *args, **kw)
+def _norm(a, ord=None, axis=None):
+    """``np.linalg.norm(a, ord, axis)`` in float64 (for magnitudes, also of exact inputs),
+    computed as ``m |a / m|`` with ``m = max |a|`` over the reduced axes, so that it neither
+    underflows nor overflows where the entries do not (a plain ``sqrt(sum a^2)`` of entries near
+    1e-160 is 0, which would give the error model a zero scale)."""
+    a = np.asarray(a, dtype=np.float64)
+    if a.size == 0:
+        return np.linalg.norm(a, ord, axis)
+    m = np.abs(a).max(axis=axis, keepdims=True)
+    safe = np.where(m > 0, m, 1.0)
+    return np.linalg.norm(a / safe, ord, axis) * (m.squeeze(axis) if axis is not None else float(m.squeeze()))
 
 
 def _unsigned_grad(X, r):
