@@ -880,14 +880,20 @@ def _binary_case(p, k):
     """Labels by the knobs' seed: exactly binary (y > 0), binary with one label moved by up to
     2 eps, or the prompt's real-valued labels; threshold 1 - 1/(2n) flags one non-binary label."""
     eps = 0.1
+    threshold = 1.0 - 0.5 / p.spec.n
+    return binary_test(p.spec.d, eps, threshold), BinaryTest(eps, threshold), _binary_labels(p, k, eps)
+
+
+def _binary_labels(p, k, eps: float) -> Prompt:
+    """The prompt with labels by the knobs' seed: exactly binary (y > 0), binary with one label
+    moved by up to 2 eps, or its own real-valued labels."""
     kind = k.seed % 3
     y = p.y.copy()
     if kind < 2:
         y = (p.y > 0).astype(np.float64)
         if kind == 1:
             y[:, 0] += np.random.default_rng(k.seed).uniform(-2 * eps, 2 * eps, size=y.shape[0])
-    threshold = 1.0 - 0.5 / p.spec.n
-    return binary_test(p.spec.d, eps, threshold), BinaryTest(eps, threshold), Prompt(p.X, y, p.Xq, p.w_star, p.spec)
+    return Prompt(p.X, y, p.Xq, p.w_star, p.spec)
 
 
 def _pre_select_case(p, k):
@@ -896,13 +902,7 @@ def _pre_select_case(p, k):
     ridge GD at a stable step with lambda from its knob, logistic GD at ``lr_factor * 4 / x_bound^2``;
     threshold ``1 - 1/(2n)``; the masking and selection constants above the domain's bounds."""
     eps = 0.1
-    kind = k.seed % 3
-    y = p.y.copy()
-    if kind < 2:
-        y = (p.y > 0).astype(np.float64)
-        if kind == 1:
-            y[:, 0] += np.random.default_rng(k.seed).uniform(-2 * eps, 2 * eps, size=y.shape[0])
-    p = Prompt(p.X, y, p.Xq, p.w_star, p.spec)
+    p = _binary_labels(p, k, eps)
     lam = ridge_lam(p.X, k.log10_lam)
     lr = stable_lr(p.X, k.lr_factor, lam)
     x_bound = float(np.linalg.norm(np.concatenate([p.X, p.Xq], 1), axis=-1).max())

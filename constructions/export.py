@@ -240,6 +240,10 @@ def residual(model, h, stop: int):
     from block 0 (call it inside :func:`prompt`); the same call for every TransformerLens
     version (4.x's bridge returns logits at ``stop_at_layer = n_layers``)."""
     stop = parts.positive_int(stop, "stop")
+    layers = getattr(getattr(model, "cfg", None), "n_layers", None)
+    if getattr(model, "icl_construction", None) is None or stop > layers:
+        raise ConstructionError(f"residual(model, h, stop={stop}) needs a model from constructions.export."
+                                f"to_transformer_lens and 1 <= stop <= its number of blocks ({layers})")
     out = {}
 
     def save(x, hook):

@@ -44,7 +44,7 @@ def optimal_precond(cov, n: int, noise: float = 0.0) -> np.ndarray:
     :func:`one_step_risk` over all d x d matrices P."""
     S = np.asarray(cov, dtype=np.float64)
     d = S.shape[0]
-    return np.linalg.inv((1 + 1 / n) * S + (np.trace(S) + noise**2) / n * np.eye(d))
+    return np.linalg.inv((1 + 1 / n) * S + (np.trace(S) + np.square(noise)) / n * np.eye(d))
 
 
 def one_step_risk(P, cov, n: int, noise: float = 0.0) -> float:
@@ -53,14 +53,14 @@ def one_step_risk(P, cov, n: int, noise: float = 0.0) -> float:
     ``G = E[S^2] + (sigma^2/n) Sigma = ((n+1)/n) Sigma^2 + ((tr(Sigma) + sigma^2)/n) Sigma``
     (S = X^T X/n, and ``E[S^2]`` of the Wishart matrix)."""
     P, S = np.asarray(P, dtype=np.float64), np.asarray(cov, dtype=np.float64)
-    G = (n + 1) / n * S @ S + (np.trace(S) + noise**2) / n * S
-    return float(np.trace(S @ P @ G @ P.T) - 2 * np.trace(S @ P @ S) + np.trace(S) + noise**2)
+    G = (n + 1) / n * S @ S + (np.trace(S) + np.square(noise)) / n * S
+    return float(np.trace(S @ P @ G @ P.T) - 2 * np.trace(S @ P @ S) + np.trace(S) + np.square(noise))
 
 
 def risk_gradient(P, cov, n: int, noise: float = 0.0) -> np.ndarray:
     """``d risk / d P = 2 Sigma P G - 2 Sigma^2`` (G as in :func:`one_step_risk`); zero only at P*."""
     P, S = np.asarray(P, dtype=np.float64), np.asarray(cov, dtype=np.float64)
-    G = (n + 1) / n * S @ S + (np.trace(S) + noise**2) / n * S
+    G = (n + 1) / n * S @ S + (np.trace(S) + np.square(noise)) / n * S
     return 2 * S @ P @ G - 2 * S @ S
 
 
@@ -87,7 +87,11 @@ def optimal_lsa(d: int, n: int, cov, noise: float = 0.0) -> Construction:
     noise = parts.real(noise, "noise", strict=False)
     parts.budget("optimal_lsa", layers=1, width=d + 1, d_head=d)
     S = _cov(cov, d)
-    P = optimal_precond(S, n, noise)
+    with np.errstate(all="ignore"):
+        P = optimal_precond(S, n, noise)
+    if not np.isfinite(P).all() or not np.isfinite(np.trace(S) + np.square(noise)):
+        raise ConstructionError(f"P* = ((1 + 1/n) cov + (tr cov + noise^2)/n I)^-1 is not finite for noise={noise:.3g} "
+                                "and this cov; rescale cov and noise towards unit scale")
     lay = parts.lsa_layout(d)
     return Construction("optimal_lsa", dict(d=d, n=n, cov=S.tolist(), noise=noise),
                         [parts.block("linear", [parts.gd_head(lay, P)])], lay, d)
@@ -124,9 +128,9 @@ def check_optimum(prompt, knobs) -> Comparison:
     S = _sigma(spec, knobs.seed % 2 == 0, rng)
     c = optimal_lsa(d, n, S, noise)
     P = optimal_precond(S, n, noise)
-    G = (n + 1) / n * S @ S + (np.trace(S) + noise**2) / n * S
+    G = (n + 1) / n * S @ S + (np.trace(S) + np.square(noise)) / n * S
     R0 = one_step_risk(P, S, n, noise)
-    scale = np.linalg.norm(G) * np.linalg.norm(P) * d + np.trace(S) + noise**2
+    scale = np.linalg.norm(G) * np.linalg.norm(P) * d + np.trace(S) + np.square(noise)
     tol = C * eps(np.float64) * scale * d
     grad = np.linalg.norm(risk_gradient(P, S, n, noise))
     drops = []

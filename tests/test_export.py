@@ -89,3 +89,6 @@ def test_refusals_name_the_reason():
     with pytest.raises(ConstructionError, match="needs a model from"):
         with export.prompt(object(), 3, 3):
             pass
+    model = to_transformer_lens(c)
+    with pytest.raises(ConstructionError, match="stop <= its number of blocks"):
+        export.residual(model, c.embed(c.prepare(X, y, Xq)), len(c.blocks) + 1)

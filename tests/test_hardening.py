@@ -291,3 +291,15 @@ def test_a_tiny_prompt_keeps_a_nonzero_error_model_scale():
     c.model.order = EVALUATION_ORDERS[knobs.seed % len(EVALUATION_ORDERS)]
     X, y, Xq = (a * 1e-79 for a in prompt.arrays)
     assert compare_trace(c, ref, X, y, Xq).ok
+
+
+def test_optimal_lsa_refuses_a_noise_level_that_overflows_its_preconditioner():
+    import constructions
+    from constructions import ConstructionError
+
+    with pytest.raises(ConstructionError, match="not finite"):
+        constructions.optimal_lsa(2, 10, np.eye(2), noise=1e200)
+    with pytest.raises(ConstructionError, match="symmetric"):
+        constructions.optimal_lsa(2, 10, [[1.0, 0.5], [0.0, 1.0]])
+    with pytest.raises(ConstructionError, match="positive definite"):
+        constructions.optimal_lsa(2, 10, [[1.0, 0.0], [0.0, -1.0]])
