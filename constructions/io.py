@@ -60,24 +60,9 @@ def save(c, path, overwrite: bool = False) -> Path:
     An existing file is refused unless ``overwrite=True``; a target that is not a regular file
     (a folder, a FIFO, a device, a symbolic link) is always refused.  Refuses a construction
     whose weights were changed after its factory built it (it could not be rebuilt on load)."""
-    from safetensors.torch import save_file
-
     from . import __version__, registry
 
-    path = _path(path, "save")
-    if not isinstance(overwrite, bool):
-        raise ConstructionError(f"overwrite must be True or False, got {overwrite!r}")
-    if os.path.lexists(path):
-        st = os.lstat(path)
-        if not stat.S_ISREG(st.st_mode):
-            kind = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "a folder" if stat.S_ISDIR(st.st_mode) \
-                else "not a regular file"
-            raise ConstructionError(f"save: {path} exists and is {kind}; save to a new regular file's path")
-        if not overwrite:
-            raise ConstructionError(f"save: {path} exists; pass overwrite=True to replace it, or choose another path")
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise ConstructionError(f"save: the folder {folder} does not exist; create it first")
+    path = _writable(path, overwrite, "save")
     try:
         params = json.dumps(c.params, allow_nan=False)
     except (TypeError, ValueError) as e:
@@ -90,10 +75,40 @@ def save(c, path, overwrite: bool = False) -> Path:
                                 "(weights or masking changed after building), so it cannot be saved reproducibly")
     meta = dict(format=FORMAT, version=__version__, name=c.name, module=registry.entry(c.name).module, params=params,
                 dtype=str(c.dtype), layout=json.dumps(c.layout.describe()))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    return write_safetensors(mine, path, meta, overwrite)
+
+
+def _writable(path, overwrite, what: str) -> Path:
+    """``path`` checked for writing: a regular file's path in an existing folder; an existing file
+    only with ``overwrite=True``, and never a folder, a FIFO, a device or a symbolic link."""
+    path = _path(path, what)
+    if not isinstance(overwrite, bool):
+        raise ConstructionError(f"overwrite must be True or False, got {overwrite!r}")
+    if os.path.lexists(path):
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "a folder" if stat.S_ISDIR(st.st_mode) \
+                else "not a regular file"
+            raise ConstructionError(f"{what}: {path} exists and is {kind}; save to a new regular file's path")
+        if not overwrite:
+            raise ConstructionError(f"{what}: {path} exists; pass overwrite=True to replace it, or choose another path")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise ConstructionError(f"{what}: the folder {folder} does not exist; create it first")
+    return path
+
+
+def write_safetensors(state: dict, path, metadata: dict, overwrite: bool = False) -> Path:
+    """Write ``state`` (name -> tensor) and string ``metadata`` to ``path`` as safetensors: to a
+    temporary file in the same folder, renamed into place, so a failed write leaves no partial file
+    and an existing file is replaced whole or not at all (and only with ``overwrite=True``)."""
+    from safetensors.torch import save_file
+
+    path = _writable(path, overwrite, "save")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
     os.close(fd)
     try:
-        save_file(mine, tmp, metadata=meta)
+        save_file(state, tmp, metadata=metadata)
         os.replace(tmp, path)
     except OSError as e:
         raise ConstructionError(f"save: could not write {path}: {e.strerror or e}") from None
@@ -123,8 +138,10 @@ def load(path, max_params: int | None = None):
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             if meta.get("format") != FORMAT:
+                hint = ("; it is a trained checkpoint: load it with verify.train.load_trained(path)"
+                        if meta.get("format", "").startswith("icl-constructions-trained/") else "")
                 raise ConstructionError(f"{path} is not an icl-constructions file (format {meta.get('format')!r}, "
-                                        f"expected {FORMAT!r})")
+                                        f"expected {FORMAT!r}){hint}")
             try:
                 name, params, dtype = meta["name"], json.loads(meta["params"]), meta["dtype"]
             except (KeyError, ValueError, RecursionError) as e:

@@ -461,5 +461,5 @@ register_paper(Paper(
                        "(NeurIPS 2023, arXiv 2306.00297)", (
         Result("§3, the LSA layer with P and Q", "one LSA layer is one preconditioned GD step", ("ahn23-pgd",)),
         Result("Thm 1", "the one-layer LSA's global optimum is a preconditioned GD step with a closed-form P",
-               ("ahn23-optimum",)),
+               ("ahn23-optimum",), "trained one-layer LSAs land on P*: icl-verify reproduce ahn23, docs/training.md"),
     )))

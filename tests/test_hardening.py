@@ -262,7 +262,8 @@ def test_negative_strides_and_torch_input_give_the_plain_answer():
 @pytest.mark.parametrize("argv, env", [
     (["check", "--device", "bogus"], {}), (["check", "--seed", "-1"], {}), (["check"], {"ICL_VERIFY_SEED": "abc"}),
     (["docs", "--out", "/missing/dir/x.md"], {}), (["bench", "--device", "bogus"], {}),
-    (["reproduce", "vonoswald23", "--out", "setup.cfg"], {}), (["check", "--prompts", "1000000000000"], {}),
+    (["reproduce", "vonoswald23", "--out", "setup.cfg"], {}), (["reproduce", "ahn23", "--out", "setup.cfg"], {}),
+    (["check", "--prompts", "1000000000000"], {}),
     (["check", "--prompts", "0"], {}), (["bogus"], {}),
 ])
 def test_cli_usage_errors_exit_2_with_one_line(argv, env, capsys, monkeypatch):

@@ -81,3 +81,118 @@ def test_the_input_distribution_of_von_oswald_et_al():
     assert 5.8 < lr < 6.2 and 0.19 < loss < 0.21
     lr2, loss2 = T.best_gd_lr(T.TaskConfig(x_range=2.0))
     assert 1.4 < lr2 < 1.6 and 0.75 < loss2 < 0.85
+
+
+# -- Ahn et al.: a trained one-layer LSA lands on the proved optimum P* ----------------------------------
+ANISO = T.TaskConfig(d=3, n=6, cov=((2.0, 0.0, 0.0), (0.0, 0.5, 0.0), (0.0, 0.0, 0.25)), noise=0.3)
+
+
+def test_a_trained_layer_lands_on_the_optimal_preconditioner_not_on_gd():
+    from constructions.optimum import optimal_precond
+
+    S = np.array(ANISO.cov)
+    Pstar = optimal_precond(S, ANISO.n, ANISO.noise)
+    G = (ANISO.n + 1) / ANISO.n * S @ S + (np.trace(S) + ANISO.noise**2) / ANISO.n * S
+    eta = np.trace(S @ S) / np.trace(S @ G)  # the best plain GD step (closed-form risk over P = eta I)
+    gd_dist = np.linalg.norm(eta * np.eye(3) - Pstar) / np.linalg.norm(Pstar)
+    m, path = T.train_to_optimum(ANISO, steps=1000, seed=0, progress=False)
+    assert path[0][1] > 0.9  # it started far from P* (near P = 0)
+    # stated margins: within 10% of P*, and far closer to P* than the best plain GD step (0.5x its distance)
+    assert path[-1][1] < 0.1 and path[-1][1] < 0.5 * gd_dist
+    assert T.other_terms(m, 3) < 1e-3  # the label channels stayed shut (antithetic batches)
+
+
+def test_antithetic_batches_keep_the_label_channels_shut():
+    """From the Zhang-Frei-Bartlett start, the gradient of the key's label row and of the value's x
+    rows is even in the labels: zero in expectation, but not per batch, unless each task comes with
+    its negated twin.  Stated margins: below 1e-3 with twins, above 1e-2 without, after 200 steps."""
+    sizes = {}
+    for anti in (True, False):
+        m = T.lsa_model(3, 1, seed=0, label_channels=False)
+        assert T.other_terms(m, 3) == 0
+        T.train(m, ANISO, 200, batch=128 if anti else 256, lr=1e-2, progress=False, antithetic=anti)
+        sizes[anti] = T.other_terms(m, 3)
+    assert sizes[True] < 1e-3 and sizes[False] > 1e-2
+
+
+def test_gaussian_tasks_have_the_requested_covariance():
+    gen = torch.Generator().manual_seed(0)
+    X, y, Xq, yq = T.sample_tasks(ANISO, 20_000, gen)
+    emp = torch.einsum("bni,bnj->ij", X, X) / (X.shape[0] * X.shape[1])
+    # within 6 standard errors of each entry (Var of x_i x_j is S_ii S_jj + S_ij^2)
+    S = torch.tensor(ANISO.cov)
+    se = torch.sqrt((S.diagonal()[:, None] * S.diagonal()[None, :] + S**2) / (X.shape[0] * X.shape[1]))
+    assert ((emp - S).abs() <= 6 * se).all()
+    with pytest.raises(ConstructionError, match="symmetric"):
+        T.TaskConfig(d=2, cov=((1.0, 0.5), (0.0, 1.0)))
+    with pytest.raises(ConstructionError, match="positive definite"):
+        T.TaskConfig(d=2, cov=((1.0, 0.0), (0.0, -1.0)))
+
+
+def test_a_trained_checkpoint_loads_from_the_file_alone(tmp_path):
+    m = T.lsa_model(3, 1, seed=2, label_channels=False)
+    T.train(m, ANISO, steps=5, batch=16, seed=1, progress=False, checkpoint=str(tmp_path / "m.safetensors"))
+    back, task, training = T.load_trained(tmp_path / "m.safetensors")
+    assert task == ANISO and training["steps"] == 5 and training["schedule"] == "constant"
+    assert back.icl_architecture == m.icl_architecture
+    for p, q in zip(m.parameters(), back.parameters()):
+        assert torch.equal(p, q)
+    sm = T.softmax_model(3, layers=1, heads=2, mlp=4, seed=0)
+    T.save_checkpoint(sm, tmp_path / "s.safetensors", TINY, steps=0)
+    back, _, _ = T.load_trained(tmp_path / "s.safetensors")
+    assert all(torch.equal(p, q) for p, q in zip(sm.parameters(), back.parameters()))
+
+
+def _rewrite(path, out, meta=None, tensors=None):
+    from safetensors.torch import load_file, safe_open, save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        old = f.metadata()
+    state = load_file(str(path))
+    state.update(tensors or {})
+    save_file(state, str(out), metadata={**old, **(meta or {})})
+    return out
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(meta={"architecture": '{"factory": "os.system", "d": 3, "layers": 1}'}), "broken metadata"),
+    (dict(meta={"architecture": '{"factory": "lsa_model", "d": 3, "layers": 10000000}'}), "size limit"),
+    (dict(meta={"architecture": '{"factory": "lsa_model", "d": 4, "layers": 1, "label_channels": false}'}),
+     "do not fit"),
+    (dict(meta={"task": "[1, 2"}), "broken metadata"),
+    (dict(meta={"format": "icl-constructions/1"}), "not a trained checkpoint"),
+    (dict(tensors={"blocks.0.attn.W_Q": torch.full((1, 4, 4), float("nan"), dtype=torch.float64)}), "NaN"),
+])
+def test_a_tampered_checkpoint_is_refused(tmp_path, change, message):
+    m = T.lsa_model(3, 1, seed=2, label_channels=False)
+    T.save_checkpoint(m, tmp_path / "m.safetensors", ANISO, steps=0)
+    bad = _rewrite(tmp_path / "m.safetensors", tmp_path / "bad.safetensors", **change)
+    with pytest.raises(ConstructionError, match=message):
+        T.load_trained(bad)
+
+
+def test_each_loader_names_the_other_for_the_other_kind_of_file(tmp_path):
+    m = T.lsa_model(3, 1, seed=2)
+    T.save_checkpoint(m, tmp_path / "m.safetensors", TINY, steps=0)
+    with pytest.raises(ConstructionError, match="load_trained"):
+        constructions.load(tmp_path / "m.safetensors")
+    constructions.gd(3, 1, lr=0.5).save(tmp_path / "c.safetensors")
+    with pytest.raises(ConstructionError, match="constructions.load"):
+        T.load_trained(tmp_path / "c.safetensors")
+    with pytest.raises(ConstructionError, match="does not fit"):
+        T.load_checkpoint(T.lsa_model(4, 1), tmp_path / "m.safetensors")
+
+
+def test_an_existing_file_is_not_replaced_by_a_checkpoint_unless_asked(tmp_path, monkeypatch):
+    target = tmp_path / "notes.safetensors"
+    target.write_text("my notes")
+    calls = []
+    monkeypatch.setattr(T, "sample_tasks", lambda *a, **k: calls.append(1))
+    with pytest.raises(ConstructionError, match="overwrite=True"):
+        T.train(T.lsa_model(3, 1), TINY, steps=5, progress=False, checkpoint=str(target))
+    assert not calls and target.read_text() == "my notes"  # refused before any training step
+    with pytest.raises(ConstructionError, match="overwrite=True"):
+        T.save_checkpoint(T.lsa_model(3, 1), target, TINY)
+    assert target.read_text() == "my notes"
+    T.save_checkpoint(T.lsa_model(3, 1), target, TINY, overwrite=True)
+    assert T.load_trained(target)[1] == TINY

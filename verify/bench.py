@@ -104,7 +104,9 @@ def _case(name: str, d: int, n: int, B: int, dtype, device):
     if bench.centred:
         X = X - X.mean(1, keepdim=True)
     with parts.size_limit(max_params=max(MAX_PARAMS, parts.limits()[0])):
-        c = registry.build(name, d=d, **bench.params(d, n)).to(dtype, device)
+        c = registry.build(name, d=d, **bench.params(d, n))
+    if c.dtype != dtype or c.device != torch.device(device):
+        c = c.to(dtype, device)  # a converted copy (a fresh build in float64 on the CPU needs none)
     prep = c.prepare(X, y, Xq, check=False)
     return c, prep, c.embed(prep)
 

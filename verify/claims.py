@@ -193,13 +193,20 @@ class Claim:
             # A mismatch of relative size ~|x_q|^2/n can hide under float32 round-off; a
             # negative control is a statement about the algebra, so it runs in float64.
             dtype = torch.float64
-        c = c.to(dtype, device)
+        if c.dtype != dtype or device is not None:
+            c = c.to(dtype, device)  # a converted copy
+        # else the case's own construction (a copy of a deep model costs as much as its check): its
+        # evaluation order is put back afterwards, in case the case function shares it
+        before = c.model.order
         c.model.order = EVALUATION_ORDERS[knobs.seed % len(EVALUATION_ORDERS)]
-        if self.kind == "negative":  # a negative control may diverge to inf: the domain is checked, not the overflow
-            c.prepare(*prompt.arrays)
-        cmp = compare_trace(c, ref, *prompt.arrays, check=self.kind != "negative")
-        if self.bounds is not None:
-            cmp = cmp.join(self.bounds(prompt.rounded(dtype), knobs, c))
+        try:
+            if self.kind == "negative":  # a negative control may diverge to inf: the domain is checked, not the overflow
+                c.prepare(*prompt.arrays)
+            cmp = compare_trace(c, ref, *prompt.arrays, check=self.kind != "negative")
+            if self.bounds is not None:
+                cmp = cmp.join(self.bounds(prompt.rounded(dtype), knobs, c))
+        finally:
+            c.model.order = before
         if self.kind == "exact":
             return cmp.ok, cmp.worst, cmp
         f = self.negative_from - 1

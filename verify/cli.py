@@ -7,6 +7,7 @@ Usage::
     icl-verify check [ID ...] [--prompts N] [--dtype float32] [--seed S] [--device cuda]
     icl-verify bench [--device cuda] [--quick]   # throughput vs the matmul peak (verify.bench)
     icl-verify reproduce vonoswald23 [--quick]   # train and compare with the constructions (verify.train)
+    icl-verify reproduce ahn23 [--quick]         # trained one-layer LSAs against the proved optimum P*
     icl-verify prove [ID ...] [-v]               # symbolic / exact-rational proofs (verify.proofs)
     icl-verify docs [--out docs/claims.md]       # regenerate the claims table (and README's table)
 
@@ -144,6 +145,7 @@ def cmd_bench(args) -> int:
 def cmd_reproduce(args) -> int:
     from . import train
 
+    args.out = args.out or f"reproduce-{args.paper}"
     if os.path.lexists(args.out) and not os.path.isdir(args.out):
         raise ConstructionError(f"reproduce --out {args.out}: that path exists and is not a folder; give a folder "
                                 "(it is created if missing)")
@@ -151,7 +153,8 @@ def cmd_reproduce(args) -> int:
         os.makedirs(args.out, exist_ok=True)
     except OSError as e:
         raise ConstructionError(f"reproduce --out {args.out}: cannot create that folder ({e.strerror})") from None
-    print(train.reproduce_vonoswald(quick=args.quick, out=args.out, seed=args.seed))
+    run = {"vonoswald23": train.reproduce_vonoswald, "ahn23": train.reproduce_ahn}[args.paper]
+    print(run(quick=args.quick, out=args.out, seed=args.seed))
     return 0
 
 
@@ -254,9 +257,9 @@ def main(argv=None) -> int:
     prove.add_argument("ids", nargs="*", help="claim ids (default: all)")
     prove.add_argument("-v", "--verbose", action="store_true", help="full details and premises")
     rep = sub.add_parser("reproduce", help="train transformers and compare them with the constructions", parents=[common])
-    rep.add_argument("paper", choices=["vonoswald23"])
+    rep.add_argument("paper", choices=["vonoswald23", "ahn23"])
     rep.add_argument("--quick", action="store_true", help="fewer steps and sizes (under 2 minutes on 2 cores)")
-    rep.add_argument("--out", default="reproduce-vonoswald23", help="folder for plots and the checkpoint")
+    rep.add_argument("--out", default=None, help="folder for plots and the checkpoint (default: reproduce-PAPER)")
     rep.add_argument("--seed", type=_seed, default=0)
     docs = sub.add_parser("docs", help="write the claims table (docs/claims.md) and README's constructions table",
                           parents=[common])

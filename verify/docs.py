@@ -63,9 +63,23 @@ def _claim_row(c) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+#: the last resources table and the registry entries it was built from (building every construction,
+#: the 481-layer ones included, is most of the cost of ``icl-verify docs``)
+_RESOURCES: dict = {}
+
+
 def resources_markdown() -> str:
     """Every construction's resources at :data:`RESOURCE_SIZES` (built from its benchmark row's
-    parameters), beside the resources its paper states."""
+    parameters), beside the resources its paper states.  Remembered for the same registry entries
+    (the same objects: a construction registered again is built again)."""
+    entries, sizes = tuple(registry.entries()), tuple(RESOURCE_SIZES.items())
+    old = _RESOURCES.get("entries", ())
+    if not (len(old) == len(entries) and all(a is b for a, b in zip(old, entries)) and _RESOURCES["sizes"] == sizes):
+        _RESOURCES.update(entries=entries, sizes=sizes, table=_resources_table())
+    return _RESOURCES["table"]
+
+
+def _resources_table() -> str:
     from verify.bench import _case  # the benchmark row's parameters and a prompt it accepts
 
     d, n = RESOURCE_SIZES["d"], RESOURCE_SIZES["n"]
