@@ -452,8 +452,9 @@ register_paper(Paper(
         Result("App. A.10, Fig. 13", "GD++: an input transform plus a GD step; it improves the conditioning",
                ("vonoswald23-gdpp", "vonoswald23-gdpp-kappa")),
         Result("§4, Fig. 3", "trained multi-layer LSAs match GD++ with tuned per-layer (eta, gamma)", (),
-               "trained-model evidence: one trained layer is reproduced (icl-verify reproduce vonoswald23, "
-               "docs/training.md); the multi-layer match is not yet"),
+               "trained-model evidence, not a claim (icl-verify reproduce vonoswald23, docs/training.md): one trained "
+               "layer matches GD; deeper trained LSAs beat GD and improve with depth, but beat even per-layer fitted "
+               "GD++ rather than match it"),
     )))
 
 register_paper(Paper(

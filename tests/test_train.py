@@ -49,6 +49,16 @@ def test_gdpp_predictor_matches_the_construction():
     assert torch.allclose(f(X, y, Xq), g(X, y, Xq), rtol=0, atol=1e-12)
 
 
+def test_gdpp_takes_one_step_size_and_gamma_per_layer():
+    gen = torch.Generator().manual_seed(0)
+    X, y, Xq, _ = T.sample_tasks(TINY, 50, gen)
+    same = T.gdpp_predictor([0.5] * 3, [0.2] * 3, 3)(X, y, Xq)
+    assert torch.equal(same, T.gdpp_predictor(0.5, 0.2, 3)(X, y, Xq))
+    # a zero second step adds nothing: two per-layer steps (0.5, 0) are one step of 0.5
+    assert torch.equal(T.gdpp_predictor([0.5, 0.0], [0.2, 0.7], 2)(X, y, Xq), T.gdpp_predictor(0.5, 0.2, 1)(X, y, Xq))
+    assert not torch.allclose(T.gdpp_predictor([0.5, 0.3], [0.2, 0.2], 2)(X, y, Xq), T.gdpp_predictor(0.5, 0.2, 2)(X, y, Xq))
+
+
 def test_plots_are_png_images_with_their_labels(tmp_path):
     import matplotlib.image
 

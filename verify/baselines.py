@@ -51,14 +51,19 @@ def heavy_ball(X, y, steps: int, lr: float, beta: float) -> torch.Tensor:
     return w[..., 0]
 
 
-def gd_plus_plus(X, y, Xq, steps: int, lr: float, gamma: float) -> torch.Tensor:
+def gd_plus_plus(X, y, Xq, steps: int, lr, gamma) -> torch.Tensor:
     """GD++ predictions (:class:`verify.reference.GDPlusPlus`): a GD step on the residuals, then
-    every input (queries too) mapped by ``I - gamma X^T X/n``."""
+    every input (queries too) mapped by ``I - gamma X^T X/n``.  ``lr`` and ``gamma``: one value
+    for every step, or one per step (a sequence or a 1-d tensor of length ``steps``, e.g. fitted
+    per layer; differentiable when tensors)."""
     n = X.shape[1]
     r, Xc, Q = y, X, Xq
     pred = torch.zeros(Xq.shape[:2], dtype=X.dtype, device=X.device)
     eye = torch.eye(X.shape[2], dtype=X.dtype, device=X.device)
-    for _ in range(steps):
+    per = lambda v: v if isinstance(v, (list, tuple)) or torch.is_tensor(v) and v.ndim == 1 else [v] * steps  # noqa: E731
+    lrs, gammas = per(lr), per(gamma)
+    for t in range(steps):
+        lr, gamma = lrs[t], gammas[t]
         g = Xc.transpose(1, 2) @ r[..., None] / n
         pred = pred + lr * (Q @ g)[..., 0]
         r = r - lr * (Xc @ g)[..., 0]
