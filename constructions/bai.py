@@ -222,6 +222,22 @@ def logistic_radius(steps: int, lr: float, x_bound: float) -> float:
     return steps * lr * x_bound * x_bound
 
 
+def _logistic_knots(steps: int, lr: float, x_bound: float, heads: int, lr_name: str = "lr"):
+    """``(R, knots, a, sigma(-R))`` for logistic GD's interpolated sigmoid (:func:`sigmoid_knots` on
+    ``[-R, R]``, ``R =`` :func:`logistic_radius`), refusing a step beyond ``8 / x_bound^2`` (the limit
+    of the error bound) and knots that are not distinct numbers."""
+    if lr * x_bound * x_bound > 8.0:
+        raise ConstructionError(f"{lr_name}={lr:.6g} exceeds 8/x_bound^2={8 / x_bound / x_bound:.6g}, the step limit "
+                                "of logistic GD's error bound")
+    radius = logistic_radius(steps, lr, x_bound)
+    with np.errstate(divide="ignore", invalid="ignore"):  # coinciding knots are refused just below
+        knots, a, base = sigmoid_knots(heads, radius)
+    if not (np.isfinite(a).all() and np.all(np.diff(knots) > 0)):
+        raise ConstructionError(f"the sigmoid's knots on [-R, R], R = steps {lr_name} x_bound^2 = {radius:.3g}, are "
+                                f"not distinct numbers; raise {lr_name} or x_bound (R must be a normal float)")
+    return radius, knots, a, base
+
+
 def sigmoid_fit_error(heads: int, radius: float) -> float:
     """``sup_{[-R, R]} |sigma - sigma_hat| <= h^2 max|sigma''| / 8``, ``h = 2R/(heads-1)``,
     ``max|sigma''| = 1/(6 sqrt 3)`` (linear-interpolation error bound)."""
@@ -256,18 +272,10 @@ def logistic_gd(d: int, steps: int, lr: float, heads: int, x_bound: float, mask_
         raise ConstructionError("heads must be >= 2 (the interpolant needs two knots)")
     parts.budget("logistic_gd", layers=steps + 1, width=2 * d + 3, heads=heads + 2, d_head=d + 2)
     lr, x_bound, mask_const = parts.real(lr, "lr"), parts.real(x_bound, "x_bound"), parts.real(mask_const, "mask_const")
-    if lr * x_bound * x_bound > 8.0:
-        raise ConstructionError(f"lr={lr:.6g} exceeds 8/x_bound^2={8 / x_bound / x_bound:.6g}, the step limit of the "
-                                "error bound")
-    radius = logistic_radius(steps, lr, x_bound)
+    radius, knots, a, base = _logistic_knots(steps, lr, x_bound, heads)
     if mask_const < max(1.0, 2 * radius):
         raise ConstructionError(f"mask_const={mask_const:.6g} must be >= max(1, 2R={2 * radius:.6g}) "
                                 "to gate out the query (|<w, x_q>| + |knot| <= 2R)")
-    with np.errstate(divide="ignore", invalid="ignore"):  # coinciding knots are refused just below
-        knots, a, base = sigmoid_knots(heads, radius)
-    if not (np.isfinite(a).all() and np.all(np.diff(knots) > 0)):
-        raise ConstructionError(f"the sigmoid's knots on [-R, R], R = steps lr x_bound^2 = {radius:.3g}, are not "
-                                "distinct numbers; raise lr or x_bound (R must be a normal float)")
     lay = _bai_layout(d)
     hs = _logistic_heads(lay, lr, knots, a, base, mask_const)
     blocks = [parts.block("relu", hs) for _ in range(steps)] + [parts.block("relu", parts.relu_readout_heads(lay, mask_const))]
@@ -435,16 +443,8 @@ def link_select(d: int, steps: int, lr: float, lr_class: float, heads: int, x_bo
         raise ConstructionError("heads must be >= 2 (the interpolant needs two knots)")
     lr, lr_class, x_bound = parts.real(lr, "lr"), parts.real(lr_class, "lr_class"), parts.real(x_bound, "x_bound")
     gamma, mask_const = parts.real(gamma, "gamma"), parts.real(mask_const, "mask_const")
-    if lr_class * x_bound * x_bound > 8.0:
-        raise ConstructionError(f"lr_class={lr_class:.6g} exceeds 8/x_bound^2={8 / x_bound / x_bound:.6g}, the step "
-                                "limit of logistic GD's error bound")
     parts.budget("link_select", layers=steps + 5, width=3 * d + 15, heads=heads + 5, d_head=d + 2, mlp=heads + 1)
-    radius = logistic_radius(steps, lr_class, x_bound)
-    with np.errstate(divide="ignore", invalid="ignore"):  # coinciding knots are refused just below
-        knots, a, base = sigmoid_knots(heads, radius)
-    if not (np.isfinite(a).all() and np.all(np.diff(knots) > 0)):
-        raise ConstructionError(f"the sigmoid's knots on [-R, R], R = {radius:.3g}, are not distinct numbers; "
-                                "raise lr_class or x_bound")
+    radius, knots, a, base = _logistic_knots(steps, lr_class, x_bound, heads, "lr_class")
     K, n = 2, n_train + n_val
     slots = [(f"{name}{k}", 1, "zero") for name in ("f", "L", "c", "u", "a") for k in range(K)]
     lay = ResidualLayout.of([("x", d, "x"), ("y", 1, "y"), ("w", d, "zero"), ("v", d, "zero"), ("logit", 1, "zero"),
@@ -592,16 +592,8 @@ def pre_icl_select(d: int, steps: int, lr: float, lr_class: float, heads: int, x
     if not BINARY_EPS_MIN <= eps <= 0.5 or threshold >= 1:
         raise ConstructionError(f"eps must be in [{BINARY_EPS_MIN:g}, 1/2] and threshold in [0, 1) (as in "
                                 f"binary_test), got eps={eps}, threshold={threshold}")
-    if lr_class * x_bound * x_bound > 8.0:
-        raise ConstructionError(f"lr_class={lr_class:.6g} exceeds 8/x_bound^2={8 / x_bound / x_bound:.6g}, the step "
-                                "limit of logistic GD's error bound")
     parts.budget("pre_icl_select", layers=steps + 2, width=3 * d + 7, heads=heads + 6, d_head=d + 2)
-    radius = logistic_radius(steps, lr_class, x_bound)
-    with np.errstate(divide="ignore", invalid="ignore"):  # coinciding knots are refused just below
-        knots, a, base = sigmoid_knots(heads, radius)
-    if not (np.isfinite(a).all() and np.all(np.diff(knots) > 0)):
-        raise ConstructionError(f"the sigmoid's knots on [-R, R], R = {radius:.3g}, are not distinct numbers; "
-                                "raise lr_class or x_bound")
+    radius, knots, a, base = _logistic_knots(steps, lr_class, x_bound, heads, "lr_class")
     lay = ResidualLayout.of([("x", d, "x"), ("y", 1, "y"), ("w", d, "zero"), ("v", d, "zero"), ("one", 1, "one"),
                              ("gate", 1, "train_gate"), ("psi", 1, "zero"), ("test", 1, "zero"), ("fr", 1, "zero"),
                              ("fc", 1, "zero")], Readout("y", 1.0))

@@ -167,9 +167,12 @@ def _rewrite(path, out, meta=None, tensors=None):
 @pytest.mark.parametrize("change, message", [
     (dict(meta={"architecture": '{"factory": "os.system", "d": 3, "layers": 1}'}), "broken metadata"),
     (dict(meta={"architecture": '{"factory": "lsa_model", "d": 3, "layers": 10000000}'}), "size limit"),
-    (dict(meta={"architecture": '{"factory": "lsa_model", "d": 4, "layers": 1, "label_channels": false}'}),
+    (dict(meta={"architecture": '{"factory": "lsa_model", "d": 3, "layers": 2, "label_channels": false}'}),
      "do not fit"),
     (dict(meta={"task": "[1, 2"}), "broken metadata"),
+    (dict(meta={"architecture": '{"factory": "lsa_model", "d": 3, "layers": 1, "heads": 2}'}), "broken metadata"),
+    (dict(meta={"task": '{"d": 5, "n": 6}'}), "broken metadata"),
+    (dict(meta={"task": '{"d": 3, "n": "6"}'}), "broken metadata"),
     (dict(meta={"format": "icl-constructions/1"}), "not a trained checkpoint"),
     (dict(tensors={"blocks.0.attn.W_Q": torch.full((1, 4, 4), float("nan"), dtype=torch.float64)}), "NaN"),
 ])
@@ -206,3 +209,17 @@ def test_an_existing_file_is_not_replaced_by_a_checkpoint_unless_asked(tmp_path,
     assert target.read_text() == "my notes"
     T.save_checkpoint(T.lsa_model(3, 1), target, TINY, overwrite=True)
     assert T.load_trained(target)[1] == TINY
+
+
+def test_a_diverging_run_and_misused_helpers_are_refused():
+    with pytest.raises(ConstructionError, match="diverged"):
+        T.train(T.lsa_model(3, 1, init_std=1.0), T.TaskConfig(d=3, n=6, x_range=1e120), steps=3, batch=8,
+                progress=False)
+    gen = torch.Generator().manual_seed(0)
+    X, y, Xq, _ = T.sample_tasks(TINY, 5, gen)
+    with pytest.raises(ConstructionError, match="one lr and one gamma"):
+        T.gdpp_predictor([0.5, 0.5], 0.2, 3)(X, y, Xq)
+    with pytest.raises(ConstructionError, match="one-head linear"):
+        T.effective_precond(T.softmax_model(3, layers=1), 3)
+    with pytest.raises(ConstructionError, match="one-head linear"):
+        T.effective_precond(T.lsa_model(3, 1), 4)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from constructions.errors import ConstructionError
+
 
 def gd(X, y, steps: int, lr: float | None = None, lam: float = 0.0, precond=None, link=None) -> torch.Tensor:
     """``steps`` steps of ``w <- w - P (X^T (link(Xw) - y)/n + lam w)`` from 0, ``P = lr I`` or
@@ -62,6 +64,9 @@ def gd_plus_plus(X, y, Xq, steps: int, lr, gamma) -> torch.Tensor:
     eye = torch.eye(X.shape[2], dtype=X.dtype, device=X.device)
     per = lambda v: v if isinstance(v, (list, tuple)) or torch.is_tensor(v) and v.ndim == 1 else [v] * steps  # noqa: E731
     lrs, gammas = per(lr), per(gamma)
+    if len(lrs) != steps or len(gammas) != steps:
+        raise ConstructionError(f"GD++ over {steps} steps needs one lr and one gamma, or {steps} of each; got "
+                                f"{len(lrs)} and {len(gammas)}")
     for t in range(steps):
         lr, gamma = lrs[t], gammas[t]
         g = Xc.transpose(1, 2) @ r[..., None] / n

@@ -173,7 +173,14 @@ def train(model: Transformer, task: TaskConfig, steps: int, batch: int = 512, lr
         if antithetic:
             X, y, Xq, yq = torch.cat([X, X]), torch.cat([y, -y]), torch.cat([Xq, Xq]), torch.cat([yq, -yq])
         X, y, Xq, yq = (a.to(device) for a in (X, y, Xq, yq))
-        loss = 0.5 * ((f(X, y, Xq) - yq) ** 2).mean()
+        diverged = (f"training diverged at step {step} (lr={lr:g}): lower lr or the task's scale (x_range, cov, "
+                    "noise)")
+        try:
+            loss = 0.5 * ((f(X, y, Xq) - yq) ** 2).mean()
+        except ConstructionError as e:  # the readout refuses a stream that overflowed
+            raise ConstructionError(f"{diverged}; {e}") from None
+        if not torch.isfinite(loss):
+            raise ConstructionError(f"{diverged}; the loss is {float(loss)}")
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
@@ -241,13 +248,18 @@ def load_trained(path) -> tuple[Transformer, TaskConfig, dict]:
             try:
                 arch, task, training = (json.loads(meta[k]) for k in ("architecture", "task", "training"))
                 factory = arch.pop("factory")
-                ok = all(isinstance(v, bool) if k == "label_channels" else
-                         isinstance(v, int) and not isinstance(v, bool) and 1 <= v for k, v in arch.items())
-                if factory not in ARCHITECTURES or not ok:
+                known = {"lsa_model": {"d", "layers", "label_channels"}, "softmax_model": {"d", "layers", "heads", "mlp"}}
+                ok = factory in ARCHITECTURES and {"d", "layers"} <= set(arch) <= known[factory] and all(
+                    isinstance(v, bool) if k == "label_channels" else
+                    isinstance(v, int) and not isinstance(v, bool) and 1 <= v for k, v in arch.items())
+                if not ok:
                     raise ValueError(f"architecture {factory!r} {arch}")
                 if isinstance(task.get("cov"), list):
                     task["cov"] = tuple(map(tuple, task["cov"]))
                 task = TaskConfig(**task)
+                if task.d != arch["d"] or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
+                                                  for v in (task.d, task.n)):
+                    raise ValueError(f"task {task} for an architecture of d = {arch['d']}")
             except (KeyError, ValueError, TypeError, AttributeError, RecursionError) as e:
                 raise ConstructionError(f"{path} has broken metadata ({type(e).__name__}: {e})") from None
             D = layout(arch["d"]).width
@@ -331,6 +343,9 @@ def _lsa_blocks(model: Transformer, d: int):
     """A trained LSA layer's blocks of ``QK = W_Q W_K^T`` and ``OV = W_V W_O`` that act on the
     query's prediction: ``A = QK[x, x]``, ``b = QK[x, y]``, ``c = OV[x, y]``, ``e = OV[y, y]``."""
     a = model.blocks[0].attn
+    if a is None or a.kind != "linear" or a.W_Q.shape[0] != 1 or a.W_Q.shape[1] != layout(d).width:
+        raise ConstructionError(f"expected a one-head linear self-attention layer on the width-{layout(d).width} "
+                                "stream (verify.train.lsa_model with this d)")
     QK = (a.W_Q[0] @ a.W_K[0].T).detach()
     OV = (a.W_V[0] @ a.W_O[0]).detach()
     x, y = layout(d)["x"].index, layout(d)["y"].start
