@@ -118,6 +118,86 @@ def relu_gd(d: int, steps: int, lr: float, lam: float = 0.0, mask_const: float =
                         n_readout=1, mask_query=False, domain=domain)
 
 
+def _decoder_layout(d: int) -> ResidualLayout:
+    spec = [("x", d, "x"), ("y", 1, "y"), ("w", d, "zero"), ("one", 1, "one"), ("pred", 1, "zero")]
+    return ResidualLayout.of(spec, Readout("pred", 1.0))
+
+
+DECODER_ATTENTION = ("relu", "linear")
+
+
+def decoder_gd(d: int, steps: int, lr: float, attention: str = "relu") -> Construction:
+    """GD at every prefix: a decoder (causal) transformer predicting each y_i from the examples
+    before it (Bai et al. 2023, App. B, Prop. B.1: the decoder version of ICGD, square loss).
+
+    **Theorem** (Bai et al. 2023, Prop. B.1; the layout is ours).  On a prompt ``(x_1, y_1), ...,
+    (x_n, y_n)`` followed by queries, after step layer t the ``w`` slot of context token i
+    (1-based) is the GD iterate ``w_t`` on the ``i - 1`` examples before it,
+    ``L_i(w) = 1/(2 ((i-1) v 1)) sum_{j<i} (w.x_j - y_j)^2``, from ``w_0 = 0`` (so 0 at i = 1); the
+    ``w`` slot of every query is GD's ``w_t`` on all n examples.  The readout layer writes
+    ``<w, x>`` of every token into its ``pred`` slot: at context token i the prediction of y_i from
+    the examples before it, at a query the prediction from all n (``trace()``, as for
+    :func:`relu_gd`).  :func:`prefix_predictions` reads every position.
+
+    **Proof sketch.**  Each step layer is strictly causal attention (token i sees the context keys
+    j < i, queries see all n) whose divisor is the number of keys a row sees, at least 1
+    (``divisor="keys"``: Bai's ``1/((i-1) v 1)``).  Its score is ``(w_i, -1).(x_j, y_j) = w_i.x_j -
+    y_j`` and its value ``-lr x_j`` (``attention="linear"``: one head; ``"relu"``: the sign split
+    ``relu(z) - relu(-z) = z``, two heads), which adds ``-lr grad L_i(w_i)`` to token i's own
+    iterate.  The readout head is a ``"self"`` head (each token attends to itself only, a sliding
+    window of one token): score ``w_i.x_i``, value 1, into ``pred``.  No gate or masking constant
+    is needed: the masks, not a large score offset, keep queries and later tokens out.
+
+    **Resources.**  ``steps + 1`` layers; 1 head per layer (linear) or 2 (ReLU); width ``2d + 3``;
+    no MLP.
+
+    **Exactness.**  Exact (float64 round-off).
+
+    **Domain.**  GD is stable on every prefix: ``lr * lambda_max(X_{<i}^T X_{<i}/((i-1) v 1)) <= 2``
+    for every i (:func:`constructions.parts.prefix_step_check`; a prefix of one example has
+    curvature ``|x_1|^2``, so a step stable for the whole prompt can diverge on a short prefix).
+    """
+    d, steps = parts.positive_int(d, "d"), parts.positive_int(steps, "steps")
+    lr = parts.real(lr, "lr")
+    if not isinstance(attention, str) or attention not in DECODER_ATTENTION:
+        raise ConstructionError(f"attention must be one of {DECODER_ATTENTION}, got {attention!r}")
+    parts.budget("decoder_gd", layers=steps + 1, width=2 * d + 3, heads=2, d_head=d + 1)
+    lay = _decoder_layout(d)
+    gd = parts.bilinear_heads(lay, {"w": np.eye(d, d + 1), "one": -np.eye(d + 1)[d:]},
+                              {"x": np.eye(d, d + 1), "y": np.eye(d + 1)[d:]}, {"x": np.eye(d)}, {"w": -lr * np.eye(d)},
+                              d + 1, attention)
+    readout = parts.bilinear_heads(lay, {"w": np.eye(d)}, {"x": np.eye(d)}, {"one": [[1.0]]}, {"pred": [[1.0]]}, d,
+                                   attention)
+    blocks = [parts.block(attention, gd, causal="strict", divisor="keys") for _ in range(steps)]
+    blocks.append(parts.block(attention, readout, causal="self", divisor="keys"))
+    return Construction("decoder_gd", dict(d=d, steps=steps, lr=lr, attention=attention), blocks, lay, d, n_readout=1,
+                        domain=parts.prefix_step_check(lr))
+
+
+def prefix_predictions(c: Construction, X, y, Xq, check: bool = True):
+    """The ``pred`` slot of every token after the last layer, ``[B, n + m]`` (unbatched ``[n + m]``):
+    for :func:`decoder_gd`, position i's prediction of y_i from the examples before it, then the
+    queries' predictions from all n."""
+    if "pred" not in c.layout:
+        raise ConstructionError(f"{c.name} has no pred slot; prefix_predictions reads decoder_gd's")
+    return c.residuals(X, y, Xq, check)[-1, ..., c.layout["pred"].start]
+
+
+def prefix_gd(X, y, steps: int, lr) -> tuple[np.ndarray, np.ndarray]:
+    """GD on each prefix ``X[:, :i]`` (i = 0..n-1; i = 0 is the empty prefix, whose iterate stays
+    0) by the reference :class:`verify.reference.GD` (floats or Fractions): the iterates
+    ``[steps + 1, B, n, d]`` and their magnitudes ``[steps + 1, B, n]`` (``GD.magnitude_``)."""
+    X, y = np.asarray(X), np.asarray(y)
+    B, n, d = X.shape
+    ws, mags = np.zeros((steps + 1, B, n, d), dtype=X.dtype), np.zeros((steps + 1, B, n), dtype=X.dtype)
+    if X.dtype == object:
+        ws[...], mags[...] = Fraction(0), Fraction(0)
+    for i in range(1, n):
+        ref = GD(steps, lr=lr).fit(X[:, :i], y[:, :i])
+        ws[:, :, i], mags[:, :, i] = ref.iterates_, ref.magnitude_
+    return ws, mags
+
+
 def lasso_ista(d: int, steps: int, lr: float, lam: float, mask_const: float = 1e9) -> Construction:
     """LASSO by proximal gradient descent (ISTA) in context (Bai et al. 2023, Thm 10, Prop. C.1).
 
@@ -637,6 +717,106 @@ def _relu_gd_case(p, k):
     return relu_gd(p.spec.d, k.steps, lr, mask_const=mask), GD(k.steps, lr=lr)
 
 
+def _decoder_case(p, k):
+    """A step stable on every prefix; linear attention on even seeds, ReLU on odd ones."""
+    lr = float(k.lr_factor / parts.prefix_lambda_max(torch.from_numpy(p.X)).max())
+    return decoder_gd(p.spec.d, k.steps, lr, DECODER_ATTENTION[1 - k.seed % 2]), GD(k.steps, lr=lr)
+
+
+def _decoder_bounds(p, k, c):
+    """Every context position after every step: its ``w`` slot against GD on the examples before
+    it, and the readout applied there (its ``pred`` slot) against ``<w_t, x_i>``; arrays
+    ``[S, B, n]`` (tolerance model, scale = the prefix GD's running magnitude, times |x_i| for the
+    prediction)."""
+    n, nk = p.spec.n, c.n_keys(p.spec.n)
+    ws, mags = prefix_gd(p.X, p.y, c.steps, c.params["lr"])
+    hs = torch.as_tensor(np.asarray(c.residuals(*p.arrays), dtype=np.float64)).to(c.dtype)  # [L+1, B, T, D]
+    lay, xn = c.layout, np.linalg.norm(p.X, axis=-1)
+    with torch.no_grad():
+        preds = np.stack([c.model(h, nk, norm=n, start=c.n_step_blocks)[:, :n, lay["pred"].start].double().numpy()
+                          for h in hs[1:c.n_step_blocks + 1]])  # [S, B, n]
+    W = hs[1:c.n_step_blocks + 1, :, :n, lay["w"].index].double().numpy()
+    scale = np.maximum.accumulate(mags, axis=0)[1:]
+    dev_w = np.abs(W - ws[1:]).max(-1)
+    dev_p = np.abs(preds - np.einsum("sbnd,bnd->sbn", ws[1:], p.X))
+    tol_w = tolerance(c.dtype, n, p.spec.d, scale)
+    tol_p = tolerance(c.dtype, n, p.spec.d, scale * xn[None])
+    return Comparison(dev_w, np.zeros_like(dev_w), tol_w, scale).join(
+        Comparison(dev_p, np.zeros_like(dev_p), tol_p, scale * xn[None]))
+
+
+def decoder_exact() -> Outcome:
+    """decoder_gd (d = 2, 3 steps, both attention kinds) equals GD on every prefix in exact
+    rational arithmetic: the w slot of every token after every step and the prediction at every
+    position; every ReLU head's scores both positive and non-positive over the prompts."""
+    from verify import exact as ex
+
+    lr = Fraction(LR)
+    for attention in DECODER_ATTENTION:
+        c = decoder_gd(2, 3, float(lr), attention)
+        gates = ex.ReluGates()
+        for X, y, Xq in _rational_prompts(B=2, n=5, d=2, m=2):
+            hs = ex.residuals(c, X, y, Xq, record=gates)
+            ws, _ = prefix_gd(ex.to_exact(X), ex.to_exact(y), 3, lr)
+            full = GD(3, lr=lr).fit(ex.to_exact(X), ex.to_exact(y)).iterates_
+            w = c.layout["w"].index
+            for t in range(1, 4):
+                if not ((hs[t][:, :5, w] == ws[t]).all() and (hs[t][:, 5:, w] == full[t][:, None]).all()):
+                    return Outcome(False, f"decoder_gd({attention}): the w slot after step {t} differs from GD "
+                                          "on a prefix in exact arithmetic")
+            pred = hs[-1][..., c.layout["pred"].start]
+            want = np.concatenate([np.einsum("bnd,bnd->bn", ws[-1], ex.to_exact(X)),
+                                   np.einsum("bmd,bd->bm", ex.to_exact(Xq), full[-1])], 1)
+            if not (pred == want).all():
+                return Outcome(False, f"decoder_gd({attention}): a position's prediction differs from <w, x> of "
+                                      "GD on its prefix in exact arithmetic")
+        if gates.stuck():
+            return Outcome(False, f"the proof's prompts are not generic: gates never switched {gates.stuck()}")
+    return Outcome(True, "decoder_gd(d=2, 3 steps; linear and ReLU) = GD on every prefix exactly on 3x2 rational "
+                         "prompts (n=5, m=2): every token's w after every step, every position's prediction")
+
+
+#: the prefix-risk report's setting: d, n, steps, lr, noise, prompts
+DECODER_RISK = dict(d=5, n=20, steps=20, lr=1.5, noise=0.1, prompts=2000)
+
+
+def decoder_risk(seed: int = 0, **setting) -> dict:
+    """The prefix-risk curve of :func:`decoder_gd`: ``E (y_hat_i - y_i)^2`` at every position i
+    (predicting y_i from the i - 1 examples before it), measured on the transformer's output, beside
+    least squares (min-norm) and Bayes ridge (``lam = sigma^2/(i-1)``, w ~ N(0, I)) on the same prefixes.
+    Inputs x uniform on the unit sphere (every prefix's curvature is at most 1, so ``lr <= 2`` is
+    stable on every prefix), w ~ N(0, I_d), label noise sigma."""
+    S = {**DECODER_RISK, **setting}
+    d, n, B, sigma = S["d"], S["n"], S["prompts"], S["noise"]
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(B, n, d))
+    X /= np.linalg.norm(X, axis=-1, keepdims=True)
+    y = np.einsum("bnd,bd->bn", X, rng.normal(size=(B, d))) + sigma * rng.normal(size=(B, n))
+    c = decoder_gd(d, S["steps"], S["lr"], "linear")
+    pred = prefix_predictions(c, X, y, X[:, -1:])[:, :n]
+    ls, bayes = np.zeros((B, n)), np.zeros((B, n))
+    for i in range(1, n):
+        Xi, yi = X[:, :i], y[:, :i]
+        ls[:, i] = np.einsum("bd,bd->b", (np.linalg.pinv(Xi) @ yi[..., None])[..., 0], X[:, i])
+        A = np.einsum("bni,bnj->bij", Xi, Xi) / i + sigma**2 / i * np.eye(d)
+        bayes[:, i] = np.einsum("bd,bd->b", np.linalg.solve(A, np.einsum("bnd,bn->bd", Xi, yi)[..., None] / i)[..., 0],
+                                X[:, i])
+    risk = lambda p: ((p - y) ** 2).mean(0)  # noqa: E731
+    return dict(setting=S, transformer=risk(pred), least_squares=risk(ls), bayes_ridge=risk(bayes))
+
+
+def _decoder_report(seed: int) -> str:
+    r = decoder_risk(seed)
+    S, at = r["setting"], [i for i in (1, 2, 3, 5, 8, 12, 16, 20) if i <= r["setting"]["n"]]
+    row = lambda name, v: f"  {name:<34}" + "".join(f"{v[i - 1]:>8.3f}" for i in at)  # noqa: E731
+    return "\n".join([
+        f"bai23-decoder, prefix risk E(y_hat_i - y_i)^2 at position i (predicting y_i from the i-1 examples before it; "
+        f"d={S['d']}, x on the unit sphere, w ~ N(0, I), sigma={S['noise']}, {S['prompts']} prompts, seed {seed}):",
+        f"  {'position i':<34}" + "".join(f"{i:>8d}" for i in at),
+        row(f"decoder_gd, {S['steps']} steps, lr {S['lr']:g}", r["transformer"]),
+        row("least squares (min-norm)", r["least_squares"]), row("ridge, Bayes lambda = sigma^2/(i-1)", r["bayes_ridge"])])
+
+
 def _relu_ridge_case(p, k):
     lam = ridge_lam(p.X, k.log10_lam)
     lr = stable_lr(p.X, k.lr_factor, lam)
@@ -1069,6 +1249,22 @@ register(
 )
 
 register(
+    decoder_gd, summary="one GD step at every prefix: strictly causal attention divided by each row's key count, a "
+                        "self-attending readout", source="Bai et al. 2023, App. B, Prop. B.1", exactness="exact",
+    paper_resources="Prop. B.1: the encoder construction's layers and heads, with causal attention",
+    bench=Bench(lambda d, n: dict(steps=10, lr=0.01), baseline=_gd_baseline),
+    claims=[
+        Claim("bai23-decoder", "Bai et al. 2023", "App. B, Prop. B.1 (decoder-based ICGD)",
+              "a causal transformer: after layer t every context token i holds GD's w_t on the i-1 examples before it "
+              "(divisor (i-1) v 1), every query GD's w_t on all n; the readout predicts y_i at every position and the "
+              "queries from all n (linear and ReLU attention)",
+              "GD iterates on every prefix (numpy)", _decoder_case, GD, bounds=_decoder_bounds,
+              report=_decoder_report,
+              proof=Proof("exact-rational", (Part("exact decoder_gd", decoder_exact),))),
+    ],
+)
+
+register(
     lasso_ista, summary="one ISTA step: attention GD and a soft-threshold ReLU MLP", source="Bai et al. 2023, Thm 10",
     exactness="exact per step; gap O(1/L)",
     paper_resources='Thm 10 / Prop. C.1: 2 heads, soft threshold in an MLP of hidden size 4d; O(βB_w²/ε) layers',
@@ -1246,7 +1442,7 @@ register_paper(Paper(
         Result("Prop. 15, Thm 16", "post-ICL validation: ridge for several lambda, selection by validation loss",
                ("bai23-selection",)),
         Result("Lemma 18, Cor. H.1", "pre-ICL testing: are all labels binary?", ("bai23-binary-test",)),
-        Result("Prop. B.1", "decoder (causal) versions predicting at every prefix", (), "not yet (bai23-decoder)"),
+        Result("Prop. B.1", "decoder (causal) versions predicting at every prefix", ("bai23-decoder",)),
         Result("Thm C.1", "proximal steps beyond l1 (l2 squared, box projection)", ("bai23-prox",)),
         Result("Thm 17, App. I.1", "noise-level selection among Bayes ridge estimators", ("bai23-noise-selection",)),
         Result("Prop. 19, App. H.4", "regression or classification, chosen by the binary test",

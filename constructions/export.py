@@ -16,8 +16,8 @@ In both, heads, head width and MLP width are zero-padded to the largest block, b
 the MLP's are 0, and the token and position embeddings and the unembedding are unused zeros.
 
 **The attention is built in.**  TransformerLens attention is softmax over all tokens; the
-toolkit's attention (its divisor n, its query mask, linear and ReLU kinds, causal heads and the
-null logit) is applied by *permanent* hooks on every ``blocks.{l}.attn.hook_pattern``, from the
+toolkit's attention (its divisor n or each row's key count, its query mask, linear, ReLU and exp
+kinds, causal, strictly causal and self-only masks, and the null logit) is applied by *permanent* hooks on every ``blocks.{l}.attn.hook_pattern``, from the
 raw scores ``q·k`` (read at ``hook_attn_scores`` in 3.x; computed from ``hook_q`` and ``hook_k``
 in 4.x, whose native attention fires its score hook only after the pattern).  An MLP that reads
 ``LayerNorm(h)`` gets it from the model's parameter-free ``LNPre`` (3.x; the other blocks'
@@ -43,7 +43,7 @@ import torch
 
 from . import parts
 from .errors import ConstructionError
-from .spec import attention_pattern
+from .spec import attention_pattern, hidden_keys, key_count
 
 
 def _major() -> int:
@@ -210,10 +210,10 @@ def _builtin_hooks(model, c, ln_eps, major: int) -> list:
             if n_keys > s.shape[-1]:
                 raise ConstructionError(f"prompt(model, n_keys={n_keys}, ...) names more key tokens than the stream "
                                         f"has ({s.shape[-1]}); pass c.n_keys(n) for a prompt of n examples")
-            keys = n_keys if c.mask_query else s.shape[-1]
+            keys = key_count(a.causal, n_keys, s.shape[-1], c.mask_query)
             s = s[..., :keys]
-            future = torch.ones(s.shape[-2], keys, dtype=torch.bool, device=s.device).triu(1) if a.causal else None
-            new = attention_pattern(a.kind, s, norm, a.null_score, future)
+            new = attention_pattern(a.kind, s, norm, a.null_score, hidden_keys(a.causal, s.shape[-2], keys, s.device),
+                                    a.divisor)
             return torch.nn.functional.pad(new, (0, pat.shape[-1] - keys))
 
         if major < 4:

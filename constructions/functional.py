@@ -32,7 +32,8 @@ import torch
 
 from verify.claims import Claim, Outcome, Part, Proof
 from verify.prompts import PromptSpec
-from verify.reference import KernelGD
+from verify.prompts import Prompt
+from verify.reference import KernelGD, kernel_matrix
 from verify.tolerance import Comparison, C, eps
 
 from . import parts
@@ -57,13 +58,18 @@ def _kernels(heads, d: int) -> list[np.ndarray]:
     return [parts.real_array(W, f"heads[{h}]", (d, d)) for h, W in enumerate(heads)]
 
 
-def functional_gd(d: int, steps: int, lr: float, lam: float = 0.0, heads=None) -> Construction:
-    """Each layer is one step of functional GD in the ReLU attention's kernel space.
+KERNELS = ("relu", "exp")
+
+
+def functional_gd(d: int, steps: int, lr: float, lam: float = 0.0, heads=None, kernel: str = "relu") -> Construction:
+    """Each layer is one step of functional GD in the attention's kernel space (ReLU or exp attention).
 
     **Theorem** (Cheng et al. 2023, functional GD by nonlinear attention; ReLU attention).
     After layer t the query readout is ``f_t(x_q)``, where ``f_0 = 0`` and
     ``f_{t+1} = (f_t + (lr/n) sum_i (y_i - f_t(x_i)) K(., x_i)) / (1 + lr lam)`` with the kernel
-    ``K(x, x') = sum_h relu(x^T W_h x')`` (``heads = [W_1, ...]``, default ``[I]``).  Its fixed point is
+    ``K(x, x') = sum_h relu(x^T W_h x')`` (``heads = [W_1, ...]``, default ``[I]``), or with
+    ``kernel="exp"`` ``K(x, x') = sum_h exp(x^T W_h x')``, the kernel of exponential attention (Cheng
+    et al.'s exp / softmax-type kernels: the softmax's numerator without its normaliser).  Its fixed point is
     kernel ridge ``f*(x) = k(x)^T (K + n lam I)^{-1} y``, reached at the rate
     ``rho = max_i |1 - lr kappa_i/n| / (1 + lr lam)`` (``kappa_i`` the eigenvalues of the Gram
     matrix K, symmetric when every W_h is): the query's error is at most ``|k(x_q)| rho^t |alpha|``
@@ -71,7 +77,8 @@ def functional_gd(d: int, steps: int, lr: float, lam: float = 0.0, heads=None) -
 
     **Proof.**  By induction on t, with ``y`` holding ``r_i`` on context tokens and ``-f_t(x_q)`` on
     queries: head h adds ``-(1/n) sum_i relu(lr x_j^T W_h x_i) r_i = -(lr/n) sum_i relu(x_j^T W_h x_i) r_i``
-    (lr > 0) to token j's ``y``; for a context token that is ``r_j - (lr/n) sum_i K(x_j, x_i) r_i =
+    (lr > 0; an exp head scores ``x_j^T W_h x_i`` and carries lr in its output, since exp is not
+    homogeneous) to token j's ``y``; for a context token that is ``r_j - (lr/n) sum_i K(x_j, x_i) r_i =
     y_j - (f_t + (lr/n) sum_i r_i K(., x_i))(x_j)``, for the query the same with its ``-f``; the MLP
     then maps ``y`` to ``(y + lr lam y0)/(1 + lr lam)``, which is the new residual on context tokens
     and ``-f_{t+1}(x_q)`` on queries (``y0 = 0`` there).  Checked in exact rational arithmetic
@@ -82,9 +89,10 @@ def functional_gd(d: int, steps: int, lr: float, lam: float = 0.0, heads=None) -
     term's prox are explicit, and the loss has the toolkit's ``1/(2n)``.
 
     **Resources.**  ``steps`` layers, H heads of width d, width ``d + 1`` (``d + 2`` with the
-    ridge term's ``y0``), ReLU attention; an MLP of 2 units per layer when lam > 0.
+    ridge term's ``y0``), ReLU (or exp) attention; an MLP of 2 units per layer when lam > 0.
 
-    **Exactness.**  Exact (float64 round-off).
+    **Exactness.**  Exact (float64 round-off).  The exp kernel cannot be evaluated in exact rational
+    arithmetic, so its form is checked in floats only (``cheng23-exp-kernel``).
 
     **Domain.**  ``lr > 0``, ``lam >= 0``, every ``W_h`` finite ``[d, d]``; the iteration may diverge
     for a step beyond the kernel's stability (the overflow check refuses inf).
@@ -99,15 +107,21 @@ def functional_gd(d: int, steps: int, lr: float, lam: float = 0.0, heads=None) -
     c = shrink(lr, lam)
     mlp = parts.units_mlp(lay, "relu", [({"y0": [c], "y": [-c]}, 0.0, {"y": [1.0]}),
                                         ({"y0": [-c], "y": [c]}, 0.0, {"y": [-1.0]})]) if lam else None
-    blocks = [parts.block("relu", [parts.gd_head(lay, lr * W) for W in Ws], mlp) for _ in range(steps)]
-    params = dict(d=d, steps=steps, lr=lr, lam=lam, heads=[W.tolist() for W in Ws])
+    if not isinstance(kernel, str) or kernel not in KERNELS:
+        raise ConstructionError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    if kernel == "relu":  # relu is positively homogeneous: lr goes into the score
+        heads_ = [parts.gd_head(lay, lr * W) for W in Ws]
+    else:  # exp is not: the score is x_j^T W x_i and lr scales the output
+        heads_ = [dict(h, W_O=lr * h["W_O"]) for h in (parts.gd_head(lay, W) for W in Ws)]
+    blocks = [parts.block(kernel, heads_, mlp) for _ in range(steps)]
+    params = dict(d=d, steps=steps, lr=lr, lam=lam, heads=[W.tolist() for W in Ws], kernel=kernel)
     return Construction("functional_gd", params, blocks, lay, d)
 
 
 def _reference(c, shrink_value=None) -> KernelGD:
     p = c.params
     return KernelGD(p["steps"], p["lr"], shrink(p["lr"], p["lam"]) if shrink_value is None else shrink_value,
-                    [np.asarray(W) for W in p["heads"]])
+                    [np.asarray(W) for W in p["heads"]], p.get("kernel", "relu"))
 
 
 def _heads(k, d: int) -> list[np.ndarray]:
@@ -121,27 +135,35 @@ def _heads(k, d: int) -> list[np.ndarray]:
     return out
 
 
-def _gram(X, Ws):
-    return sum(np.maximum(np.einsum("bjd,de,bie->bji", X, W, X), 0) for W in Ws)
+def _gram(X, Ws, kernel: str = "relu"):
+    return kernel_matrix(X, X, Ws, kernel)
 
 
-def _stable(p, k, Ws):
+def _stable(p, k, Ws, kernel: str = "relu"):
     """A rate and ridge at which the iteration contracts on every prompt of the batch:
     ``lam = lam_min + 10^log10_lam`` with ``lam_min = max(0, -kappa_min/n)`` and
     ``lr = lr_factor / (kappa_max/n + lam)`` (lr_factor < 2: then rho < 1)."""
-    K = _gram(p.X, Ws)
+    K = _gram(p.X, Ws, kernel)
     ev = np.linalg.eigvalsh(K) / p.X.shape[1]
     lam = max(0.0, float(-ev.min())) + 10.0**k.log10_lam
     lr = k.lr_factor / (float(ev.max()) + lam)
     return lr, lam
 
 
-def _case(p, k):
+def _case(p, k, kernel: str = "relu"):
     Ws = _heads(k, p.spec.d)
-    lr, lam = _stable(p, k, Ws)
+    lr, lam = _stable(p, k, Ws, kernel)
     lam = lam if k.seed % 2 else 0.0  # plain functional GD on half of the prompts
-    c = functional_gd(p.spec.d, k.steps, lr, lam, Ws)
+    c = functional_gd(p.spec.d, k.steps, lr, lam, Ws, kernel)
     return c, _reference(c)
+
+
+def _exp_case(p, k):
+    """The exp kernel on inputs scaled into the unit ball (scores |x_j^T W x_i| <= 1.5, so the kernel's
+    values stay within e^{+-1.5}; the prompt is adapted, as a case may)."""
+    s = 1.01 * max(float(np.linalg.norm(np.concatenate([p.X, p.Xq], 1), axis=-1).max()), 1e-300)
+    q = Prompt(X=p.X / s, y=p.y, Xq=p.Xq / s, w_star=p.w_star, spec=p.spec)
+    return (*_case(q, k, "exp"), q)
 
 
 def check_kernel_ridge(prompt, knobs) -> Comparison:
@@ -205,9 +227,11 @@ def _baseline(prep, c):
     Ws = [torch.tensor(W, dtype=X.dtype, device=X.device) for W in c.params["heads"]]
     lr, cs, steps = c.params["lr"], shrink(c.params["lr"], c.params["lam"]), c.params["steps"]
 
+    phi = torch.relu if c.params.get("kernel", "relu") == "relu" else torch.exp
+
     def run():
-        K = sum(torch.relu(X @ W @ X.transpose(-1, -2)) for W in Ws)
-        Kq = sum(torch.relu(Xq @ W @ X.transpose(-1, -2)) for W in Ws)
+        K = sum(phi(X @ W @ X.transpose(-1, -2)) for W in Ws)
+        Kq = sum(phi(Xq @ W @ X.transpose(-1, -2)) for W in Ws)
         r, f = y.clone(), torch.zeros(Xq.shape[:2], dtype=X.dtype, device=X.device)
         for _ in range(steps):
             r, f = r - lr / X.shape[1] * (K @ r[..., None])[..., 0], f + lr / X.shape[1] * (Kq @ r[..., None])[..., 0]
@@ -229,6 +253,13 @@ register(
               "K = sum_h relu(x^T W_h x'): functional GD (lam = 0) or its proximal form for kernel ridge",
               "kernel GD (numpy)", _case, KernelGD, prompt=dict(n=(2, 24)),
               proof=Proof("exact-rational", (Part("exact functional_gd", functional_exact),))),
+        Claim("cheng23-exp-kernel", "Cheng et al. 2023", "functional GD by exp attention (softmax-type kernel)",
+              "with exp attention (the softmax's numerator, no normaliser) the heads sum kernels exp(x^T W_h x'), and "
+              "after layer t the readout is f_t(x_q) of functional GD (or its proximal form) in that kernel's space",
+              "kernel GD with the exp kernel (numpy)", _exp_case, KernelGD, variant="exp", prompt=dict(n=(2, 24)),
+              proof=Proof("none", note="no proof in exact arithmetic: exp of a rational is not rational; the same induction "
+                                       "as cheng23-functional-gd with the kernel changed, checked in floats on every "
+                                       "layer")),
         Claim("cheng23-kernel-ridge", "Cheng et al. 2023", "functional GD converges to kernel ridge",
               "with symmetric kernels and a contracting step, the context error to kernel ridge f* = k^T (K + n lam I)^{-1} y "
               "shrinks by rho = max|1 - lr kappa/n|/(1 + lr lam) per layer, and the query readout is within the "
@@ -246,6 +277,6 @@ register_paper(Paper(
                                                 "heads summing kernels", ("cheng23-functional-gd",)),
         Result("convergence", "the iteration converges to kernel ridge at the Gram matrix's rate",
                ("cheng23-kernel-ridge",)),
-        Result("exp / softmax-type kernels", "the kernel attention the exponential nonlinearity defines", (),
-               "not yet (cheng23-functional-gd, exp kernel)"),
+        Result("exp / softmax-type kernels", "the kernel attention the exponential nonlinearity defines",
+               ("cheng23-exp-kernel",)),
     )))

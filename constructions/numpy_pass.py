@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from .spec import BlockSpec, attention_pattern
+from .spec import BlockSpec, attention_pattern, hidden_keys, key_count
 
 
 def numpy_forward(blocks: list[BlockSpec], h: np.ndarray, n_context: int, mask_query: bool = True,
@@ -29,15 +29,15 @@ def numpy_forward(blocks: list[BlockSpec], h: np.ndarray, n_context: int, mask_q
     for l, spec in enumerate(blocks):
         if spec.attn is not None:
             a = spec.attn
-            keys = h[:, :n_context] if mask_query else h
-            future = np.triu(np.ones((h.shape[1], keys.shape[1]), dtype=bool), 1) if a.causal else None
+            keys = h[:, :key_count(a.causal, n_context, h.shape[1], mask_query)]
+            future = hidden_keys(a.causal, h.shape[1], keys.shape[1], numpy=True)
             out = 0
             for i, (WQ, WK, WV, WO) in enumerate(zip(*(convert(getattr(a, k)) for k in ("W_Q", "W_K", "W_V", "W_O")))):
                 q, k, v = h @ WQ, keys @ WK, keys @ WV
                 scores = q @ k.transpose(0, 2, 1)
                 if record is not None and a.kind == "relu":
                     record(l, "head", i, scores)
-                pattern = attention_pattern(a.kind, scores, norm, a.null_score, future)
+                pattern = attention_pattern(a.kind, scores, norm, a.null_score, future, a.divisor)
                 out = out + pattern @ v @ WO
             h = h + out
         if spec.mlp is not None:

@@ -229,6 +229,17 @@ def product_head(lay: ResidualLayout, q: dict, v: dict, o: dict, e: int = 1) -> 
                 W_O=lay.write(o, ev))
 
 
+def bilinear_heads(lay: ResidualLayout, q: dict, k: dict, v: dict, o: dict, e: int, kind: str = "linear") -> list[dict]:
+    """The linear head ``out_i = o^T sum_j pattern(q_i.k_j) v_j`` (slot reads ``q``, ``k``, ``v``
+    ``{slot: [size, e]}``, write ``o`` ``{slot: [e', size]}``): one linear head, or for ``kind="relu"``
+    its sign split, ``relu(z) v - relu(-z) v = z v``, with no gate (every key the block's mask admits
+    counts; docs/pitfalls.md #17)."""
+    ev = np.shape(next(iter(v.values())))[1]
+    signed = lambda m, sign: {s: sign * np.asarray(b, dtype=np.float64) for s, b in m.items()}  # noqa: E731
+    return [dict(W_Q=lay.read(signed(q, sign), e), W_K=lay.read(k, e), W_V=lay.read(v, ev),
+                 W_O=lay.write(signed(o, sign), ev)) for sign in ((1.0,) if kind == "linear" else (1.0, -1.0))]
+
+
 # -- ReLU-attention heads (Bai et al. 2023, Defs. 1-3: attention relu(q.k)/n) -----------------------------
 def gated_relu_head(lay: ResidualLayout, q: dict, k: dict, v: dict, o: dict, e: int, mask_const: float,
                     gate="gate", sign: float = 1.0) -> dict:
@@ -394,10 +405,17 @@ def all_finite(t: torch.Tensor) -> bool:
 def spd_solve(A: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``A^+ b`` per prompt for symmetric positive semi-definite ``A [B, d, d]``, ``b [B, d]``: a
     Cholesky solve where A is positive definite (the usual case, far cheaper than an SVD), the
-    pseudo-inverse only for the prompts whose factorisation fails (singular A, e.g. n < d)."""
+    pseudo-inverse only for the prompts whose factorisation fails or has a pivot at round-off level
+    (singular A, e.g. n < d)."""
     L, info = torch.linalg.cholesky_ex(A)
     w = torch.cholesky_solve(b[..., None], L)[..., 0]
-    bad = (info != 0).nonzero().flatten()
+    # a singular A can factor in floats with a pivot at round-off level (its null space then gets a
+    # huge, arbitrary component): such a pivot, below d eps times A's largest diagonal entry, counts
+    # as a failed factorisation
+    d = A.shape[-1]
+    pivots = L.diagonal(dim1=-2, dim2=-1) ** 2
+    tiny = pivots.amin(-1) <= d * torch.finfo(A.dtype).eps * A.diagonal(dim1=-2, dim2=-1).amax(-1)
+    bad = ((info != 0) | tiny).nonzero().flatten()
     if bad.numel():
         w[bad] = (torch.linalg.pinv(A[bad], hermitian=True) @ b[bad][..., None])[..., 0]
     return w
@@ -432,6 +450,42 @@ def lambda_max_above(X: torch.Tensor, limit: float, lam: float = 0.0, transform:
     exact = torch.linalg.eigvalsh(S[undecided])[:, -1]
     hit = _first_above(exact, limit)
     return None if hit is None else (int(todo[undecided[hit[0]]]), hit[1])
+
+
+def prefix_lambda_max(X: torch.Tensor) -> torch.Tensor:
+    """``max_k lambda_max(X_{:k}^T X_{:k} / k)`` over the prefix lengths k = 1..n, per prompt ``[B]``:
+    the largest curvature of least squares on any prefix of the examples (a decoder's tokens
+    see the prefixes of length 1..n-1, its queries all n).  Exact: an eigenvalue solve per
+    prefix, in chunks of prompts."""
+    B, n, d = X.shape
+    out = torch.empty(B, dtype=X.dtype, device=X.device)
+    count = torch.arange(1, n + 1, dtype=X.dtype, device=X.device)[:, None, None]
+    for s in range(0, B, 64):
+        x = X[s:s + 64]
+        C = torch.cumsum(x[..., :, None] * x[..., None, :], 1) / count  # the first k examples' covariance
+        if not torch.isfinite(C).all():
+            covariance(x)  # refuses the overflowing prompt with its message
+        out[s:s + 64] = torch.linalg.eigvalsh(C)[..., -1].amax(-1)
+    return out
+
+
+def prefix_step_check(lr: float, limit: float = 2.0):
+    """``lr * lambda_max(X_{:k}^T X_{:k}/k) <= limit`` for every prefix length k = 1..n of every
+    prompt (GD on each prefix is stable).  Certificate first: each prefix's curvature is at most
+    ``max_j |x_j|^2``, so prompts with ``lr max_j |x_j|^2 <= limit`` pass without eigenvalues."""
+    def check(X, y, Xq):
+        bound = limit * (1 + STABILITY_SLACK) / lr
+        cheap = (X * X).sum(-1).amax(-1)
+        undecided = (cheap > bound).nonzero().flatten()
+        if undecided.numel() == 0:
+            return
+        hit = _first_above(prefix_lambda_max(X[undecided]), bound)
+        if hit is not None:
+            b, v = int(undecided[hit[0]]), hit[1]
+            raise stability_error("lr", lr, limit / v, b, f"use lr <= {limit:g}/lambda_max of the prompt's worst "
+                                                           "prefix covariance (constructions.parts.prefix_lambda_max)")
+
+    return check
 
 
 def stability_error(what: str, value: float, limit: float, b: int, fix: str) -> ConstructionError:

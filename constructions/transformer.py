@@ -17,9 +17,12 @@ One block computes, for every token i (residual h_i)::
 
 with q = h W_Q, k = h W_K, v = h W_V, scores ``q_i . k_j`` and the pattern of the attention
 kind (:func:`constructions.spec.attention_pattern`: linear ``s/n``, ReLU ``relu(s)/n``,
-softmax).  Options (Akyurek et al.'s decoder, :mod:`constructions.raw`): ``causal`` attention
-(keys j <= i); ``null_score`` adds one softmax logit with value 0 ("attend to nothing"); an
-MLP with ``layernorm`` reads ``LayerNorm(h)`` (no affine).
+softmax).  Options: a mask ``causal`` (keys j <= i, Akyurek et al.'s decoder in
+:mod:`constructions.raw`; ``"strict"``, keys j < i; ``"self"``, the token itself only, which sees
+its own token even when queries are masked out of the keys: :func:`constructions.spec.hidden_keys`)
+and ``divisor="keys"`` (each row divided by the number of keys it sees, Bai et al.'s decoder);
+``null_score`` adds one softmax logit with value 0 ("attend to nothing"); an MLP with
+``layernorm`` reads ``LayerNorm(h)`` (no affine).
 
 The keys j run over the n context tokens only (``mask_query=True``, the default): query
 tokens never act as keys or values.  With ``mask_query=False`` every token is a key (the
@@ -50,7 +53,7 @@ from torch import nn
 from . import fastpath
 from .errors import ConstructionError
 from .fastpath import CHUNK_BYTES, PADDING
-from .spec import AttentionSpec, BlockSpec, MLPSpec, attention_pattern
+from .spec import AttentionSpec, BlockSpec, MLPSpec, attention_pattern, hidden_keys, key_count
 
 #: per-head hook points of an attention block (``blocks.{l}.attn.<name>``)
 HEAD_POINTS = ("hook_attn_scores", "hook_pattern", "hook_z")
@@ -88,7 +91,7 @@ def _memo(module: nn.Module, params: tuple, key: tuple, compute) -> dict:
 class Attention(nn.Module):
     def __init__(self, spec: AttentionSpec):
         super().__init__()
-        self.kind, self.causal, self.null_score = spec.kind, spec.causal, spec.null_score
+        self.kind, self.causal, self.null_score, self.divisor = spec.kind, spec.causal, spec.null_score, spec.divisor
         self.W_Q, self.W_K, self.W_V, self.W_O = (_param(getattr(spec, k)) for k in ("W_Q", "W_K", "W_V", "W_O"))
 
     def folded(self, T: int, S: int) -> bool:
@@ -131,7 +134,7 @@ class Attention(nn.Module):
         ``point(name, tensor) -> tensor``: evaluate head by head, scores first, and pass the
         per-head values through it (:data:`HEAD_POINTS`).  ``order``: the evaluation order
         (:data:`constructions.fastpath.ORDERS`; default: :func:`constructions.fastpath.order_of`)."""
-        keys = h[:, :n_context] if mask_query else h
+        keys = h[:, :key_count(self.causal, n_context, h.shape[1], mask_query)]
         norm = n_context if norm is None else norm
         H, D, E = self.W_Q.shape
         B, T, S = h.shape[0], h.shape[1], keys.shape[1]
@@ -159,8 +162,9 @@ class Attention(nn.Module):
         else:
             point = point or (lambda name, x: x)
             scores = point("hook_attn_scores", torch.einsum("bthe,bshe->bhts", q, k))
-            future = torch.ones(T, S, dtype=torch.bool, device=h.device).triu(1) if self.causal else None
-            pattern = point("hook_pattern", attention_pattern(self.kind, scores, norm, self.null_score, future))
+            future = hidden_keys(self.causal, T, S, h.device)
+            pattern = point("hook_pattern", attention_pattern(self.kind, scores, norm, self.null_score, future,
+                                                              self.divisor))
             z = point("hook_z", torch.einsum("bhts,bshe->bthe", pattern, v))
         return z.reshape(B, T, H * E) @ w["W_O"]
 

@@ -14,12 +14,13 @@ def small_case(claim, seed: int = 0):
 
 @lru_cache(maxsize=None)
 def attention(claim_id: str) -> frozenset:
-    """The attention kinds of a claim's construction, built from its case on a small prompt
-    (empty for claims whose case is a bound check)."""
+    """The attention kinds of a claim's construction, built from its cases on a small prompt with
+    seeds 0 and 1 (a case may pick its form by the seed's parity, e.g. ``bai23-decoder``'s linear or
+    ReLU heads); empty for claims whose case is a bound check."""
     claim = registry.claim(claim_id)
     if claim.kind == "bound":
         return frozenset()
-    return frozenset(small_case(claim)[0].resources["attention"])
+    return frozenset().union(*(small_case(claim, seed)[0].resources["attention"] for seed in (0, 1)))
 
 
 def claim_ids(kind=None, attention_only=None, module=None, has_induction=False) -> list[str]:

@@ -291,3 +291,71 @@ def test_link_select_picks_the_link_of_the_data():
     assert_trace_matches(c, LinkSelect(steps, lr, lr_class, knots, n_train, gamma), X, y, Xq)
     with pytest.raises(ConstructionError, match="n_train"):
         c.predict(X[:, :-1], y[:, :-1], Xq)
+
+
+# -- the decoder (Bai et al. 2023, App. B, Prop. B.1) -----------------------------------------------------
+@given(p=prompts(), k=knobs())
+def test_decoder_predicts_every_position_from_gd_on_its_prefix(p, k):
+    """Position i's prediction is <w_t, x_i> for GD on the i - 1 examples before it (so 0 at the first),
+    and the queries get the encoder's answer: relu_gd's prediction on the same prompt and step."""
+    from constructions.bai import prefix_gd, prefix_predictions
+
+    c, ref = registry.claim("bai23-decoder").build(p, k)
+    lr = c.params["lr"]
+    P = prefix_predictions(c, *p.arrays)  # [B, n + m]
+    ws, mags = prefix_gd(p.X, p.y, k.steps, lr)
+    np.testing.assert_array_equal(P[:, 0], 0.0)
+    scale = np.maximum.accumulate(mags, 0)[-1] * np.linalg.norm(p.X, axis=-1)
+    assert (np.abs(P[:, : p.spec.n] - np.einsum("bnd,bnd->bn", ws[-1], p.X))
+            <= tolerance(c.dtype, p.spec.n, p.spec.d, scale)).all()
+    enc = constructions.relu_gd(p.spec.d, k.steps, lr, mask_const=float(score_bound(
+        *(torch.from_numpy(a) for a in p.arrays), 0.0).max()))
+    assert compare_trace(c, ref, *p.arrays).ok
+    np.testing.assert_allclose(P[:, p.spec.n:], enc.predict(*p.arrays), rtol=1e-9, atol=1e-12)
+
+
+def test_decoder_refuses_a_step_that_diverges_on_a_short_prefix():
+    """A step stable for the whole prompt can diverge on its first examples: refused unless check=False."""
+    from constructions.parts import lambda_max
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(1, 30, 3)) * 0.3
+    X[0, 0] *= 20.0  # one long first example: the prefix of length 1 has curvature |x_1|^2
+    y, Xq = rng.normal(size=(1, 30)), rng.normal(size=(1, 1, 3))
+    lr = 1.9 / float(lambda_max(torch.from_numpy(X)))  # stable on all 30 examples
+    c = constructions.decoder_gd(3, 5, lr)
+    with pytest.raises(ConstructionError, match="prefix"):
+        c.predict(X, y, Xq)
+    assert np.isfinite(c.predict(X, y, Xq, check=False)).all()  # the divergence experiment still runs
+    with pytest.raises(ConstructionError, match="attention must be one of"):
+        constructions.decoder_gd(3, 5, lr, attention="softmax")
+
+
+def test_decoder_prefix_risk_is_the_transformers_own_output():
+    """The prefix-risk curve icl-verify prints is measured on the construction: at position 1 it
+    predicts 0 (risk E y^2), and at every position its risk is that of GD on the prefix (numpy)."""
+    from constructions.bai import decoder_risk, prefix_gd
+
+    r = decoder_risk(seed=1, prompts=200, n=8, steps=3)
+    S = r["setting"]
+    rng = np.random.default_rng(1)  # the same draws as decoder_risk
+    X = rng.normal(size=(200, 8, S["d"]))
+    X /= np.linalg.norm(X, axis=-1, keepdims=True)
+    y = np.einsum("bnd,bd->bn", X, rng.normal(size=(200, S["d"]))) + S["noise"] * rng.normal(size=(200, 8))
+    ws, _ = prefix_gd(X, y, 3, S["lr"])
+    np.testing.assert_allclose(r["transformer"], ((np.einsum("bnd,bnd->bn", ws[-1], X) - y) ** 2).mean(0), rtol=1e-10)
+    assert r["transformer"][0] == pytest.approx((y[:, 0] ** 2).mean())
+    assert r["least_squares"][-1] < r["least_squares"][1]  # more examples, lower risk
+
+
+def test_link_selection_scale_covers_the_sigmoid_interpolants_terms():
+    """Found by a random example: a short query (|x_q| = 0.29) gave the logistic candidate's prediction
+    sigma_hat(s) ~ 1/2 a tolerance from GD's scale |x_q| |w| alone, below one ulp of 1/2 (ratio 4.3).
+    The error model now adds the interpolant's terms (LogisticGD.link_terms)."""
+    from verify.knobs import Knobs
+
+    claim = registry.claim("bai23-link-selection")
+    spec, k = claim.adapt(PromptSpec(B=1, n=1, m=1, d=1, seed=2759427774),
+                          Knobs(steps=1, lr_factor=0.0625, log10_mask=1.0, heads=4, seed=1))
+    ok, ratio, _ = claim.evaluate(make_prompt(spec), k)
+    assert ok and ratio < 0.1

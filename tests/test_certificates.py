@@ -86,3 +86,14 @@ def test_all_finite_matches_the_elementwise_scan(dtype):
     for values in cases:  # the last two sums are not finite: one of non-finite, one of finite terms
         t = torch.tensor(values, dtype=dtype)
         assert parts.all_finite(t) == bool(torch.isfinite(t).all())
+
+
+def test_spd_solve_does_not_trust_a_factorisation_of_a_singular_matrix():
+    """Found by hypothesis (seed 2, n = 2 < d = 4): a rank-2 covariance whose Cholesky factorisation
+    succeeded in floats with a round-off pivot gave a solution 30x too long; such pivots now take the
+    pseudo-inverse."""
+    X = _prompts(2, B=16, n=2, d=4)
+    A = parts.covariance(X)
+    b = (A @ torch.from_numpy(np.random.default_rng(2).normal(size=(16, 4)))[..., None])[..., 0]
+    want = (torch.linalg.pinv(A, hermitian=True) @ b[..., None])[..., 0]
+    assert torch.allclose(parts.spd_solve(A, b), want, rtol=1e-8, atol=1e-8)

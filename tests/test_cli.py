@@ -148,3 +148,10 @@ def test_a_broken_plugin_names_itself(monkeypatch):
     monkeypatch.setattr(registry, "_plugins_loaded", False)
     with pytest.raises(constructions.ConstructionError, match="plugin 'broken'"):
         registry.names()
+
+
+def test_check_prints_a_claims_report(capsys):
+    """The decoder claim's prefix-risk curve is printed under the table."""
+    assert main(["check", "bai23-decoder", "--prompts", "3", "--seed", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "prefix risk" in out and "least squares" in out and "decoder_gd" in out

@@ -79,6 +79,17 @@ def test_layernorm_mlps_export():
     assert np.abs(got - c.predict(X, y, Xq)).max() <= 1e-12 * (1 + np.abs(got).max())
 
 
+def test_exp_attention_and_decoder_masks_export():
+    """The exp kind (functional_gd's exp kernel) and the strict / self masks with the key-count divisor
+    (decoder_gd, both attention kinds) are built into the exported model's pattern hooks."""
+    rng = np.random.default_rng(1)
+    X, y, Xq = rng.normal(size=(2, 6, 3)) / 3, rng.normal(size=(2, 6)), rng.normal(size=(2, 2, 3)) / 3
+    for c in (constructions.functional_gd(3, 3, 0.2, 0.1, kernel="exp"), constructions.decoder_gd(3, 3, 0.05, "linear"),
+              constructions.decoder_gd(3, 3, 0.05, "relu")):
+        got = predict(to_transformer_lens(c), c, X, y, Xq)
+        assert np.abs(got - c.predict(X, y, Xq)).max() <= 1e-12 * (1 + np.abs(got).max()), c.name
+
+
 def test_refusals_name_the_reason():
     c, X, y, Xq = example("gd")
     other, *_ = example("relu_gd")

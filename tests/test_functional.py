@@ -60,3 +60,27 @@ def test_bad_input_is_refused():
     for bad in (dict(lr=0.0), dict(lam=-0.1), dict(heads=[np.eye(2)]), dict(heads=[]), dict(steps=0)):
         with pytest.raises(ConstructionError):
             constructions.functional_gd(**{**dict(d=3, steps=2, lr=0.1), **bad})
+
+
+def test_exp_attention_is_functional_gd_in_the_exp_kernel():
+    """kernel="exp": the heads sum exp(x^T W_h x'); every layer against the loop written out here."""
+    X, y, Xq = _prompt(seed=3)
+    X, Xq = X / 3, Xq / 3
+    heads = [np.eye(3), np.diag([0.5, 1.0, -0.5])]
+    lr, lam, steps, n = 0.2, 0.1, 4, X.shape[1]
+    c = constructions.functional_gd(3, steps, lr, lam, heads, kernel="exp")
+    assert c.resources["attention"] == ["exp"]
+    K = sum(np.exp(np.einsum("bjd,de,bid->bji", X, W, X)) for W in heads)
+    Kq = sum(np.exp(np.einsum("bqd,de,bid->bqi", Xq, W, X)) for W in heads)
+    r, f, trace = y.copy(), np.zeros(Xq.shape[:2]), []
+    for _ in range(steps):
+        r, f = r - lr / n * np.einsum("bji,bi->bj", K, r), f + lr / n * np.einsum("bqi,bi->bq", Kq, r)
+        r, f = (r + lr * lam * y) / (1 + lr * lam), f / (1 + lr * lam)
+        trace.append(f)
+    np.testing.assert_allclose(c.trace(X, y, Xq), np.stack(trace), rtol=1e-12, atol=1e-13)
+    with pytest.raises(ConstructionError, match="kernel must be one of"):
+        constructions.functional_gd(3, 2, 0.1, kernel="softmax")
+    from verify import exact as ex
+
+    with pytest.raises(ConstructionError, match="exp attention needs floats"):  # no exact-rational pass for exp
+        ex.trace(c, X[:1, :3], y[:1, :3], Xq[:1])

@@ -224,3 +224,8 @@ def test_raw_ridge_refuses_bad_input():
         c.predict(np.array([[[3.0, 0.0]]]), np.array([[1.0]]), np.array([[[0.1, 0.1]]]))  # c = 1 + 9/0.5 = 19
     with pytest.raises(ConstructionError, match="one exemplar"):
         c.predict(np.ones((1, 2, 2)) * 0.1, np.ones((1, 2)), np.ones((1, 1, 2)))
+    # a long x_1 (found by the fuzzer at |x| ~ 1e9): lam is lost beside x1 x1^T, which once made the domain
+    # check's matrix inversion fail with a raw LinAlgError; the closed form refuses it by name
+    for scale in (1e9, 1e90):
+        with pytest.raises(ConstructionError, match="passthrough"):
+            c.predict(np.array([[[scale, 0.0]]]), np.array([[1.0]]), np.array([[[0.1, 0.1]]]))

@@ -223,3 +223,37 @@ def test_a_diverging_run_and_misused_helpers_are_refused():
         T.effective_precond(T.softmax_model(3, layers=1), 3)
     with pytest.raises(ConstructionError, match="one-head linear"):
         T.effective_precond(T.lsa_model(3, 1), 4)
+
+
+def test_a_looped_lsa_holds_one_layer_and_its_checkpoint_keeps_the_tie(tmp_path):
+    """tied=True: every block holds block 0's parameters, training moves them together, and the
+    checkpoint stores them once and loads back tied."""
+    m = T.lsa_model(d=3, layers=3, tied=True)
+    assert sum(p.numel() for p in m.parameters()) == 4 * 4 * 4  # one layer's W_Q, W_K, W_V, W_O [1, 4, 4]
+    path = tmp_path / "looped.safetensors"
+    T.train(m, T.TaskConfig(d=3, n=6), steps=20, batch=32, lr=1e-2, progress=False, checkpoint=str(path))
+    for b in m.blocks[1:]:
+        assert b.attn.W_Q is m.blocks[0].attn.W_Q and torch.equal(b.attn.W_O, m.blocks[0].attn.W_O)
+    loaded, task, training = T.load_trained(path)
+    assert loaded.icl_architecture["tied"] and loaded.blocks[2].attn.W_V is loaded.blocks[0].attn.W_V
+    X, y, Xq, _ = T.sample_tasks(task, 8, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(T.model_predictor(loaded)(X, y, Xq), T.model_predictor(m)(X, y, Xq))
+    untied = T.lsa_model(d=3, layers=3)
+    assert sum(p.numel() for p in untied.parameters()) == 3 * 4 * 4 * 4
+
+
+def test_prefix_training_and_a_wide_softmax_model(tmp_path):
+    """prefixes=True trains on every context length; a model wider than the token pads its stream,
+    and its checkpoint records the width."""
+    m = T.softmax_model(d=2, layers=1, width=6)
+    assert m.width == 6
+    path = tmp_path / "wide.safetensors"
+    T.train(m, T.TaskConfig(d=2, n=5), steps=5, batch=16, progress=False, prefixes=True, checkpoint=str(path))
+    loaded, _, training = T.load_trained(path)
+    assert loaded.width == 6 and training["prefixes"] is True
+    X, y, Xq, _ = T.sample_tasks(T.TaskConfig(d=2, n=3), 4, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(T.model_predictor(loaded)(X, y, Xq), T.model_predictor(m)(X, y, Xq))
+    with pytest.raises(ConstructionError, match="width must be at least"):
+        T.softmax_model(d=4, width=3)

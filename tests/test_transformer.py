@@ -24,20 +24,27 @@ def _rand_attention(rng, kind, H=2, D=5, E=3):
     return AttentionSpec(kind, *(rng.normal(size=s) for s in [(H, D, E), (H, D, E), (H, D, E), (H, E, D)]))
 
 
+#: the keys row i sees under each mask (constructions.spec, "Masks"), written out
+SEES = {False: lambda i, j: True, True: lambda i, j: j <= i, "strict": lambda i, j: j < i, "self": lambda i, j: j == i}
+
+
 def _naive_attention(spec, h, n, mask_query=True):
     """Per token, per head, per key: the formula in the module docstring."""
     B, T, D = h.shape
     out = np.zeros_like(h)
-    keys = range(n) if mask_query else range(T)
     for b in range(B):
         for i in range(T):
-            for hd in range(spec.heads):
+            keys = [j for j in range(n if mask_query and spec.causal != "self" else T) if SEES[spec.causal](i, j)]
+            div = max(len(keys), 1) if spec.divisor == "keys" else n
+            for hd in range(spec.heads if keys else 0):  # a row that sees no key gets no update
                 q = h[b, i] @ spec.W_Q[hd]
                 s = np.array([q @ (h[b, j] @ spec.W_K[hd]) for j in keys])
                 if spec.kind == "linear":
-                    a = s / n
+                    a = s / div
                 elif spec.kind == "relu":
-                    a = np.maximum(s, 0) / n
+                    a = np.maximum(s, 0) / div
+                elif spec.kind == "exp":
+                    a = np.exp(s) / div
                 else:
                     a = np.exp(s - s.max()) / np.exp(s - s.max()).sum()
                 z = sum(a[k] * (h[b, j] @ spec.W_V[hd]) for k, j in enumerate(keys))
@@ -52,14 +59,15 @@ def _unsigned(spec, h, n, mask_query):
     total = 0.0
     for hd in range(spec.heads):
         q, k = h @ spec.W_Q[hd], h @ spec.W_K[hd]
-        s = np.abs(np.einsum("bie,bje->bij", q, k))[:, :, list(keys)]
+        qk = np.einsum("bie,bje->bij", q, k)[:, :, list(keys)]
+        s = np.exp(qk) * (1 + np.abs(qk)) if spec.kind == "exp" else np.abs(qk)  # exp: the pattern and its sensitivity
         v = np.abs(h @ spec.W_V[hd]) @ np.abs(spec.W_O[hd])
         total += (s.sum(-1).max() / n if spec.kind != "softmax" else 1.0) * np.abs(v).max() + np.abs(q).max() * np.abs(k).max()
     return np.abs(h).max() + total
 
 
 @pytest.mark.parametrize("padded", [False, True])
-@pytest.mark.parametrize("kind", ["linear", "relu", "softmax"])
+@pytest.mark.parametrize("kind", ["linear", "relu", "exp", "softmax"])
 @pytest.mark.parametrize("mask_query", [True, False])
 def test_attention_matches_its_formula(kind, mask_query, padded):
     rng = np.random.default_rng(1)
@@ -71,6 +79,45 @@ def test_attention_matches_its_formula(kind, mask_query, padded):
     # one layer of sums over at most T keys of E-dimensional products (verify.tolerance)
     tol = tolerance(torch.float64, h.shape[1], spec.W_Q.shape[2], np.array([_unsigned(spec, h, 4, mask_query)]))[0]
     assert np.abs(got - want).max() <= tol
+
+
+@pytest.mark.parametrize("divisor", ["n", "keys"])
+@pytest.mark.parametrize("causal", [True, "strict", "self"])
+@pytest.mark.parametrize("kind", ["linear", "relu", "exp"])
+def test_masks_and_the_key_count_divisor_match_their_formula(kind, causal, divisor):
+    """Causal, strictly causal and self-only heads, divided by n or by each row's key count (at
+    least 1), in the torch model and the numpy pass, against the per-key loop."""
+    from constructions.numpy_pass import numpy_forward
+
+    rng = np.random.default_rng(3)
+    a = _rand_attention(rng, kind)
+    spec = AttentionSpec(kind, a.W_Q, a.W_K, a.W_V, a.W_O, causal=causal, divisor=divisor)
+    h = rng.normal(size=(2, 7, 5))
+    want = h + _naive_attention(spec, h, 4)
+    tol = tolerance(torch.float64, h.shape[1], 3, np.array([_unsigned(spec, h, 4, False)]))[0]
+    for padded in (False, True):
+        got = _padded(Transformer([BlockSpec(spec)]), padded)(torch.from_numpy(h), n_context=4).numpy()
+        assert np.abs(got - want).max() <= tol
+    assert np.abs(numpy_forward([BlockSpec(spec)], h, 4)[-1] - want).max() <= tol
+
+
+def test_attention_spec_refuses_unknown_masks_and_divisors():
+    rng = np.random.default_rng(0)
+    a = _rand_attention(rng, "linear")
+    W = (a.W_Q, a.W_K, a.W_V, a.W_O)
+    with pytest.raises(ConstructionError, match="causal must be one of"):
+        AttentionSpec("linear", *W, causal="future")
+    with pytest.raises(ConstructionError, match="divisor must be one of"):
+        AttentionSpec("linear", *W, causal=True, divisor="rows")
+    with pytest.raises(ConstructionError, match="needs a causal mask"):
+        AttentionSpec("linear", *W, divisor="keys")
+    with pytest.raises(ConstructionError, match="softmax"):
+        AttentionSpec("softmax", *W, causal=True, divisor="keys")
+    with pytest.raises(ConstructionError, match="null_score"):  # its first row would be a 0/0 softmax
+        AttentionSpec("softmax", *W, causal="strict")
+    spec = AttentionSpec("softmax", *W, causal="strict", null_score=0.0)  # the null logit takes that row
+    out = Transformer([BlockSpec(spec)])(torch.from_numpy(rng.normal(size=(1, 4, 5))), n_context=4)
+    assert torch.isfinite(out).all()
 
 
 def test_queries_do_not_influence_context_tokens_when_masked():

@@ -137,6 +137,9 @@ class Claim:
     #: whose "model" is a measured deviation, "ref" 0 and "tol" the stated bound (plus round-off)
     bounds: Callable | None = field(default=None, repr=False)
     proof: Proof | None = field(default=None, repr=False)
+    #: ``(seed) -> str``: a measurement ``icl-verify check`` prints under its table for this claim
+    #: (e.g. the decoder's prefix-risk curve); not part of whether the claim holds
+    report: Callable | None = field(default=None, repr=False)
 
     def __post_init__(self):
         if self.kind not in KINDS:

@@ -8,6 +8,7 @@ Usage::
     icl-verify bench [--device cuda] [--quick]   # throughput vs the matmul peak (verify.bench)
     icl-verify reproduce vonoswald23 [--quick]   # train and compare with the constructions (verify.train)
     icl-verify reproduce ahn23 [--quick]         # trained one-layer LSAs against the proved optimum P*
+    icl-verify reproduce akyurek22 [--quick]     # trained learners vs GD / ridge / OLS by depth and noise; probes
     icl-verify prove [ID ...] [-v]               # symbolic / exact-rational proofs (verify.proofs)
     icl-verify docs [--out docs/claims.md]       # regenerate the claims table (and README's table)
 
@@ -116,6 +117,9 @@ def cmd_check(args) -> int:
           "ratio = error/tolerance (exact claims hold at <= 1; negative controls must exceed 1).\n"
           "Claims with a stated bound (an O(1/t) gap, an approximation error, a selection slack) compare "
           "the measured quantity with that bound plus round-off in the same columns.")
+    for claim in chosen:
+        if claim.report is not None:
+            print("\n" + claim.report(seed))
     for r in failed:
         print(f"\nFAILED {r.claim.id}: {len(r.failures)} of {r.prompts} prompts. First failures:")
         for spec, knobs, report in r.failures[:3]:
@@ -153,7 +157,10 @@ def cmd_reproduce(args) -> int:
         os.makedirs(args.out, exist_ok=True)
     except OSError as e:
         raise ConstructionError(f"reproduce --out {args.out}: cannot create that folder ({e.strerror})") from None
-    run = {"vonoswald23": train.reproduce_vonoswald, "ahn23": train.reproduce_ahn}[args.paper]
+    from . import akyurek
+
+    run = {"vonoswald23": train.reproduce_vonoswald, "ahn23": train.reproduce_ahn,
+           "akyurek22": akyurek.reproduce_akyurek}[args.paper]
     print(run(quick=args.quick, out=args.out, seed=args.seed))
     return 0
 
@@ -257,7 +264,7 @@ def main(argv=None) -> int:
     prove.add_argument("ids", nargs="*", help="claim ids (default: all)")
     prove.add_argument("-v", "--verbose", action="store_true", help="full details and premises")
     rep = sub.add_parser("reproduce", help="train transformers and compare them with the constructions", parents=[common])
-    rep.add_argument("paper", choices=["vonoswald23", "ahn23"])
+    rep.add_argument("paper", choices=["vonoswald23", "ahn23", "akyurek22"])
     rep.add_argument("--quick", action="store_true", help="fewer steps and sizes (under 2 minutes on 2 cores)")
     rep.add_argument("--out", default=None, help="folder for plots and the checkpoint (default: reproduce-PAPER)")
     rep.add_argument("--seed", type=_seed, default=0)

@@ -236,10 +236,10 @@ def _pattern(kind: str, change: Callable):
     """The torch attention pattern of ``kind`` heads replaced: ``change(scores, norm)`` returns
     the (scores, norm) the original pattern then sees (or a pattern, for ``"relu-in-linear"``)."""
     def wrap(original):
-        def pattern(k, scores, norm, null_score=None, future=None):
+        def pattern(k, scores, norm, null_score=None, future=None, divisor="n"):
             if k == kind and isinstance(scores, torch.Tensor):
                 scores, norm = change(scores, norm)
-            return original(k, scores, norm, null_score, future)
+            return original(k, scores, norm, null_score, future, divisor)
         return pattern
 
     return _module_function("constructions.transformer", "attention_pattern", wrap)
@@ -248,19 +248,53 @@ def _pattern(kind: str, change: Callable):
 def _causal_off():
     """Causal heads see the future (the torch pattern ignores the causal mask)."""
     def wrap(original):
-        def pattern(k, scores, norm, null_score=None, future=None):
-            return original(k, scores, norm, null_score, None if isinstance(scores, torch.Tensor) else future)
+        def pattern(k, scores, norm, null_score=None, future=None, divisor="n"):
+            return original(k, scores, norm, null_score, None if isinstance(scores, torch.Tensor) else future, divisor)
         return pattern
 
     return _module_function("constructions.transformer", "attention_pattern", wrap)
 
 
+def _in_both_passes(attr: str, wrap: Callable):
+    """``attr`` replaced by ``wrap(original)`` in the torch model and in the numpy pass (the
+    exact-rational proofs' path), so that a wrong definition reaches the checks and the proofs."""
+    torch_path = _module_function("constructions.transformer", attr, wrap)
+    numpy_path = _module_function("constructions.numpy_pass", attr, wrap)
+
+    @contextlib.contextmanager
+    def patch():
+        with torch_path(), numpy_path():
+            yield
+
+    return patch
+
+
+def _keys_divisor_off():
+    """Heads with ``divisor="keys"`` divide by the norm n instead of each row's key count."""
+    def wrap(original):
+        def pattern(k, scores, norm, null_score=None, future=None, divisor="n"):
+            return original(k, scores, norm, null_score, future, "n")
+        return pattern
+
+    return _in_both_passes("attention_pattern", wrap)
+
+
+def _strict_inclusive():
+    """Strictly causal heads also see their own token (the mask of ``causal=True``)."""
+    def wrap(original):
+        def hidden(causal, T, S, device=None, numpy=False):
+            return original(True if causal == "strict" else causal, T, S, device, numpy)
+        return hidden
+
+    return _in_both_passes("hidden_keys", wrap)
+
+
 def _relu_in_linear():
     def wrap(original):
-        def pattern(k, scores, norm, null_score=None, future=None):
+        def pattern(k, scores, norm, null_score=None, future=None, divisor="n"):
             if k == "linear" and isinstance(scores, torch.Tensor):
                 k = "relu"
-            return original(k, scores, norm, null_score, future)
+            return original(k, scores, norm, null_score, future, divisor)
         return pattern
 
     return _module_function("constructions.transformer", "attention_pattern", wrap)
@@ -351,6 +385,7 @@ CATALOGUE = [
     Mutation("relu-gd-weight", "relu_gd: one step weight x (1 + 1e-6)", ("bai23-icgd",), one_weight("relu_gd")),
     Mutation("relu-gd-decay", "relu_gd: the ridge decay head's weight x (1 + 1e-6)", ("bai23-ridge-relu",),
              one_weight("relu_gd", head=2)),
+    Mutation("decoder-weight", "decoder_gd: one step weight x (1 + 1e-6)", ("bai23-decoder",), one_weight("decoder_gd")),
     Mutation("lasso-weight", "lasso_ista: one step weight x (1 + 1e-6)", ("bai23-lasso",), one_weight("lasso_ista")),
     Mutation("lasso-threshold", "lasso_ista: the soft threshold's bias x (1 + 1e-6)", ("bai23-lasso",),
              one_weight("lasso_ista", where="mlp", matrix="b_in", head=None)),
@@ -402,6 +437,10 @@ CATALOGUE = [
                                                  change=_scale_most_negative(1 + SMALL))),
     Mutation("fgd-weight", "functional_gd: one kernel head's output weight x (1 + 1e-6)", ("cheng23-functional-gd",),
              one_weight("functional_gd")),
+    Mutation("fgd-exp-weight", "functional_gd (exp kernel): one kernel head's score weight x (1 + 1e-6)",
+             ("cheng23-exp-kernel",),
+             one_weight("functional_gd", matrix="W_Q",
+                        when=lambda args, kwargs: (args[5] if len(args) > 5 else kwargs.get("kernel")) == "exp")),
     Mutation("fgd-prox", "functional_gd: the ridge prox's MLP output x (1 + 1e-6)",
              ("cheng23-functional-gd", "cheng23-kernel-ridge"),
              one_weight("functional_gd", where="mlp", matrix="W_out", head=None,
@@ -449,6 +488,10 @@ CATALOGUE = [
              _pattern("softmax", lambda s, n: (1.1 * s, n)), tests=PATH_TESTS),
     Mutation("causal-off", "transformer: causal heads see later tokens", ("akyurek22-primitives", "akyurek22-thm1"),
              _causal_off(), tests=PATH_TESTS),
+    Mutation("keys-divisor-off", "transformer: divisor='keys' heads divide by n", ("bai23-decoder",),
+             _keys_divisor_off(), tests=PATH_TESTS),
+    Mutation("strict-sees-self", "transformer: strictly causal heads see their own token", ("bai23-decoder",),
+             _strict_inclusive(), tests=PATH_TESTS),
 ]
 
 

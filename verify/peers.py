@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from constructions.errors import ConstructionError
-from constructions.spec import attention_pattern
+from constructions.spec import attention_pattern, hidden_keys, key_count
 
 
 def naive_forward(c, h: torch.Tensor, n_keys: int, norm: int) -> torch.Tensor:
@@ -26,12 +26,12 @@ def naive_forward(c, h: torch.Tensor, n_keys: int, norm: int) -> torch.Tensor:
     for block in c.model.blocks:
         a, m = block.attn, block.mlp
         if a is not None:
-            keys = h[:, :n_keys] if c.mask_query else h
-            future = torch.ones(T, keys.shape[1], dtype=torch.bool, device=h.device).triu(1) if a.causal else None
+            keys = h[:, :key_count(a.causal, n_keys, T, c.mask_query)]
+            future = hidden_keys(a.causal, T, keys.shape[1], h.device)
             out = torch.zeros_like(h)
             for WQ, WK, WV, WO in zip(a.W_Q, a.W_K, a.W_V, a.W_O):
                 scores = (h @ WQ) @ (keys @ WK).transpose(1, 2)  # [B, T, S]
-                out = out + attention_pattern(a.kind, scores, norm, a.null_score, future) @ (keys @ WV) @ WO
+                out = out + attention_pattern(a.kind, scores, norm, a.null_score, future, a.divisor) @ (keys @ WV) @ WO
             h = h + out
         if m is not None:
             x = torch.nn.functional.layer_norm(h, h.shape[-1:], eps=m.ln_eps) if m.layernorm else h

@@ -290,6 +290,11 @@ class LogisticGD(Reference):
     def _sigma(self, s):
         return sigmoid(s) if self.knots is None else np.interp(s, self.knots, sigmoid(self.knots))
 
+    def link_terms(self, s):
+        """The unsigned size of the terms that evaluating the link at scores ``s`` sums: 1 for the
+        exact sigmoid, ``0.5 (|s| + R) + 2`` for the interpolant (class docstring)."""
+        return np.ones_like(s) if self.knots is None else 0.5 * (np.abs(s) + np.abs(self.knots).max()) + 2
+
     def fit(self, X, y) -> "LogisticGD":
         X, y = _batch(X, y)
         B, n, d = X.shape
@@ -352,13 +357,21 @@ class ValidationSelect:
         return self.trace(Xq)[-1]
 
     def scale(self, Xq) -> np.ndarray:
-        """GD's scale for the worst candidate, times the selection's conditioning ``1 + K max_k L_k /
+        """GD's scale for the worst candidate (for a candidate with a link, also the size of the link's
+        terms, :meth:`LogisticGD.link_terms`), times the selection's conditioning ``1 + K max_k L_k /
         gamma`` where it is not flat: the weights move with the losses (slope ``1/gamma`` per
         candidate) only when a second candidate is within ``gamma`` of the best (plus a margin
         ``SELECT_TIE_MARGIN * max_k L_k`` for the losses' own round-off).  Elsewhere the weights are
         one-hot with a loss gap above the margin, round-off in the losses cannot move them, and the
         scale is GD's.  ``test_select.py`` checks both: the slope near a tie and flatness away."""
-        base = np.max([g.scale(Xq) for g in self.gds_], axis=0)  # [S, B, m]
+        Xq = np.asarray(Xq, dtype=_dtype(Xq))
+        Xq = Xq[None] if Xq.ndim == 2 else Xq
+        s = np.einsum("bmd,sbkd->sbkm", Xq, self.W_[1:])  # the candidates' scores at the queries
+        # a linked candidate's prediction also sums its link's terms (e.g. the sigmoid interpolant's
+        # constant 1/2), whatever the size of x_q
+        linked = [g.link_terms(s[:, :, k]) for k, (g, link) in enumerate(zip(self.gds_, self.links))
+                  if link is not None]
+        base = np.max([g.scale(Xq) for g in self.gds_] + linked, axis=0)  # [S, B, m]
         return base * self.conditioning()[:, :, None]
 
     def conditioning(self) -> np.ndarray:
@@ -664,23 +677,41 @@ class NadarayaWatson:
         return (np.abs(self.y_).max(-1)[:, None] * (1 + score.max(-1)))[None]
 
 
+def kernel_matrix(A, Bm, kernels, kernel: str = "relu"):
+    """``[B, p, q]``: ``K(a_j, b_i) = sum_h phi(a_j^T W_h b_i)`` with ``phi`` = relu (``kernel="relu"``)
+    or exp (``"exp"``, floats only) for inputs ``A [B, p, d]``, ``Bm [B, q, d]``."""
+    phi = (lambda s: np.maximum(s, 0)) if kernel == "relu" else np.exp
+    return sum(phi(np.einsum("bjd,de,bie->bji", A, W, Bm)) for W in kernels)
+
+
 class KernelGD:
-    """Functional GD from ``f_0 = 0`` with the kernel ``K(x, x') = sum_h relu(x^T W_h x')`` and rate
+    """Functional GD from ``f_0 = 0`` with the kernel ``K(x, x') = sum_h phi(x^T W_h x')`` (``phi``
+    relu, or exp with ``kernel="exp"``) and rate
     ``lr``, each step followed by the ridge term's proximal map (``shrink = lr lam/(1 + lr lam)``,
     0 for plain functional GD): ``r <- r - (lr/n) K r``, ``f(x_q) <- f(x_q) + (lr/n) k_q^T r``, then
     ``r <- r + shrink (y - r)``, ``f <- (1 - shrink) f``.  Runs in exact rational arithmetic for
     Fraction inputs and parameters.  ``trace`` ``[S, B, m]``; ``scale`` the running largest of
     ``|f_t(x_q)| + (lr/n) sum_i |k_q,i| |r_i|`` (the terms each step sums)."""
 
-    def __init__(self, steps: int, lr, shrink, kernels):
+    def __init__(self, steps: int, lr, shrink, kernels, kernel: str = "relu"):
         self.steps, self.lr, self.shrink, self.kernels = steps, lr, shrink, [np.asarray(W) for W in kernels]
+        self.kernel = kernel
 
     def fit(self, X, y) -> "KernelGD":
         self.X_, self.y_ = _batch(X, y)
         return self
 
     def _k(self, A, Bm):
-        return sum(np.maximum(np.einsum("bjd,de,bie->bji", A, W, Bm), 0) for W in self.kernels)
+        return kernel_matrix(A, Bm, self.kernels, self.kernel)
+
+    def _unsigned(self, A, Bm):
+        """The kernel's terms as the error model sees them: ``|K|`` for relu; for exp, each
+        ``exp(s)`` times ``1 + |s|``, since a round-off of size u in the score s moves exp(s) by
+        about ``u exp(s)``, relative to s's own size."""
+        if self.kernel == "relu":
+            return np.abs(self._k(A, Bm).astype(np.float64))
+        ss = [np.einsum("bjd,de,bie->bji", A, W, Bm).astype(np.float64) for W in self.kernels]
+        return sum(np.exp(v) * (1 + np.abs(v)) for v in ss)
 
     def _run(self, Xq):
         Xq = np.asarray(Xq, dtype=_dtype(Xq))
@@ -688,12 +719,13 @@ class KernelGD:
         X, y = self.X_, self.y_
         n = X.shape[1]
         K, Kq = self._k(X, X), self._k(Xq, X)
+        Ku = self._unsigned(Xq, X)
         r, f = y.copy(), np.zeros(Xq.shape[:2], dtype=X.dtype) * y[:, :1]
         fs, mags, mag = [], [], np.zeros(Xq.shape[:2])
         for _ in range(self.steps):
             upd = np.einsum("bqi,bi->bq", Kq, r) * self.lr / n
             mag = np.maximum(mag, np.abs(f.astype(np.float64)) + np.einsum(
-                "bqi,bi->bq", np.abs(Kq.astype(np.float64)), np.abs(r.astype(np.float64))) * float(self.lr) / n)
+                "bqi,bi->bq", Ku, np.abs(r.astype(np.float64))) * float(self.lr) / n)
             r, f = r - np.einsum("bji,bi->bj", K, r) * self.lr / n, f + upd
             if self.shrink:
                 r, f = r + self.shrink * (y - r), f - self.shrink * f

@@ -38,14 +38,19 @@ from . import baselines
 @dataclass(frozen=True)
 class TaskConfig:
     """``cov=None``: x ~ U(-x_range/2, x_range/2)^d (von Oswald's setting); else x ~ N(0, cov)
-    (Ahn et al.'s setting; ``cov`` a symmetric positive definite d x d matrix as nested tuples)."""
+    (Ahn et al.'s setting; ``cov`` a symmetric positive definite d x d matrix as nested tuples).
+    ``w``: one fixed weight vector for every task (a tuple of d numbers; Akyurek et al.'s control
+    task has w = 1) instead of w ~ N(0, I)."""
     d: int = 10
     n: int = 10
     x_range: float = 1.0
     noise: float = 0.0
     cov: tuple | None = None
+    w: tuple | None = None
 
     def __post_init__(self):
+        if self.w is not None and (len(self.w) != self.d or not all(math.isfinite(float(v)) for v in self.w)):
+            raise ConstructionError(f"w must be {self.d} finite numbers (one per input dimension), got {self.w!r}")
         if self.cov is not None:
             from constructions.optimum import _cov
 
@@ -57,6 +62,8 @@ def sample_tasks(cfg: TaskConfig, B: int, gen: torch.Generator, noise=None):
     or a ``[B]`` tensor of per-task noise levels)."""
     d, n = cfg.d, cfg.n
     w = torch.randn(B, d, generator=gen, dtype=torch.float64)
+    if cfg.w is not None:
+        w = torch.tensor(cfg.w, dtype=torch.float64).expand(B, d)
     if cfg.cov is None:
         xs = (torch.rand(B, n + 1, d, generator=gen, dtype=torch.float64) - 0.5) * cfg.x_range
     else:
@@ -76,9 +83,11 @@ def layout(d: int):
 
 
 # -- models ----------------------------------------------------------------------------
-def lsa_model(d: int, layers: int, seed: int = 0, init_std: float = 0.002, label_channels: bool = True) -> Transformer:
+def lsa_model(d: int, layers: int, seed: int = 0, init_std: float = 0.002, label_channels: bool = True,
+              tied: bool = False) -> Transformer:
     """Trainable linear self-attention: 1 square head per layer, query masked, no MLP; weights
-    drawn from ``N(0, (init_std/layers)^2)``.  ``label_channels=False`` starts the key's label row
+    drawn from ``N(0, (init_std/layers)^2)``.  ``tied=True``: a *looped* LSA, one layer applied
+    ``layers`` times (every block holds the same parameters, so training updates them together).  ``label_channels=False`` starts the key's label row
     and the value's x rows at zero (Zhang, Frei and Bartlett 2023's initialisation): the score then
     reads no label and the value carries only the label, so the layer starts on the manifold of
     preconditioned GD steps, which gradient flow does not leave (docs/training.md, "Ahn et al.")."""
@@ -91,17 +100,40 @@ def lsa_model(d: int, layers: int, seed: int = 0, init_std: float = 0.002, label
         if not label_channels:
             WK[:, y], WV[:, x] = 0.0, 0.0
         blocks.append(BlockSpec(AttentionSpec("linear", WQ, WK, WV, WO)))
-    return _trainable(Transformer(blocks), "lsa_model", d=d, layers=layers, label_channels=label_channels)
+    m = Transformer(blocks)
+    if tied:
+        for b in m.blocks[1:]:
+            for k in ("W_Q", "W_K", "W_V", "W_O"):
+                setattr(b.attn, k, getattr(m.blocks[0].attn, k))
+    extra = dict(tied=True) if tied else {}
+    return _trainable(m, "lsa_model", d=d, layers=layers, label_channels=label_channels, **extra)
 
 
-def softmax_model(d: int, layers: int = 2, heads: int = 2, mlp: int = 32, seed: int = 0, init_std: float = 0.1):
-    """A small trainable softmax transformer (heads of width D, ReLU MLPs, no LayerNorm)."""
+def _unique_state(model: Transformer) -> dict:
+    """The model's state dict with each shared tensor once, under its first name (safetensors
+    refuses tensors that share memory; a looped model's blocks all hold block 0's)."""
+    seen, out = set(), {}
+    for k, v in model.state_dict(keep_vars=True).items():
+        if id(v) not in seen:
+            seen.add(id(v))
+            out[k] = v.detach()
+    return out
+
+
+def softmax_model(d: int, layers: int = 2, heads: int = 2, mlp: int = 32, seed: int = 0, init_std: float = 0.1,
+                  width: int | None = None):
+    """A small trainable softmax transformer (heads of width D, ReLU MLPs, no LayerNorm).  ``width``:
+    the residual width D (default d + 1, the token ``(x, y)``); the channels beyond the token start at
+    0 in every prompt (:func:`model_predictor` pads them) and give the layers room to compute in."""
     g = np.random.default_rng(seed)
-    D = layout(d).width
+    D = layout(d).width if width is None else width
+    if D < layout(d).width:
+        raise ConstructionError(f"width must be at least d + 1 = {layout(d).width} (the token (x, y)), got {D}")
     blocks = [BlockSpec(AttentionSpec("softmax", *(g.normal(0, init_std, (4, heads, D, D)))),
                         MLPSpec("relu", g.normal(0, init_std, (D, mlp)), np.zeros(mlp), g.normal(0, init_std, (mlp, D)),
                                 np.zeros(D))) for _ in range(layers)]
-    return _trainable(Transformer(blocks), "softmax_model", d=d, layers=layers, heads=heads, mlp=mlp)
+    extra = {} if width is None else dict(width=width)
+    return _trainable(Transformer(blocks), "softmax_model", d=d, layers=layers, heads=heads, mlp=mlp, **extra)
 
 
 #: the model factories a trained checkpoint may name (its ``architecture`` metadata)
@@ -116,12 +148,20 @@ def _trainable(m: Transformer, factory: str, **args) -> Transformer:
 
 
 def model_predictor(model: Transformer, stop: int | None = None):
-    """``f(X, y, Xq) = -y`` slot of the query after ``stop`` layers (default: all)."""
+    """``f(X, y, Xq) = -y`` slot of the query after ``stop`` layers (default: all); a model wider
+    than the token gets zero channels after it."""
     def f(X, y, Xq):
         n = X.shape[1]
-        return read_von_oswald(model(to_von_oswald(X, y, Xq), n, stop=stop), n)
+        return read_von_oswald(model(stream(model, X, y, Xq), n, stop=stop), n)
 
     return f
+
+
+def stream(model: Transformer, X, y, Xq) -> torch.Tensor:
+    """The trained models' input: von Oswald's tokens ``(x, y)`` (queries ``(x_q, 0)``), zero-padded
+    to the model's width."""
+    h = to_von_oswald(X, y, Xq)
+    return torch.nn.functional.pad(h, (0, model.width - h.shape[-1]))
 
 
 def construction_predictor(c):
@@ -143,7 +183,8 @@ def ridge_predictor(lam: float):
 # -- training ------------------------------------------------------------------------------
 def train(model: Transformer, task: TaskConfig, steps: int, batch: int = 512, lr: float = 1e-3, clip: float = 10.0,
           seed: int = 0, progress: bool = True, checkpoint: str | None = None, device: str | None = None,
-          schedule: str = "constant", record=None, antithetic: bool = False, overwrite: bool = False) -> list[float]:
+          schedule: str = "constant", record=None, antithetic: bool = False, overwrite: bool = False,
+          prefixes: bool = False) -> list[float]:
     """Adam on ``1/2 (y_hat - y_q)^2`` over fresh tasks every step; returns the loss history.
     ``device``: default CUDA when present, else CPU; the model is returned to the CPU after.
     ``schedule``: ``"constant"`` or ``"cosine"`` (the learning rate annealed to 0 over ``steps``,
@@ -152,6 +193,8 @@ def train(model: Transformer, task: TaskConfig, steps: int, batch: int = 512, lr
     is ``batch`` tasks and the same tasks with their labels negated (w -> -w, noise -> -noise), so
     every term of the gradient that is even in the labels cancels within the batch (it is zero only
     in expectation otherwise); the batch has ``2 batch`` rows and ``batch`` independent tasks.
+    ``prefixes``: each step's context is the first k examples, k drawn uniformly from 1..n (the
+    model learns to predict from every prefix, as a decoder trained on every position does).
     ``checkpoint``: a path to save the trained model to (:func:`save_checkpoint`); an existing file
     is replaced only with ``overwrite=True``, and that is checked before training starts."""
     from constructions.io import _writable
@@ -170,6 +213,9 @@ def train(model: Transformer, task: TaskConfig, steps: int, batch: int = 512, lr
     bar = tqdm(range(steps), desc="train", unit="step", disable=not progress, mininterval=1.0)
     for step in bar:
         X, y, Xq, yq = sample_tasks(task, batch, gen)
+        if prefixes:
+            k = int(torch.randint(1, task.n + 1, (1,), generator=gen))
+            X, y = X[:, :k], y[:, :k]
         if antithetic:
             X, y, Xq, yq = torch.cat([X, X]), torch.cat([y, -y]), torch.cat([Xq, Xq]), torch.cat([yq, -yq])
         X, y, Xq, yq = (a.to(device) for a in (X, y, Xq, yq))
@@ -195,7 +241,7 @@ def train(model: Transformer, task: TaskConfig, steps: int, batch: int = 512, lr
     model.to("cpu")
     if checkpoint:
         save_checkpoint(model, checkpoint, task, overwrite=overwrite, steps=steps, seed=seed, lr=lr, batch=batch,
-                        schedule=schedule, antithetic=antithetic)
+                        schedule=schedule, antithetic=antithetic, prefixes=prefixes)
     return hist
 
 
@@ -217,7 +263,7 @@ def save_checkpoint(model: Transformer, path, task: TaskConfig, overwrite: bool 
     if arch is None:
         raise ConstructionError("save_checkpoint needs a model made by verify.train.lsa_model or softmax_model "
                                 "(its architecture is recorded there)")
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.cpu().contiguous() for k, v in _unique_state(model).items()}
     metadata = dict(format=TRAINED_FORMAT, architecture=json.dumps(arch), task=json.dumps(asdict(task)),
                     training=json.dumps({k: v for k, v in meta.items()}, default=str))
     return write_safetensors(state, path, metadata, overwrite=overwrite)
@@ -248,21 +294,24 @@ def load_trained(path) -> tuple[Transformer, TaskConfig, dict]:
             try:
                 arch, task, training = (json.loads(meta[k]) for k in ("architecture", "task", "training"))
                 factory = arch.pop("factory")
-                known = {"lsa_model": {"d", "layers", "label_channels"}, "softmax_model": {"d", "layers", "heads", "mlp"}}
+                known = {"lsa_model": {"d", "layers", "label_channels", "tied"},
+                         "softmax_model": {"d", "layers", "heads", "mlp", "width"}}
                 ok = factory in ARCHITECTURES and {"d", "layers"} <= set(arch) <= known[factory] and all(
-                    isinstance(v, bool) if k == "label_channels" else
+                    isinstance(v, bool) if k in ("label_channels", "tied") else
                     isinstance(v, int) and not isinstance(v, bool) and 1 <= v for k, v in arch.items())
                 if not ok:
                     raise ValueError(f"architecture {factory!r} {arch}")
                 if isinstance(task.get("cov"), list):
                     task["cov"] = tuple(map(tuple, task["cov"]))
+                if isinstance(task.get("w"), list):
+                    task["w"] = tuple(task["w"])
                 task = TaskConfig(**task)
                 if task.d != arch["d"] or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
                                                   for v in (task.d, task.n)):
                     raise ValueError(f"task {task} for an architecture of d = {arch['d']}")
             except (KeyError, ValueError, TypeError, AttributeError, RecursionError) as e:
                 raise ConstructionError(f"{path} has broken metadata ({type(e).__name__}: {e})") from None
-            D = layout(arch["d"]).width
+            D = arch.get("width", layout(arch["d"]).width)
             parts.budget(factory, layers=arch["layers"], width=D, heads=arch.get("heads", 1), mlp=arch.get("mlp", 0))
             model = globals()[factory](**arch)
             state = {k: f.get_tensor(k) for k in f.keys()}
@@ -271,13 +320,15 @@ def load_trained(path) -> tuple[Transformer, TaskConfig, dict]:
     except (SafetensorError, OSError) as e:
         raise ConstructionError(f"{path} is not a readable safetensors file ({e}); it may be truncated or "
                                 "tampered with") from None
-    mine = model.state_dict()
+    mine = _unique_state(model)
     if state.keys() != mine.keys() or any(state[k].shape != mine[k].shape or state[k].dtype != mine[k].dtype
                                           for k in mine):
         raise ConstructionError(f"{path}: the stored tensors do not fit the recorded {factory} architecture {arch}")
     if not all(torch.isfinite(t).all() for t in state.values()):
         raise ConstructionError(f"{path}: a stored weight is NaN or inf")
-    model.load_state_dict(state, strict=True)
+    with torch.no_grad():
+        for k, v in mine.items():  # a shared parameter is set once, for every block that holds it
+            v.copy_(state[k])
     return model, task, training
 
 
@@ -501,9 +552,11 @@ def reproduce_vonoswald(quick: bool = False, out: str = "reproduce-vonoswald23",
               f"(effective lr {w['effective_lr']:.3f}) |", ""]
     # K layers vs GD / GD++ (per layer)
     Ks = (2, 3) if quick else (2, 3, 4, 5)
-    rows = ["| layers | trained LSA loss | GD (tuned lr) loss | GD++ (tuned lr, gamma) loss | GD++ (fitted per layer) loss "
-            "| trained vs fitted GD++: mean abs prediction difference, cosine of d y_hat / d x_q |", "|---|---|---|---|---|---|"]
-    curves = {"trained LSA": [cmp["loss_a"]], "GD": [gd_loss], "GD++": [gd_loss], "GD++ fitted per layer": [gd_loss]}
+    rows = ["| layers | trained LSA loss | looped LSA loss | GD (tuned lr) loss | GD++ (tuned lr, gamma) loss "
+            "| GD++ (fitted per layer) loss | trained vs fitted GD++: mean abs prediction difference, cosine of "
+            "d y_hat / d x_q | looped vs tuned GD++: the same |", "|---|---|---|---|---|---|---|---|"]
+    curves = {"trained LSA": [cmp["loss_a"]], "looped LSA (tied weights)": [cmp["loss_a"]], "GD": [gd_loss],
+              "GD++": [gd_loss], "GD++ fitted per layer": [gd_loss]}
     for K in Ks:
         mK = lsa_model(task.d, K, seed=seed)
         train(mK, task, steps, lr=DEEP_LR, seed=seed, progress=True, schedule="cosine")
@@ -512,13 +565,19 @@ def reproduce_vonoswald(quick: bool = False, out: str = "reproduce-vonoswald23",
         gppK = shared[2]
         lrs, gammas, fitK = fit_gdpp(task, K, B=2000 if quick else 4000, iters=100 if quick else 300, start=shared)
         c = compare(model_predictor(mK), gdpp_predictor(lrs, gammas, K), task)
-        rows.append(f"| {K} | {c['loss_a']:.4f} | {gdK:.4f} | {gppK:.4f} | {fitK:.4f} | {c['l2']:.3f}, {c['cos_dx']:.3f} |")
+        mT = lsa_model(task.d, K, seed=seed, tied=True)  # one layer looped K times
+        train(mT, task, steps, lr=DEEP_LR, seed=seed, progress=True, schedule="cosine")
+        cT = compare(model_predictor(mT), gdpp_predictor(shared[0], shared[1], K), task)
+        rows.append(f"| {K} | {c['loss_a']:.4f} | {cT['loss_a']:.4f} | {gdK:.4f} | {gppK:.4f} | {fitK:.4f} | "
+                    f"{c['l2']:.3f}, {c['cos_dx']:.3f} | {cT['l2']:.3f}, {cT['cos_dx']:.3f} |")
         curves["trained LSA"].append(c["loss_a"])
+        curves["looped LSA (tied weights)"].append(cT["loss_a"])
         curves["GD"].append(gdK)
         curves["GD++"].append(gppK)
         curves["GD++ fitted per layer"].append(fitK)
-    lines += [f"Deeper LSA, untied, Adam lr {DEEP_LR:g} with a cosine schedule (paper: trained models beat GD and "
-              "match GD++):", "", *rows, ""]
+    lines += [f"Deeper LSA, untied and looped (one layer's weights tied across the K layers), Adam lr {DEEP_LR:g} "
+              "with a cosine schedule (paper: trained models beat GD and match GD++; a looped LSA has one (lr, gamma) "
+              "for every step, as the tuned GD++ has):", "", *rows, ""]
     # a small softmax transformer
     sm = softmax_model(task.d, layers=1, heads=2, seed=seed)
     train(sm, task, steps, lr=1e-3, seed=seed)
