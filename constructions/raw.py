@@ -270,6 +270,16 @@ def passthrough_check(w0, lr: float, lam: float, P: float):
 U = C * eps(torch.float64)
 
 
+def roundoff_gain(config) -> float:
+    """How much the primitives amplify a relative round-off in their inputs, the factor of the
+    round-off terms below: ``1/s`` (mul divides GeLU differences of size s by s^2) plus ``M`` (div's
+    LayerNorm pad).  ``config``: a :class:`RawConfig` or its dict (a construction's ``params["config"]``).
+    Two evaluations of the same raw construction in different summation orders (e.g. the
+    TransformerLens export) differ by up to about ``C eps (L + 1)(n + d)`` times this."""
+    cfg = config if isinstance(config, RawConfig) else RawConfig(**config)
+    return 1 / cfg.mul_scale + cfg.ln_pad
+
+
 def primitive_layout(k: int) -> ResidualLayout:
     """The stream of the primitive checks: operand slots a, b (size k) and c, scratch dst, pads."""
     return ResidualLayout.of([("a", k, "zero"), ("b", k, "zero"), ("c", 1, "zero"), ("dst", k, "zero"),

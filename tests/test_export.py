@@ -28,6 +28,10 @@ def test_export_reproduces_predict(name, dtype):
     got = predict(model, c, X, y, Xq, check=False)
     assert got.dtype == want.dtype and got.shape == want.shape
     scale = 1 + np.abs(want).max()
+    if "config" in c.params:  # Akyurek's primitives amplify round-off by 1/s (mul) and M (div): their error model
+        from constructions.raw import roundoff_gain
+
+        scale *= roundoff_gain(c.params["config"])
     n, d = X.shape[1:]
     assert np.abs(got - want).max() <= C * eps(c.dtype) * (len(c.blocks) + 1) * (n + d) * scale
     first = next(i for i, b in enumerate(c.blocks) if b.attn is not None)
