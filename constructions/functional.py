@@ -181,7 +181,7 @@ def check_kernel_ridge(prompt, knobs) -> Comparison:
     steps = max(knobs.steps, 3)
     c = functional_gd(d, steps, lr, lam, Ws)
     K = _gram(X, Ws)
-    Kq = sum(np.maximum(np.einsum("bqd,de,bie->bqi", Xq, W, X), 0) for W in Ws)
+    Kq = kernel_matrix(Xq, X, Ws)
     alpha = np.linalg.solve(K + n * lam * np.eye(n), y[..., None])[..., 0]
     f_ctx, f_q = np.einsum("bji,bi->bj", K, alpha), np.einsum("bqi,bi->bq", Kq, alpha)
     ev = np.linalg.eigvalsh(K)

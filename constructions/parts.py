@@ -456,16 +456,27 @@ def prefix_lambda_max(X: torch.Tensor) -> torch.Tensor:
     """``max_k lambda_max(X_{:k}^T X_{:k} / k)`` over the prefix lengths k = 1..n, per prompt ``[B]``:
     the largest curvature of least squares on any prefix of the examples (a decoder's tokens
     see the prefixes of length 1..n-1, its queries all n).  Exact: an eigenvalue solve per
-    prefix, in chunks of prompts."""
+    prefix, in blocks of prompts and of prefixes holding at most the element limit
+    (:func:`limits`) of ``d x d`` covariances at a time, whatever n and d."""
     B, n, d = X.shape
-    out = torch.empty(B, dtype=X.dtype, device=X.device)
-    count = torch.arange(1, n + 1, dtype=X.dtype, device=X.device)[:, None, None]
-    for s in range(0, B, 64):
-        x = X[s:s + 64]
-        C = torch.cumsum(x[..., :, None] * x[..., None, :], 1) / count  # the first k examples' covariance
-        if not torch.isfinite(C).all():
-            covariance(x)  # refuses the overflowing prompt with its message
-        out[s:s + 64] = torch.linalg.eigvalsh(C)[..., -1].amax(-1)
+    out = torch.zeros(B, dtype=X.dtype, device=X.device)
+    per = max(1, limits()[1] // (d * d))  # covariances per block
+    pb = min(B, max(1, per // n))  # prompts per block
+    kb = min(n, max(1, per // pb))  # prefixes per block
+    for s in range(0, B, pb):
+        x = X[s:s + pb]
+        running = torch.zeros(x.shape[0], d, d, dtype=X.dtype, device=X.device)
+        for k0 in range(0, n, kb):
+            xb = x[:, k0:k0 + kb]
+            cum = running[:, None] + torch.cumsum(xb[..., :, None] * xb[..., None, :], 1)  # sums of the first k
+            running = cum[:, -1]
+            C = cum / torch.arange(k0 + 1, k0 + xb.shape[1] + 1, dtype=X.dtype, device=X.device)[:, None, None]
+            if not torch.isfinite(C).all():
+                b = s + int((~torch.isfinite(C)).flatten(1).any(1).nonzero()[0])
+                raise ConstructionError(f"prompt {b}: a prefix covariance X^T X/k overflows "
+                                        f"{str(X.dtype).replace('torch.', '')} (max |x| = {float(X[b].abs().max()):.3g}); "
+                                        "rescale X (and y) towards unit scale")
+            out[s:s + pb] = torch.maximum(out[s:s + pb], torch.linalg.eigvalsh(C)[..., -1].amax(-1))
     return out
 
 
@@ -479,6 +490,7 @@ def prefix_step_check(lr: float, limit: float = 2.0):
         undecided = (cheap > bound).nonzero().flatten()
         if undecided.numel() == 0:
             return
+        covariance(X)  # refuses an overflowing prompt by its index in the batch
         hit = _first_above(prefix_lambda_max(X[undecided]), bound)
         if hit is not None:
             b, v = int(undecided[hit[0]]), hit[1]

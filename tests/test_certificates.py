@@ -97,3 +97,17 @@ def test_spd_solve_does_not_trust_a_factorisation_of_a_singular_matrix():
     b = (A @ torch.from_numpy(np.random.default_rng(2).normal(size=(16, 4)))[..., None])[..., 0]
     want = (torch.linalg.pinv(A, hermitian=True) @ b[..., None])[..., 0]
     assert torch.allclose(parts.spd_solve(A, b), want, rtol=1e-8, atol=1e-8)
+
+
+def test_prefix_lambda_max_in_blocks_matches_every_prefix_and_refuses_overflow():
+    """The curvature of every prefix, in blocks that hold the element limit whatever n and d (a
+    limit of 40 elements forces blocks of prompts and of prefixes), against a loop over prefixes."""
+    X = torch.from_numpy(np.random.default_rng(0).normal(size=(7, 13, 3)))
+    want = torch.stack([max(torch.linalg.eigvalsh(X[b, :k].T @ X[b, :k] / k)[-1] for k in range(1, 14))
+                        for b in range(7)])
+    assert torch.allclose(parts.prefix_lambda_max(X), want, rtol=1e-13, atol=0)
+    with parts.size_limit(max_elements=40):
+        assert torch.allclose(parts.prefix_lambda_max(X), want, rtol=1e-13, atol=0)
+    X[5, 0] = 1e200
+    with pytest.raises(ConstructionError, match="prompt 5"):
+        parts.prefix_lambda_max(X)

@@ -257,3 +257,8 @@ def test_prefix_training_and_a_wide_softmax_model(tmp_path):
         assert torch.equal(T.model_predictor(loaded)(X, y, Xq), T.model_predictor(m)(X, y, Xq))
     with pytest.raises(ConstructionError, match="width must be at least"):
         T.softmax_model(d=4, width=3)
+    with pytest.raises(ConstructionError, match="width"):
+        T.softmax_model(d=4, width=8.5)
+    for bad in ((1.0,), ("a", "b"), 3.0, (1.0, float("nan"))):  # a fixed task weight of the wrong kind
+        with pytest.raises(ConstructionError, match="w must be 2 finite numbers"):
+            T.TaskConfig(d=2, w=bad)

@@ -17,7 +17,8 @@ Predictors compared at each k (their weights ``w(X, y)``, toolkit normalisation 
   (tau = 1) is ``sigma^2 / k`` here;
 * ``OLS``: min-norm least squares (for sigma = 0 it is the Bayes predictor, as ridge is).
 
-Metrics (Akyurek Sec. 4.1): SPD, the mean squared prediction difference ``E (f(x) - g(x))^2`` on
+Metrics (Akyurek et al.'s Sec. 4; the paper's text was not available when this was written, so the
+definitions are ours as we read them): SPD, the mean squared prediction difference ``E (f(x) - g(x))^2`` on
 fresh queries; ILWD, the mean squared distance ``E |w_f - w_g|^2`` of the *implicit linear
 weights*, where a model's weight is the least-squares fit of its predictions on 2d probe queries
 per prompt.
@@ -106,10 +107,12 @@ def _hidden(model, X, y, Xq) -> torch.Tensor:
         return model.residuals(stream(model, X, y, Xq), X.shape[1])[:, :, -1]
 
 
-def probe_error(H: torch.Tensor, target: torch.Tensor, kind: str = "linear", seed: int = 0) -> float:
+def probe_error(H: torch.Tensor, target: torch.Tensor, kind: str = "linear", seed: int = 0,
+                rows: str = "test") -> float:
     """Test mean squared error (per coordinate) of a probe from features ``H [B, D]`` to ``target
     [B, d]``, trained on the first 3/4 of the rows and tested on the rest: ``"linear"`` (least
-    squares with a bias, closed form) or ``"mlp"`` (one hidden layer of 64 ReLUs, Adam)."""
+    squares with a bias, closed form) or ``"mlp"`` (one hidden layer of 64 ReLUs, Adam).
+    ``rows="train"``: the error on the rows it was fitted on instead."""
     H, target = H.double(), target.double()
     cut = 3 * len(H) // 4
     mu, sd = H[:cut].mean(0), H[:cut].std(0).clamp_min(1e-12)
@@ -117,7 +120,8 @@ def probe_error(H: torch.Tensor, target: torch.Tensor, kind: str = "linear", see
     if kind == "linear":
         A = torch.cat([Z, torch.ones_like(Z[:, :1])], 1)
         W = torch.linalg.lstsq(A[:cut], target[:cut], driver="gelsd").solution  # SVD: features may be rank-deficient
-        return float(((A[cut:] @ W - target[cut:]) ** 2).mean())
+        r = slice(None, cut) if rows == "train" else slice(cut, None)
+        return float(((A[r] @ W - target[r]) ** 2).mean())
     g = torch.Generator().manual_seed(seed)
     D, d = Z.shape[1], target.shape[1]
     W1, W2 = (torch.randn(D, 64, generator=g, dtype=H.dtype) / D**0.5).requires_grad_(), \
@@ -130,8 +134,9 @@ def probe_error(H: torch.Tensor, target: torch.Tensor, kind: str = "linear", see
         loss = ((net(Z[:cut]) - target[:cut]) ** 2).mean()
         loss.backward()
         opt.step()
+    r = slice(None, cut) if rows == "train" else slice(cut, None)
     with torch.no_grad():
-        return float(((net(Z[cut:]) - target[cut:]) ** 2).mean())
+        return float(((net(Z[r]) - target[r]) ** 2).mean())
 
 
 def probe_targets(X, y) -> dict:
@@ -156,8 +161,10 @@ def probes(models: dict, d: int, N: int, prompts: int, seed: int, noise: float =
 def construction_probes(d: int, N: int, steps: int, prompts: int, seed: int) -> dict:
     """The sanity bound for the probes: on :func:`constructions.relu_gd` (GD, ``steps`` layers),
     the linear probe's error for w_OLS at every layer, beside the error of the iterate its ``w``
-    slot holds there (``read_slot``, exact).  A linear probe can read that slot, so its error
-    should not exceed the slot's (up to the probe's fit on 3/4 of the prompts)."""
+    slot holds there (``read_slot``, exact), on the test rows (``probe``, ``slot``) and on the rows
+    the probe was fitted on (``probe_train``, ``slot_train``).  Reading the slot is one of the linear
+    maps the probe's least squares chooses from, so on its fitting rows the probe's error is at most
+    the slot's (up to round-off); on the test rows that is expected, not guaranteed."""
     import constructions
     from constructions.bai import score_bound
 
@@ -170,7 +177,9 @@ def construction_probes(d: int, N: int, steps: int, prompts: int, seed: int) -> 
     slot = torch.as_tensor(c.read_slot(X, y, Xq, "w"))[:, :, -1]  # [S+1, B, d]
     cut = 3 * prompts // 4
     return dict(probe=[probe_error(h, target) for h in H],
-                slot=[float(((s[cut:] - target[cut:]) ** 2).mean()) for s in slot])
+                slot=[float(((s[cut:] - target[cut:]) ** 2).mean()) for s in slot],
+                probe_train=[probe_error(h, target, rows="train") for h in H],
+                slot_train=[float(((s[:cut] - target[:cut]) ** 2).mean()) for s in slot])
 
 
 def _heatmap(path, grid: np.ndarray, labels: np.ndarray, rows, cols, title: str, xlabel: str, ylabel: str) -> Path:

@@ -49,8 +49,13 @@ class TaskConfig:
     w: tuple | None = None
 
     def __post_init__(self):
-        if self.w is not None and (len(self.w) != self.d or not all(math.isfinite(float(v)) for v in self.w)):
-            raise ConstructionError(f"w must be {self.d} finite numbers (one per input dimension), got {self.w!r}")
+        if self.w is not None:
+            try:
+                ok = len(self.w) == self.d and all(math.isfinite(float(v)) for v in self.w)
+            except (TypeError, ValueError, OverflowError):
+                ok = False
+            if not ok:
+                raise ConstructionError(f"w must be {self.d} finite numbers (one per input dimension), got {self.w!r}")
         if self.cov is not None:
             from constructions.optimum import _cov
 
@@ -126,7 +131,7 @@ def softmax_model(d: int, layers: int = 2, heads: int = 2, mlp: int = 32, seed: 
     the residual width D (default d + 1, the token ``(x, y)``); the channels beyond the token start at
     0 in every prompt (:func:`model_predictor` pads them) and give the layers room to compute in."""
     g = np.random.default_rng(seed)
-    D = layout(d).width if width is None else width
+    D = layout(d).width if width is None else parts.positive_int(width, "width")
     if D < layout(d).width:
         raise ConstructionError(f"width must be at least d + 1 = {layout(d).width} (the token (x, y)), got {D}")
     blocks = [BlockSpec(AttentionSpec("softmax", *(g.normal(0, init_std, (4, heads, D, D)))),
