@@ -40,7 +40,7 @@ from verify.knobs import lasso_lam, masking_constant, ridge_lam, stable_lr
 from verify.prompts import Prompt, PromptSpec
 from verify.reference import (
     GD, ISTA, BinaryTest, LinkSelect, LogisticGD, PreICLSelect, ProxGD, Ridge, RidgeSelect, lasso_objective,
-    lasso_solution,
+    lasso_solution, sigmoid,
 )
 from verify.tolerance import Comparison, compare_trace, tolerance
 
@@ -290,12 +290,9 @@ def proximal_gd(d: int, steps: int, lr: float, prox: str, param: float, mask_con
 def sigmoid_knots(heads: int, radius: float) -> tuple[np.ndarray, np.ndarray, float]:
     """Knots ``s_0 = -R < ... < s_{heads-1} = R`` and ReLU coefficients ``a_m`` of the
     piecewise-linear interpolant of the logistic sigmoid, flat outside ``[-R, R]``:
-    ``sigma_hat(s) = sigma(-R) + sum_m a_m relu(s - s_m)``.  Returns (knots, a, sigma(-R))."""
-    knots = np.linspace(-radius, radius, heads)
-    vals = 1.0 / (1.0 + np.exp(-knots))
-    slopes = np.diff(vals) / np.diff(knots)  # heads - 1 pieces
-    a = np.diff(np.concatenate([[0.0], slopes, [0.0]]))  # slope changes at every knot
-    return knots, a, float(vals[0])
+    ``sigma_hat(s) = sigma(-R) + sum_m a_m relu(s - s_m)`` (:func:`constructions.parts.relu_interpolant`).
+    Returns (knots, a, sigma(-R))."""
+    return parts.relu_interpolant(sigmoid, heads, radius)
 
 
 def logistic_radius(steps: int, lr: float, x_bound: float) -> float:

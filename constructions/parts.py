@@ -17,7 +17,8 @@ token row-vectors times weights); :func:`block` stacks heads into a
 * **Layouts**: :func:`lsa_layout` (von Oswald's token ``(x, y)``, readout ``-y``).
 * **Linear-attention heads**: :func:`gd_head` (a (preconditioned) GD step on the residuals
   in ``y``), :func:`product_head` (a token's own linear form times the mean of a value over
-  the context keys: the ridge decay term, momentum, products of replicated scalars).
+  the context keys: the ridge decay term, momentum, products of replicated scalars),
+  :func:`newton_schulz_heads` (one Newton-Schulz iteration on an inverse held by ridge tokens).
 * **ReLU-attention heads** (Bai et al.'s gated heads): :func:`gated_relu_head`,
   :func:`sign_split` (two gated heads whose sum is a linear head), :func:`relu_gd_heads`,
   :func:`relu_decay_head`, :func:`relu_readout_heads`.
@@ -27,6 +28,9 @@ token row-vectors times weights); :func:`block` stacks heads into a
 * **Domain checks** (``check(X, y, Xq)`` functions for ``Construction(domain=...)``):
   :func:`step_check`, :func:`precond_check`, :func:`norm_check`, :func:`mask_check`,
   :func:`label_check`, :func:`all_checks`.
+* **Sums of ReLUs for a scalar function**: :func:`relu_interpolant` (the knots and coefficients of
+  a piecewise-linear interpolant, Bai et al.'s sigmoid; its value is
+  :func:`verify.reference.relu_sum`).
 * **Iteration counts and splits**: :func:`squaring_iters`, :func:`fixed_examples`.
 
 Domain-check contract: ``check(X, y, Xq)`` receives the validated prompt as float64 torch
@@ -238,6 +242,31 @@ def bilinear_heads(lay: ResidualLayout, q: dict, k: dict, v: dict, o: dict, e: i
     signed = lambda m, sign: {s: sign * np.asarray(b, dtype=np.float64) for s, b in m.items()}  # noqa: E731
     return [dict(W_Q=lay.read(signed(q, sign), e), W_K=lay.read(k, e), W_V=lay.read(v, ev),
                  W_O=lay.write(signed(o, sign), ev)) for sign in ((1.0,) if kind == "linear" else (1.0, -1.0))]
+
+
+def newton_schulz_heads(lay: ResidualLayout, alpha: float, lam: float, key: tuple = ("x",), query: tuple = ("x",),
+                        u: str = "u", ridge: str = "rx") -> list[dict]:
+    """Three linear heads whose sum maps every token's ``u_t = S x_t`` to ``S' x_t``,
+    ``S' = 2 S - alpha S A S`` (one Newton-Schulz iteration for ``A^{-1}`` on the scaled iterate
+    ``S = M / alpha``).  Every key j holds ``u_j = S x_j`` (x_j: its input, or its ridge vector) and
+    ``k_j`` (the sum of its ``key`` slots), and ``A = (1/n) sum_j x_j k_j^T``; the d *ridge tokens*
+    hold ``ridge = sqrt(n lam) e_k`` (0 on every other token), which adds ``lam I`` to A:
+
+    * Newton term: score ``u_t . k_j`` (k_j the sum of the ``key`` slots), value ``u_j``, output
+      ``-alpha``: ``-alpha S A S x_t``;
+    * fresh ``2 S x_t``: score ``q_t . ridge_k`` (q_t the sum of the ``query`` slots: the token's own
+      x, or its ridge vector), value ``u_k``, output ``2/lam``;
+    * the old copy removed: score ``u_t . ridge_k``, value ``ridge_k``, output ``-1/lam``: ``-u_t``.
+
+    Recomputing ``2 S x_t`` from the ridge tokens instead of doubling ``u_t`` keeps the iteration
+    self-correcting (the state is the matrix the ridge tokens hold; :func:`constructions.ridge_newton`'s
+    module docstring)."""
+    d = lay[u].size
+    I = np.eye(d)
+    newton = bilinear_heads(lay, {u: I}, {k: I for k in key}, {u: I}, {u: -alpha * I}, d)
+    fresh = bilinear_heads(lay, {q: I for q in query}, {ridge: I}, {u: I}, {u: 2.0 / lam * I}, d)
+    remove = bilinear_heads(lay, {u: I}, {ridge: I}, {ridge: I}, {u: -1.0 / lam * I}, d)
+    return newton + fresh + remove
 
 
 # -- ReLU-attention heads (Bai et al. 2023, Defs. 1-3: attention relu(q.k)/n) -----------------------------
@@ -687,6 +716,19 @@ def scale_check(X, y, Xq, dtype=torch.float64) -> None:
                 f"prompt {b}: {what} = {v:.3g} is outside [{lo:.3g}, {hi:.3g}], where the layers' products (size "
                 f"|x|^2 |y|) would {side} in {str(dtype).replace('torch.', '')}; rescale the prompt into that "
                 "range (or pass check=False)")
+
+
+# -- sums of ReLUs for a scalar function ------------------------------------------------------------
+def relu_interpolant(f, heads: int, radius: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """Knots ``s_0 = -R < ... < s_{heads-1} = R`` (equispaced) and coefficients ``a_m`` of the
+    piecewise-linear interpolant of ``f`` at the knots, flat outside ``[-R, R]``:
+    ``f_hat(s) = f(-R) + sum_m a_m relu(s - s_m)`` (:func:`verify.reference.relu_sum`).  Its error on ``[-R, R]`` is at
+    most ``h^2 max|f''| / 8``, ``h = 2R/(heads - 1)``.  Returns (knots, a, f(-R))."""
+    knots = np.linspace(-radius, radius, heads)
+    vals = np.asarray(f(knots), dtype=np.float64)
+    slopes = np.diff(vals) / np.diff(knots)  # heads - 1 pieces
+    a = np.diff(np.concatenate([[0.0], slopes, [0.0]]))  # slope changes at every knot
+    return knots, a, float(vals[0])
 
 
 # -- iteration counts and splits ---------------------------------------------------------------------

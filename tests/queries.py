@@ -23,9 +23,18 @@ def attention(claim_id: str) -> frozenset:
     return frozenset().union(*(small_case(claim, seed)[0].resources["attention"] for seed in (0, 1)))
 
 
-def claim_ids(kind=None, attention_only=None, module=None, has_induction=False) -> list[str]:
+@lru_cache(maxsize=None)
+def step_blocks(claim_id: str) -> int:
+    """Blocks per algorithm step of a claim's construction (1: one layer = one step), from its case
+    on a small prompt; 0 for claims whose case is a bound check."""
+    claim = registry.claim(claim_id)
+    return 0 if claim.kind == "bound" else small_case(claim)[0].step_blocks
+
+
+def claim_ids(kind=None, attention_only=None, module=None, has_induction=False, one_layer_steps=False) -> list[str]:
     """Ids of registered claims by kind, by the only attention kind their construction uses, by
-    the module that registers them, or with an induction among their proof parts."""
+    the module that registers them, with an induction among their proof parts, or (``one_layer_steps``)
+    whose construction takes one block per step."""
     out = []
     for c in registry.claims():
         if kind is not None and c.kind not in ((kind,) if isinstance(kind, str) else kind):
@@ -35,6 +44,8 @@ def claim_ids(kind=None, attention_only=None, module=None, has_induction=False) 
         if attention_only is not None and attention(c.id) != {attention_only}:
             continue
         if has_induction and not (c.proof and any(p.induction for p in c.proof.parts)):
+            continue
+        if one_layer_steps and step_blocks(c.id) != 1:
             continue
         out.append(c.id)
     return out

@@ -14,8 +14,9 @@ from verify.reference import GD
 from verify.strategies import knobs, prompts
 from verify.tolerance import compare_trace
 
-#: the exact claims on constructions of linear attention only (ReLU ones: tests/test_bai.py)
-EXACT = claim_ids(kind="exact", attention_only="linear")
+#: the exact claims on constructions of linear attention only (ReLU ones: tests/test_bai.py), one layer per
+#: step (a step of several layers, Newton's in newton_logistic, is perturbed layer by layer in its own tests)
+EXACT = claim_ids(kind="exact", attention_only="linear", one_layer_steps=True)
 
 
 @given(p=prompts(m=3), k=knobs(steps=(2, 8), lr_factor=(0.5, 1.95)))
@@ -37,7 +38,7 @@ def test_one_layer_without_mask_is_still_exact():
 @pytest.mark.parametrize("weight", ["W_Q", "W_K", "W_V", "W_O"])
 @pytest.mark.parametrize("seed", range(4))
 def test_perturbed_weight_is_caught_at_its_layer(claim_id, weight, seed):
-    """Scale one entry of one weight of layer k by (1 + 1e-7): layer k+1 fails first.
+    """Scale one entry of one weight of step k's (last) layer by (1 + 1e-7): step k+1 fails first.
 
     The entry is on the path into this layer's readout, chosen through the layout:
     the largest entry of W_Q / W_K (the step heads read only their input slot), the entry of
@@ -47,17 +48,20 @@ def test_perturbed_weight_is_caught_at_its_layer(claim_id, weight, seed):
     p = make_prompt(PromptSpec(B=2, n=12, m=2, d=4, log10_kappa=1.0, seed=seed))
     k = Knobs(steps=4, lr_factor=1.0, log10_lam=-1.0, gamma_factor=0.5, skew=0.5, seed=seed)
     k = registry.claim(claim_id).adapt(p.spec, k)[1]  # the claim's fixed knobs (e.g. one step)
-    c, ref = registry.claim(claim_id).build(p, k)
+    c, ref, *adapted = registry.claim(claim_id).build(p, k)
+    p = adapted[0] if adapted else p  # a case may adapt the prompt (e.g. to 0/1 labels)
     assert compare_trace(c, ref, *p.arrays).ok
     layer = seed % k.steps
-    W = getattr(c.model.blocks[c.n_prefix + layer].attn, weight).data[0]  # head 0 of step `layer`'s block
+    # head 0 of the last block of step `layer` (its only block, but for a step of several blocks)
+    W = getattr(c.model.blocks[c.n_prefix + (layer + 1) * c.step_blocks - 1].attn, weight).data[0]
     ys = c.layout["y"].start
+    largest = np.unravel_index(int(torch.argmax(W.abs())), W.shape)
     if weight in ("W_Q", "W_K"):  # the step heads read only their input slot (x, or the features f)
-        idx = np.unravel_index(int(torch.argmax(W.abs())), W.shape)
-    elif weight == "W_V":
-        idx = (ys, int(torch.argmax(W[ys].abs())))
-    else:
-        idx = (int(torch.argmax(W[:, ys].abs())), ys)
+        idx = largest
+    elif weight == "W_V":  # the entry reading y, where the step updates the residuals in y
+        idx = (ys, int(torch.argmax(W[ys].abs()))) if W[ys].abs().max() > 0 else largest
+    else:  # the entry writing y, or (an iterate in its own slot) the largest
+        idx = (int(torch.argmax(W[:, ys].abs())), ys) if W[:, ys].abs().max() > 0 else largest
     assert W[idx] != 0
     W[idx] *= 1 + 1e-7
     cmp = compare_trace(c, ref, *p.arrays)

@@ -77,6 +77,20 @@ def gd_plus_plus(X, y, Xq, steps: int, lr, gamma) -> torch.Tensor:
     return pred
 
 
+def newton_logistic(X, y, steps: int, lam: float) -> torch.Tensor:
+    """``steps`` Newton steps on the l2-regularised logistic loss from 0 (labels in {0, 1}):
+    ``w <- w - H^{-1} g``, ``g = X^T (sigma(Xw) - y)/n + lam w``, ``H = X^T diag(sigma') X/n + lam I``."""
+    n, d = X.shape[1], X.shape[2]
+    w = X.new_zeros(X.shape[0], d, 1)
+    eye = torch.eye(d, dtype=X.dtype, device=X.device)
+    for _ in range(steps):
+        p = torch.sigmoid(X @ w)
+        g = X.transpose(1, 2) @ (p - y[..., None]) / n + lam * w
+        H = X.transpose(1, 2) @ (p * (1 - p) * X) / n + lam * eye
+        w = w - torch.linalg.solve(H, g)
+    return w[..., 0]
+
+
 def ridge(X, y, lam: float) -> torch.Tensor:
     """``(X^T X/n + lam I)^{-1} X^T y/n`` (lam = 0: the least-squares solution by lstsq)."""
     n, d = X.shape[1], X.shape[2]

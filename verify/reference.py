@@ -312,6 +312,103 @@ class LogisticGD(Reference):
         return self
 
 
+def sigmoid_prime(s):
+    """``sigma'(s) = sigma(s) (1 - sigma(s))``."""
+    p = sigmoid(s)
+    return p * (1.0 - p)
+
+
+def relu_sum(s, knots, a, base, unsigned: bool = False):
+    """``base + sum_m a_m relu(s - s_m)`` elementwise, in float64 or exactly for Fraction arrays:
+    a piecewise-linear function given by its ReLU coefficients (the form a ReLU MLP computes it in;
+    :func:`constructions.parts.relu_interpolant` gives the interpolant's).  ``unsigned``: the size of
+    the terms summed, ``|base| + sum_m |a_m| relu(s - s_m)`` (for the error model, in float64)."""
+    s = np.asarray(s)
+    if unsigned:
+        s = s.astype(np.float64)
+    out = np.full(s.shape, abs(base) if unsigned else base, dtype=s.dtype if s.dtype == object else np.float64)
+    for s_m, a_m in zip(knots, a):
+        out = out + (abs(a_m) if unsigned else a_m) * np.maximum(s - s_m, 0)
+    return out
+
+
+class NewtonLogistic(Reference):
+    """Newton's method on the l2-regularised logistic loss (labels in {0, 1})::
+
+        L(w) = (1/n) sum_i [log(1 + e^{s_i}) - y_i s_i] + (lam/2)|w|^2,   s_i = w.x_i
+        g(w) = (1/n) sum_i (sigma(s_i) - y_i) x_i + lam w
+        H(w) = (1/n) sum_i sigma'(s_i) x_i x_i^T + lam I,      w <- w - H(w)^{-1} g(w),  w_0 = 0.
+
+    ``hessian=None``: the exact sigma and sigma'.  ``hessian=(knots, b, h0, c0)``: sigma' replaced
+    by the ReLU sum ``h_hat(s) = h0 + sum_m b_m relu(s - s_m)`` (:func:`relu_sum`) and sigma by its
+    antiderivative ``sigma_tilde(s) = c0 + h0 s + sum_m b_m relu(s - s_m)^2 / 2``, so that the step is
+    Newton's method on a smooth convex loss (``sigma_tilde' = h_hat`` exactly).
+    ``iters=None``: the exact inverse; ``iters=K``: ``H^{-1}`` replaced by K Newton-Schulz
+    iterations ``M <- 2M - M H M`` from ``M_0 = alpha I``; ``inner_ [S, K, B, d, d]`` holds them.
+
+    ``magnitude_`` (error model): ``|w_t| + b_t (|M| + tr(M H_u M))`` with ``b_t`` the unsigned
+    gradient ``(1/n) sum_i (rho_i + eta_i |w_t| |x_i|) |x_i| + lam |w_t|`` (``rho_i``, ``eta_i``: the
+    unsigned sizes of the sigma and sigma' sums, plus ``|y_i|``; the second term carries each
+    token's score round-off through the Hessian) and ``H_u`` the Hessian with ``eta_i``: the terms
+    that the step's Newton-Schulz products and its update sum."""
+
+    def __init__(self, steps: int, lam, hessian=None, iters: int | None = None, alpha=None):
+        if (iters is None) != (alpha is None):
+            raise ValueError("give both iters and alpha (Newton-Schulz), or neither (exact inverse)")
+        self.steps, self.lam, self.hessian, self.iters, self.alpha = steps, lam, hessian, iters, alpha
+
+    def links(self, s):
+        """``(sigma, sigma', |terms of sigma|, |terms of sigma'|)`` at the scores ``s``."""
+        if self.hessian is None:
+            return sigmoid(s), sigmoid_prime(s), np.ones(np.shape(s)), np.full(np.shape(s), 0.25)
+        knots, b, h0, c0 = self.hessian
+        half = [b_m / 2 for b_m in b]
+        sq = lambda t, c, unsigned=False: sum(((abs(c_m) if unsigned else c_m) * np.maximum(t - s_m, 0) ** 2  # noqa: E731
+                                               for s_m, c_m in zip(knots, c)), np.zeros(np.shape(t), dtype=np.asarray(t).dtype))
+        s = np.asarray(s)
+        sf = s.astype(np.float64)
+        sig = c0 + h0 * s + sq(s, half)
+        sig_u = abs(c0) + abs(h0) * np.abs(sf) + sq(sf, half, True)
+        return sig, relu_sum(s, knots, b, h0), sig_u, relu_sum(s, knots, b, h0, unsigned=True)
+
+    def fit(self, X, y) -> "NewtonLogistic":
+        X, y = _batch(X, y)
+        B, n, d = X.shape
+        exact = X.dtype == object
+        I = np.vectorize(Fraction)(np.eye(d, dtype=int)).astype(object) if exact else np.eye(d)
+        w = np.full((B, d), Fraction(0), dtype=object) if exact else np.zeros((B, d))
+        ws, mags, inner = [w], [], []
+        xn = _norm(X, axis=-1)  # [B, n]
+        Xf = X.astype(np.float64)
+        for _ in range(self.steps):
+            s = np.einsum("bnd,bd->bn", X, w)
+            sv, hv, su, hu = self.links(s)
+            G = np.einsum("bnd,bn->bd", X, sv - y) / n + self.lam * w
+            H = np.einsum("bn,bni,bnj->bij", hv, X, X) / n + self.lam * I
+            if self.iters is None:
+                M = np.linalg.inv(H)
+            else:
+                M = np.broadcast_to(self.alpha * I, (B, d, d)).copy()
+                Ms = []
+                for _ in range(self.iters):
+                    M = 2 * M - M @ H @ M
+                    Ms.append(M)
+                inner.append(np.stack(Ms))
+            wn = _norm(w, axis=-1)
+            b = np.einsum("bn,bn->b", su + np.abs(y).astype(np.float64) + hu * wn[:, None] * xn, xn) / n \
+                + float(self.lam) * wn
+            Hu = np.einsum("bn,bni,bnj->bij", hu, Xf, Xf) / n + float(self.lam) * np.eye(d)
+            Mf = np.asarray(M, dtype=np.float64)
+            mags.append(wn + b * (_norm(Mf, 2, axis=(1, 2)) + np.trace(Mf @ Hu @ Mf, axis1=1, axis2=2)))
+            w = w - np.einsum("bij,bj->bi", M, G)
+            ws.append(w)
+        mags.append(_norm(w, axis=-1))
+        self.iterates_, self.magnitude_ = np.stack(ws), np.stack(mags)
+        if inner:
+            self.inner_ = np.stack(inner)
+        return self
+
+
 class ValidationSelect:
     """Post-ICL validation (Bai et al. 2023, Prop. 15), in numpy, over any candidates.
 
