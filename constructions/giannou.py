@@ -380,8 +380,8 @@ register(
                              "sigma, sigma' by self heads and a ReLU MLP, the Hessian inverse by Newton–Schulz",
     source="Giannou et al. 2024 (Newton's method for regularised logistic regression)",
     exactness="exact against Newton on the smoothed loss; `|w̃* − w*| ≤ R h² x_bound/(32λ)`, quadratic rate",
-    paper_resources="linear attention and ReLU layers, O(1) layers per Newton-Schulz iteration (the paper's exact "
-                    "counts were not retrievable: docs/constructions/newton_logistic.md)",
+    paper_resources="linear attention and ReLU layers (the paper's layer and head counts were not retrievable: "
+                    "docs/constructions/newton_logistic.md)",
     bench=Bench(lambda d, n: dict(steps=3, lam=0.1, heads=16, x_bound=1.0), labels="binary", baseline=_baseline),
     claims=[
         Claim("giannou24-newton-logistic", "Giannou et al. 2024", "Newton's method for l2-regularised logistic regression",
