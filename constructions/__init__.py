@@ -24,7 +24,7 @@ from .transformer import Transformer
 __version__ = "0.2.0"
 
 # the toolkit's construction families: importing a module registers its constructions and claims
-from . import linear_gd, momentum, features, softmax_heads, copying, bai, ridge, sherman_morrison, raw, softmax_regression, kernel_smoother, functional, fast_weights, optimum, giannou  # noqa: E402,F401,E501
+from . import linear_gd, momentum, features, softmax_heads, copying, bai, ridge, sherman_morrison, raw, softmax_regression, kernel_smoother, functional, fast_weights, optimum, giannou, two_layer  # noqa: E402,F401,E501
 from .raw import RawConfig  # noqa: E402
 
 

@@ -54,12 +54,12 @@ Every head is linear: no masking constant, no gate.  The readout is a self block
 """
 from __future__ import annotations
 
-import math
 from fractions import Fraction
 
 import numpy as np
 import torch
 
+from verify.bounds import SIGMA2_MAX, sigmoid_fit_errors
 from verify.claims import Claim, Outcome, Part, Proof
 from verify.knobs import ridge_lam
 from verify.prompts import Prompt, PromptSpec
@@ -72,8 +72,6 @@ from .errors import ConstructionError
 from .layout import Readout, ResidualLayout
 from .registry import Bench, Paper, Result, register, register_paper
 
-#: ``max |sigma''| = 1/(6 sqrt 3)`` and ``max |sigma'''| = 1/8``: the interpolation error constants
-SIGMA2_MAX, SIGMA3_MAX = 1 / (6 * math.sqrt(3)), 1 / 8
 
 
 def newton_logistic_alpha(lam: float, x_bound: float) -> float:
@@ -94,20 +92,14 @@ def newton_logistic_links(heads: int, radius: float) -> tuple:
     the constant ``c0 = sigma(-R) + h0 R`` of its antiderivative
     ``sigma_tilde(s) = c0 + h0 s + sum_m b_m relu(s - s_m)^2 / 2`` (:class:`verify.reference.NewtonLogistic`;
     one float, the bias the MLP stores); refused when the knots are not distinct numbers."""
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        knots, b, h0 = parts.relu_interpolant(sigmoid_prime, heads, radius)
-    if not (np.isfinite(b).all() and np.all(np.diff(knots) > 0)):
-        raise ConstructionError(f"the knots on [-R, R], R = {radius:.3g}, are not distinct numbers; use a radius of "
-                                "moderate size (a normal float)")
-    return knots, b, h0, float(sigmoid(-radius)) + h0 * radius
+    return parts.relu_antiderivative(sigmoid, sigmoid_prime, heads, radius)
 
 
 def link_fit_error(heads: int, radius: float) -> float:
     """``sup_{[-R, R]} |sigma - sigma_tilde| <= 2R h^2 max|sigma'''| / 8 = R h^2 / 32``,
     ``h = 2R/(heads - 1)``: the integral over ``[-R, s]`` of the interpolation error of sigma'
     (``h^2 max|sigma'''| / 8``, ``max|sigma'''| = 1/8``)."""
-    h = 2 * radius / (heads - 1)
-    return 2 * radius * h * h * SIGMA3_MAX / 8
+    return sigmoid_fit_errors(heads, radius)[0]
 
 
 def optimum_error_bound(heads: int, radius: float, lam: float, x_bound: float) -> float:
@@ -203,17 +195,12 @@ def newton_step_blocks(lay: ResidualLayout, lam: float, alpha: float, iters: int
     d, J = lay["x"].size, lay["z"].size
     I, one = np.eye(d), [[1.0]]
 
-    def split(reads, writes):  # relu(v) - relu(-v) = v: a linear map as two units
-        neg = lambda m: {k: -np.asarray(v, dtype=np.float64) for k, v in m.items()}  # noqa: E731
-        return [(reads, 0.0, writes), (neg(reads), 0.0, neg(writes))]
-
     # 1. s = w.x (self); the MLP: z_m = relu(s - s_m), h = h_hat(s), r = c0 + h0 s - y;
     #    the old s, z, r, h, g, hx cleared; u = x + rx
     units = [({"s": [1.0]}, -s_m, {"z": np.eye(J)[m], "h": [b_m]}) for m, (s_m, b_m) in enumerate(zip(knots, b))]
+    split = parts.linear_units
     units += split({"s": [1.0]}, {"s": [-1.0], "r": [h0]}) + split({"y": [1.0]}, {"r": [-1.0]})
-    units += split({"r": [1.0]}, {"r": [-1.0]}) + split({"h": [1.0]}, {"h": [-1.0]})
-    for m in range(J):
-        units += split({"z": np.eye(J)[m]}, {"z": -np.eye(J)[m]})
+    units += parts.clear_units(lay, ("r", "h", "z"))
     for k in range(d):
         units += split({"g": I[k]}, {"g": -I[k]}) + split({"hx": I[k]}, {"hx": -I[k]})
         units += split({"x": I[k], "rx": I[k], "u": -I[k]}, {"u": I[k]})
@@ -302,9 +289,7 @@ def newton_exact() -> Outcome:
     from verify import exact as ex
 
     c = newton_logistic(2, 2, PROOF_LAM, 3, PROOF_XB, iters=2)
-    links = newton_logistic_links(3, c.params["radius"])
-    F = lambda v: Fraction(float(v))  # noqa: E731  (every float the weights store, exactly)
-    exact_links = (tuple(map(F, links[0])), tuple(map(F, links[1])), F(links[2]), F(links[3]))
+    exact_links = ex.exact_links(newton_logistic_links(3, c.params["radius"]))
     ref = NewtonLogistic(2, Fraction(PROOF_LAM), exact_links, 2, Fraction(newton_logistic_alpha(PROOF_LAM, PROOF_XB)))
     ok = True
     for seed in (0, 1):

@@ -22,7 +22,8 @@ token row-vectors times weights); :func:`block` stacks heads into a
 * **ReLU-attention heads** (Bai et al.'s gated heads): :func:`gated_relu_head`,
   :func:`sign_split` (two gated heads whose sum is a linear head), :func:`relu_gd_heads`,
   :func:`relu_decay_head`, :func:`relu_readout_heads`.
-* **MLPs**: :func:`units_mlp` (any ReLU/GeLU MLP from units), :func:`feature_mlp` (a ReLU
+* **MLPs**: :func:`units_mlp` (any ReLU/GeLU MLP from units; :func:`linear_units` and
+  :func:`clear_units` make units), :func:`feature_mlp` (a ReLU
   feature map into feature slots), :func:`soft_threshold_mlp`,
   :func:`zero_mlp`, :func:`bias_mlp`.
 * **Domain checks** (``check(X, y, Xq)`` functions for ``Construction(domain=...)``):
@@ -30,7 +31,8 @@ token row-vectors times weights); :func:`block` stacks heads into a
   :func:`label_check`, :func:`all_checks`.
 * **Sums of ReLUs for a scalar function**: :func:`relu_interpolant` (the knots and coefficients of
   a piecewise-linear interpolant, Bai et al.'s sigmoid; its value is
-  :func:`verify.reference.relu_sum`).
+  :func:`verify.reference.relu_sum`), :func:`relu_antiderivative` (a function whose derivative is
+  that interpolant: squared ReLUs; its value is :func:`verify.reference.smoothed`).
 * **Iteration counts and splits**: :func:`squaring_iters`, :func:`fixed_examples`.
 
 Domain-check contract: ``check(X, y, Xq)`` receives the validated prompt as float64 torch
@@ -383,14 +385,25 @@ def shrink_mlp(lay: ResidualLayout, c: float, w: str = "w") -> MLPSpec:
                    lay.write({w: np.vstack([-I, I])}, 2 * d), np.zeros(lay.width))
 
 
-def zero_mlp(lay: ResidualLayout, slots) -> MLPSpec:
-    """A ReLU MLP that sets the given slots to exactly 0: ``z - relu(z) + relu(-z) = 0``."""
+def linear_units(reads: dict, writes: dict) -> list[tuple[dict, float, dict]]:
+    """A linear map as two ReLU units (for :func:`units_mlp`): ``relu(v) - relu(-v) = v`` for
+    ``v = sum_s reads[s] . h[s]``, added to the slots as ``writes``."""
+    neg = lambda m: {s: -np.asarray(v, dtype=np.float64) for s, v in m.items()}  # noqa: E731
+    return [(reads, 0.0, writes), (neg(reads), 0.0, neg(writes))]
+
+
+def clear_units(lay: ResidualLayout, slots) -> list[tuple[dict, float, dict]]:
+    """Units (for :func:`units_mlp`) that set the given slots to exactly 0: ``z - relu(z) + relu(-z) = 0``."""
     units = []
     for s in slots:
-        for i in range(lay[s].size):
-            e = np.eye(lay[s].size)[i]
-            units += [({s: e}, 0.0, {s: -e}), ({s: -e}, 0.0, {s: e})]
-    return units_mlp(lay, "relu", units)
+        for e in np.eye(lay[s].size):
+            units += linear_units({s: e}, {s: -e})
+    return units
+
+
+def zero_mlp(lay: ResidualLayout, slots) -> MLPSpec:
+    """A ReLU MLP that sets the given slots to exactly 0 (:func:`clear_units`)."""
+    return units_mlp(lay, "relu", clear_units(lay, slots))
 
 
 def bias_mlp(lay: ResidualLayout, values: dict) -> MLPSpec:
@@ -729,6 +742,22 @@ def relu_interpolant(f, heads: int, radius: float) -> tuple[np.ndarray, np.ndarr
     slopes = np.diff(vals) / np.diff(knots)  # heads - 1 pieces
     a = np.diff(np.concatenate([[0.0], slopes, [0.0]]))  # slope changes at every knot
     return knots, a, float(vals[0])
+
+
+def relu_antiderivative(f, f_prime, heads: int, radius: float) -> tuple:
+    """``(knots, b, h0, c0)``: ``h_hat(s) = h0 + sum_m b_m relu(s - s_m)``, the interpolant of ``f'``
+    (:func:`relu_interpolant`), and the constant of its antiderivative
+    ``f_tilde(s) = c0 + h0 s + sum_m b_m relu(s - s_m)^2 / 2`` with ``f_tilde(-R) = f(-R)``, so that
+    ``f_tilde' = h_hat`` exactly (:func:`verify.reference.smoothed`): a smooth stand-in for f whose
+    derivative is the sum of ReLUs, which makes a gradient or Newton step on it exact.  ``f_tilde``
+    is within ``(s + R) max_{[-R, R]} |h_hat - f'|`` of f on ``[-R, R]``.  Refused when the knots are
+    not distinct numbers."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        knots, b, h0 = relu_interpolant(f_prime, heads, radius)
+    if not (np.isfinite(b).all() and np.all(np.diff(knots) > 0)):
+        raise ConstructionError(f"the knots on [-R, R], R = {radius:.3g}, are not distinct numbers; use a radius of "
+                                "moderate size (a normal float)")
+    return knots, b, h0, float(f(-radius)) + h0 * radius
 
 
 # -- iteration counts and splits ---------------------------------------------------------------------

@@ -91,6 +91,21 @@ def newton_logistic(X, y, steps: int, lam: float) -> torch.Tensor:
     return w[..., 0]
 
 
+def two_layer_gd(X, y, steps: int, lr: float, start: dict) -> tuple:
+    """``steps`` GD steps on the square loss of ``f(x) = sum_k u_k sigmoid(v_k.x)`` from ``start``
+    (``{"V": [K, d], "u": [K]}``), by hand-written gradients: ``(V [B, K, d], u [B, K])``."""
+    n = X.shape[1]
+    V = torch.as_tensor(start["V"], dtype=X.dtype, device=X.device).expand(X.shape[0], -1, -1)
+    u = torch.as_tensor(start["u"], dtype=X.dtype, device=X.device).expand(X.shape[0], -1)
+    for _ in range(steps):
+        a = torch.sigmoid(X @ V.transpose(1, 2))  # [B, n, K]
+        e = (a @ u[..., None])[..., 0] - y  # [B, n]
+        gu = (e[..., None] * a).sum(1) / n
+        gV = u[..., None] * ((e[..., None] * a * (1 - a)).transpose(1, 2) @ X) / n
+        u, V = u - lr * gu, V - lr * gV
+    return V, u
+
+
 def ridge(X, y, lam: float) -> torch.Tensor:
     """``(X^T X/n + lam I)^{-1} X^T y/n`` (lam = 0: the least-squares solution by lstsq)."""
     n, d = X.shape[1], X.shape[2]

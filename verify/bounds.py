@@ -3,11 +3,35 @@
 round-off (shapes ``[S, B, k]``: step, prompt, quantity)."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
-from .reference import Ridge
+from .reference import Ridge, sigmoid_prime
 from .tolerance import Comparison, solve_tolerance, tolerance
+
+
+#: ``max |sigma''| = 1/(6 sqrt 3)`` and ``max |sigma'''| = 1/8``: the sigmoid's interpolation error constants
+SIGMA2_MAX, SIGMA3_MAX = 1 / (6 * math.sqrt(3)), 1 / 8
+
+
+def sigmoid_fit_errors(heads: int, radius: float, reach: float = 0.0) -> tuple[float, float]:
+    """``(eps0, eps1)``: bounds on ``|sigma_tilde - sigma|`` and ``|h_hat - sigma'|`` over the scores
+    ``|s| <= max(R, reach)``, for h_hat sigma' interpolated at ``heads`` equispaced knots on ``[-R, R]``
+    (flat outside) and sigma_tilde its antiderivative with ``sigma_tilde(-R) = sigma(-R)``
+    (:func:`constructions.parts.relu_antiderivative`), ``h = 2R/(heads - 1)``:
+
+    * on ``[-R, R]``: ``|h_hat - sigma'| <= h^2 max|sigma'''| / 8 = h^2/64``, and integrating from -R,
+      ``|sigma_tilde - sigma| <= 2R h^2/64 = R h^2/32``;
+    * outside (``reach > R``): h_hat is the constant ``sigma'(R)`` and sigma' lies in ``(0, sigma'(R)]``,
+      so ``|h_hat - sigma'| <= sigma'(R)``, and the gap in sigma grows by at most ``sigma'(R) (|s| - R)``."""
+    h = 2 * radius / (heads - 1)
+    eps1, eps0 = h * h * SIGMA3_MAX / 8, 2 * radius * h * h * SIGMA3_MAX / 8
+    if reach > radius:
+        edge = float(sigmoid_prime(radius))
+        eps1, eps0 = max(eps1, edge), eps0 + edge * (reach - radius)
+    return eps0, eps1
 
 
 def slot_matches_iterates(p, c, ref, slot: str = "w") -> Comparison:

@@ -29,6 +29,13 @@ def to_exact(a) -> np.ndarray:
     return np.array([Fraction(v) for v in a.ravel().tolist()] or [], dtype=object).reshape(a.shape)
 
 
+def exact_links(links) -> tuple:
+    """``(knots, b, h0, c0)`` of a sum of ReLUs (:func:`constructions.parts.relu_antiderivative`)
+    as Fractions with exactly the floats the weights store."""
+    knots, b, h0, c0 = links
+    return tuple(to_exact(knots)), tuple(to_exact(b)), Fraction(float(h0)), Fraction(float(c0))
+
+
 def rational_prompt(spec: PromptSpec, denominator: int = 16):
     """A random prompt (``make_prompt(spec)``) rounded to rationals with small denominators
     (``limit_denominator``), as float64 arrays that hold these rationals exactly.  Small

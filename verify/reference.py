@@ -332,6 +332,151 @@ def relu_sum(s, knots, a, base, unsigned: bool = False):
     return out
 
 
+def smoothed(s, links):
+    """``(f_tilde, h_hat, |terms of f_tilde|, |terms of h_hat|)`` at the scores ``s`` for
+    ``links = (knots, b, h0, c0)`` (:func:`constructions.parts.relu_antiderivative`):
+    ``h_hat(s) = h0 + sum_m b_m relu(s - s_m)`` and its antiderivative
+    ``f_tilde(s) = c0 + h0 s + sum_m b_m relu(s - s_m)^2 / 2``, in float64 or exactly for Fraction
+    arrays; the unsigned sizes (float64) are for the error model."""
+    knots, b, h0, c0 = links
+    half = [b_m / 2 for b_m in b]
+    sq = lambda t, c, unsigned=False: sum(((abs(c_m) if unsigned else c_m) * np.maximum(t - s_m, 0) ** 2  # noqa: E731
+                                           for s_m, c_m in zip(knots, c)), np.zeros(np.shape(t), dtype=np.asarray(t).dtype))
+    s = np.asarray(s)
+    sf = s.astype(np.float64)
+    value = c0 + h0 * s + sq(s, half)
+    value_u = abs(c0) + abs(h0) * np.abs(sf) + sq(sf, half, True)
+    return value, relu_sum(s, knots, b, h0), value_u, relu_sum(s, knots, b, h0, unsigned=True)
+
+
+class TwoLayerGD(Reference):
+    """GD on the square loss of a two-layer network from a given start ``(V_0 [K, d], u_0 [K])``
+    (or one per prompt, ``[B, K, d]`` and ``[B, K]``)::
+
+        f(x) = sum_k u_k act(v_k.x),   L(V, u) = 1/(2n) sum_i (f(x_i) - y_i)^2,  e_i = f(x_i) - y_i
+        u <- u - lr (1/n) sum_i e_i act(s_i),   v_k <- v_k - lr (1/n) sum_i e_i u_k act'(s_ik) x_i
+
+    ``links=None``: act = sigmoid; ``links=(knots, b, h0, c0)``: act = the smoothed function and
+    act' = its ReLU-sum derivative (:func:`smoothed`), an exact derivative pair.  ``V_ [S+1, B, K, d]``,
+    ``u_ [S+1, B, K]``; ``iterates_ [S+1, B, K(d+1)]`` holds ``(u, V)`` flattened; ``trace`` gives
+    ``f_t(x_q)``.
+
+    ``magnitude_`` (error model): the terms step t + 1 sums, ``|theta_t| + lr (1/n) sum_i r_i g_i``
+    (``r_i`` the unsigned residual with each score's round-off carried through act', ``g_i`` the
+    unsigned gradient of ``f(x_i)``), carried forward by the GD map's growth ``|I - lr H_t|`` (H_t the
+    Hessian of the loss at theta_t): on a non-convex loss that map may expand, so an earlier step's
+    round-off is multiplied by it (docs/tolerance.md)."""
+
+    def __init__(self, steps: int, lr, V0, u0, links=None):
+        self.steps, self.lr, self.links = steps, lr, links
+        self.V0, self.u0 = np.asarray(V0), np.asarray(u0)
+
+    def act(self, s):
+        """``(act, act', |terms of act|, |terms of act'|)`` at the scores ``s``."""
+        if self.links is None:
+            return sigmoid(s), sigmoid_prime(s), np.ones(np.shape(s)), np.full(np.shape(s), 0.25)
+        return smoothed(s, self.links)
+
+    def curvature(self, s) -> np.ndarray:
+        """act'' at the scores (float64): ``sum_m b_m [s > s_m]`` for the smoothed function."""
+        s = np.asarray(s, dtype=np.float64)
+        if self.links is None:
+            p = sigmoid(s)
+            return p * (1 - p) * (1 - 2 * p)
+        knots, b = self.links[0], self.links[1]
+        return sum(float(b_m) * (s > float(s_m)) for s_m, b_m in zip(knots, b))
+
+    def sum_length(self, d: int) -> int:
+        """The ``d`` of the error model's ``(n + d)``: a layer sums d (a score), K (``u . p``) and J
+        (the squared ReLUs) terms besides the n of the update."""
+        return d + self.u0.shape[-1] + (len(self.links[0]) if self.links is not None else 0)
+
+    def start(self, B: int):
+        return np.broadcast_to(self.V0, (B,) + self.V0.shape[-2:]), np.broadcast_to(self.u0, (B,) + self.u0.shape[-1:])
+
+    def hessian(self, X, y, theta) -> np.ndarray:
+        """The loss's Hessian ``[B, P, P]`` in float64 at ``theta = (V [B, K, d], u [B, K])``, in the
+        order ``(u, V row-major)``, P = K (d + 1)."""
+        X, y = (np.asarray(a, dtype=np.float64) for a in (X, y))
+        V, u = (np.asarray(a, dtype=np.float64) for a in theta)
+        B, n, d = X.shape
+        K = u.shape[-1]
+        S = np.einsum("bnd,bkd->bnk", X, V)
+        a, h = (np.asarray(v, dtype=np.float64) for v in self.act(S)[:2])
+        e = np.einsum("bnk,bk->bn", a, u) - y
+        G = np.concatenate([a, np.einsum("bk,bnk,bnd->bnkd", u, h, X).reshape(B, n, K * d)], -1)  # grad f_i
+        H = np.einsum("bnp,bnq->bpq", G, G) / n
+        cross = np.einsum("bn,bnk,bnd->bkd", e, h, X) / n  # d^2 f / du_k dv_k, weighted by e
+        diag = np.einsum("bn,bk,bnk,bni,bnj->bkij", e, u, self.curvature(S), X, X) / n
+        for k in range(K):
+            sl = slice(K + k * d, K + (k + 1) * d)
+            H[:, k, sl] += cross[:, k]
+            H[:, sl, k] += cross[:, k]
+            H[:, sl, sl] += diag[:, k]
+        return H
+
+    def fit(self, X, y) -> "TwoLayerGD":
+        X, y = _batch(X, y)
+        B, n, d = X.shape
+        V, u = (np.array(a) for a in self.start(B))
+        Xf, yf = X.astype(np.float64), np.abs(y).astype(np.float64)
+        xn = _norm(X, axis=-1)  # [B, n]
+        Vs, us, terms, growth = [V], [u], [], []
+        for _ in range(self.steps):
+            S = np.einsum("bnd,bkd->bnk", X, V)
+            a, h, au, hu = self.act(S)
+            au, hu = np.asarray(au, dtype=np.float64), np.asarray(hu, dtype=np.float64)
+            e = np.einsum("bnk,bk->bn", a, u) - y
+            Vf, uf = V.astype(np.float64), u.astype(np.float64)
+            ua, vn = np.abs(uf), _norm(Vf, axis=-1)  # [B, K]
+            r = np.einsum("bk,bnk->bn", ua, au + hu * vn[:, None, :] * xn[..., None]) + yf
+            g = np.sqrt((au * au).sum(-1) + np.einsum("bk,bnk->bn", ua * ua, hu * hu) * xn * xn)
+            theta = np.sqrt(_norm(Vf, axis=(1, 2)) ** 2 + _norm(uf, axis=-1) ** 2)
+            terms.append(theta + float(self.lr) * (r * g).sum(-1) / n)
+            ev = np.linalg.eigvalsh(self.hessian(Xf, y, (Vf, uf)))
+            growth.append(np.abs(1 - float(self.lr) * ev).max(-1))
+            gu, gV = np.einsum("bn,bnk->bk", e, a) / n, np.einsum("bn,bk,bnk,bnd->bkd", e, u, h, X) / n
+            u, V = u - self.lr * gu, V - self.lr * gV
+            Vs.append(V)
+            us.append(u)
+        self.V_, self.u_ = np.stack(Vs), np.stack(us)
+        self.iterates_ = np.concatenate([self.u_, self.V_.reshape(self.V_.shape[:2] + (-1,))], -1)
+        carried, mags = np.zeros(B), [terms[0] if terms else np.zeros(B)]
+        for t in range(self.steps):  # an error made in step k is multiplied by the growth of steps k+1 .. t
+            carried = np.maximum(carried * growth[t], terms[t])
+            mags.append(np.maximum(carried, _norm(self.iterates_[t + 1].astype(np.float64), axis=-1)))
+        self.magnitude_ = np.stack(mags)
+        return self
+
+    def _f(self, Xq, t: int):
+        S = np.einsum("bmd,bkd->bmk", Xq, self.V_[t])
+        return np.einsum("bmk,bk->bm", self.act(S)[0], self.u_[t]), S
+
+    def trace(self, Xq) -> np.ndarray:
+        Xq = self._q(Xq)
+        return np.stack([self._f(Xq, t)[0] for t in range(1, self.V_.shape[0])])
+
+    def predict(self, Xq) -> np.ndarray:
+        return self.trace(Xq)[-1]
+
+    def scale(self, Xq) -> np.ndarray:
+        """``[S, B, m]``: the readout's own terms ``sum_k |u_k| (|act terms| + |act' terms| |v_k| |x_q|)``
+        plus the parameters' carried error (:attr:`magnitude_`) times the unsigned gradient of
+        ``f(x_q)`` in the parameters."""
+        Xq = self._q(Xq)
+        qn = _norm(Xq, axis=-1)  # [B, m]
+        running = np.maximum.accumulate(self.magnitude_, axis=0)[1:]  # [S, B]
+        out = []
+        for t in range(1, self.V_.shape[0]):
+            V, u = self.V_[t].astype(np.float64), np.abs(self.u_[t].astype(np.float64))
+            S = np.einsum("bmd,bkd->bmk", Xq.astype(np.float64), V)
+            au, hu = (np.asarray(v, dtype=np.float64) for v in self.act(S)[2:])
+            own = np.einsum("bk,bmk->bm", u, au + hu * _norm(V, axis=-1)[:, None, :] * qn[..., None])
+            grad = np.sqrt((au * au).sum(-1) + np.einsum("bk,bmk->bm", u * u, hu * hu) * qn * qn)
+            out.append(own + grad * running[t - 1][:, None])
+        return np.stack(out)
+
+
 class NewtonLogistic(Reference):
     """Newton's method on the l2-regularised logistic loss (labels in {0, 1})::
 
@@ -361,15 +506,7 @@ class NewtonLogistic(Reference):
         """``(sigma, sigma', |terms of sigma|, |terms of sigma'|)`` at the scores ``s``."""
         if self.hessian is None:
             return sigmoid(s), sigmoid_prime(s), np.ones(np.shape(s)), np.full(np.shape(s), 0.25)
-        knots, b, h0, c0 = self.hessian
-        half = [b_m / 2 for b_m in b]
-        sq = lambda t, c, unsigned=False: sum(((abs(c_m) if unsigned else c_m) * np.maximum(t - s_m, 0) ** 2  # noqa: E731
-                                               for s_m, c_m in zip(knots, c)), np.zeros(np.shape(t), dtype=np.asarray(t).dtype))
-        s = np.asarray(s)
-        sf = s.astype(np.float64)
-        sig = c0 + h0 * s + sq(s, half)
-        sig_u = abs(c0) + abs(h0) * np.abs(sf) + sq(sf, half, True)
-        return sig, relu_sum(s, knots, b, h0), sig_u, relu_sum(s, knots, b, h0, unsigned=True)
+        return smoothed(s, self.hessian)
 
     def fit(self, X, y) -> "NewtonLogistic":
         X, y = _batch(X, y)
