@@ -295,18 +295,17 @@ def sigmoid_knots(heads: int, radius: float) -> tuple[np.ndarray, np.ndarray, fl
     return parts.relu_interpolant(sigmoid, heads, radius)
 
 
-def logistic_radius(steps: int, lr: float, x_bound: float) -> float:
-    """``R = steps * lr * x_bound^2``: no iterate's score ``<w_t, x>`` can leave ``[-R, R]``,
-    since ``|w_t| <= t lr x_bound`` (every gradient has norm <= x_bound)."""
-    return steps * lr * x_bound * x_bound
+logistic_radius = parts.logistic_radius
 
 
-def _logistic_knots(steps: int, lr: float, x_bound: float, heads: int, lr_name: str = "lr"):
+def _logistic_knots(steps: int, lr: float, x_bound: float, heads: int, lr_name: str = "lr", lam: float = 0.0):
     """``(R, knots, a, sigma(-R))`` for logistic GD's interpolated sigmoid (:func:`sigmoid_knots` on
-    ``[-R, R]``, ``R =`` :func:`logistic_radius`), refusing a step beyond ``8 / x_bound^2`` (the limit
-    of the error bound) and knots that are not distinct numbers."""
-    if lr * x_bound * x_bound > 8.0:
-        raise ConstructionError(f"{lr_name}={lr:.6g} exceeds 8/x_bound^2={8 / x_bound / x_bound:.6g}, the step limit "
+    ``[-R, R]``, ``R =`` :func:`logistic_radius`), refusing a step beyond ``2 / (x_bound^2/4 + lam)``
+    (``8 / x_bound^2`` without the ridge term: the limit of the error bound) and knots that are not
+    distinct numbers."""
+    if lr * (x_bound * x_bound / 4 + lam) > 2.0:
+        limit = 2 / (x_bound * x_bound / 4 + lam)
+        raise ConstructionError(f"{lr_name}={lr:.6g} exceeds 2/(x_bound^2/4 + lam)={limit:.6g}, the step limit "
                                 "of logistic GD's error bound")
     radius = logistic_radius(steps, lr, x_bound)
     with np.errstate(divide="ignore", invalid="ignore"):  # coinciding knots are refused just below
@@ -324,7 +323,8 @@ def sigmoid_fit_error(heads: int, radius: float) -> float:
     return h**2 / (8 * 6 * np.sqrt(3))
 
 
-def logistic_gd(d: int, steps: int, lr: float, heads: int, x_bound: float, mask_const: float = 1e9) -> Construction:
+def logistic_gd(d: int, steps: int, lr: float, heads: int, x_bound: float, mask_const: float = 1e9,
+                lam: float = 0.0) -> Construction:
     """GD on the logistic loss with the sigmoid replaced by a sum of ``heads`` ReLUs (Bai et al. 2023, Thm 13).
 
     **Theorem** (Bai et al. 2023, Thm 13; the GLM results, Thms 7-8).  Labels ``y_i in {0, 1}``;
@@ -335,33 +335,40 @@ def logistic_gd(d: int, steps: int, lr: float, heads: int, x_bound: float, mask_
     ``h = 2R/(heads - 1)`` (:func:`sigmoid_fit_error`), the iterates satisfy
     ``|w_hat_t - w_t| <= eps * t * lr * x_bound`` (Thm 13's linear accumulation, by
     non-expansiveness of convex GD for ``lr <= 8 / x_bound^2``), so the error falls as heads^-2.
+    With ``lam > 0`` (Bai et al.'s Cor. C.1: one more head, :func:`constructions.parts.relu_decay_head`)
+    each layer is GD on the loss plus ``(lam/2)|w|^2``; the same bound holds for
+    ``lr <= 2 / (x_bound^2/4 + lam)``, where that map is non-expansive too, and the iterates stay
+    within the same radius.
 
     **Resources.**  ``steps + 1`` layers; ``heads + 2`` heads per GD layer (one per ReLU, one
-    for ``sigma(-R)``, one for the labels), 2 in the readout; width ``2d + 3``.
+    for ``sigma(-R)``, one for the labels; one more with ``lam > 0``), 2 in the readout; width ``2d + 3``.
 
     **Exactness.**  Approximate, with the error bound above (exact GD with ``sigma_hat``).
     ``trace()[t-1]`` is the logit ``<w_hat_t, x_q>``.
 
-    **Domain.**  ``|x_i| <= x_bound`` for every token, ``y_i in {0, 1}``, ``lr <= 8 / x_bound^2``
-    (2 / max curvature, curvature <= x_bound^2 / 4), ``mask_const >= max(1, 2R)`` (every
-    gated-out score is at most 2R).
+    **Domain.**  ``|x_i| <= x_bound`` for every token, ``y_i in {0, 1}``, ``lr <= 2 / (x_bound^2/4 + lam)``
+    (2 / max curvature, curvature <= x_bound^2 / 4 + lam), ``mask_const >= max(1, 2R)`` (every
+    gated-out score is at most 2R), ``lam >= 0``.
     """
     d, steps, heads = parts.positive_int(d, "d"), parts.positive_int(steps, "steps"), parts.positive_int(heads, "heads")
     if heads < 2:
         raise ConstructionError("heads must be >= 2 (the interpolant needs two knots)")
-    parts.budget("logistic_gd", layers=steps + 1, width=2 * d + 3, heads=heads + 2, d_head=d + 2)
+    parts.budget("logistic_gd", layers=steps + 1, width=2 * d + 3, heads=heads + 3, d_head=d + 2)
     lr, x_bound, mask_const = parts.real(lr, "lr"), parts.real(x_bound, "x_bound"), parts.real(mask_const, "mask_const")
-    radius, knots, a, base = _logistic_knots(steps, lr, x_bound, heads)
+    lam = parts.real(lam, "lam", strict=False)
+    radius, knots, a, base = _logistic_knots(steps, lr, x_bound, heads, lam=lam)
     if mask_const < max(1.0, 2 * radius):
         raise ConstructionError(f"mask_const={mask_const:.6g} must be >= max(1, 2R={2 * radius:.6g}) "
                                 "to gate out the query (|<w, x_q>| + |knot| <= 2R)")
     lay = _bai_layout(d)
-    hs = _logistic_heads(lay, lr, knots, a, base, mask_const)
+    hs = _logistic_heads(lay, lr, knots, a, base, mask_const) + ([parts.relu_decay_head(lay, lr * lam, mask_const)]
+                                                                if lam > 0 else [])
     blocks = [parts.block("relu", hs) for _ in range(steps)] + [parts.block("relu", parts.relu_readout_heads(lay, mask_const))]
     domain = parts.all_checks(parts.norm_check(x_bound, "the sigmoid's knots cover only the scores of inputs "
                                                "within it", queries=True), parts.label_check((0, 1), "logistic_gd"))
-    return Construction("logistic_gd", dict(d=d, steps=steps, lr=lr, heads=heads, x_bound=x_bound, mask_const=mask_const),
-                        blocks, lay, d, n_readout=1, mask_query=False, domain=domain)
+    params = dict(d=d, steps=steps, lr=lr, heads=heads, x_bound=x_bound, mask_const=mask_const) | (
+        dict(lam=lam) if lam else {})
+    return Construction("logistic_gd", params, blocks, lay, d, n_readout=1, mask_query=False, domain=domain)
 
 
 def _logistic_heads(lay, lr: float, knots, a, base: float, mask_const: float, w: str = "w",
@@ -893,21 +900,30 @@ def _lasso_bounds(p, k, c) -> Comparison:
     return Comparison(dev, np.zeros_like(dev), allowed[..., None], allowed[..., None])
 
 
-def _glm_case(p, k):
+def _glm_case(p, k, lam_factor: float = 0.0):
+    """``lr = lr_factor / (x_bound^2/4 + lam)`` (at most 1.95 over the curvature bound); ``lam =
+    lam_factor x_bound^2 / 4`` (0 for ``bai23-glm``)."""
     y01 = (p.y > 0).astype(np.float64)
     p01 = Prompt(p.X, y01, p.Xq, p.w_star, p.spec)
     x_bound = float(np.linalg.norm(np.concatenate([p.X, p.Xq], 1), axis=-1).max())
-    lr = k.lr_factor * 4.0 / x_bound**2
+    lam = lam_factor * x_bound**2 / 4
+    lr = k.lr_factor / (x_bound**2 / 4 + lam)
     radius = logistic_radius(k.steps, lr, x_bound)
-    c = logistic_gd(p.spec.d, k.steps, lr, k.heads, x_bound, mask_const=masking_constant(k.log10_mask, max(1.0, 2 * radius)))
-    return c, LogisticGD(k.steps, lr, sigmoid_knots(k.heads, radius)[0]), p01
+    c = logistic_gd(p.spec.d, k.steps, lr, k.heads, x_bound, mask_const=masking_constant(k.log10_mask, max(1.0, 2 * radius)),
+                    lam=lam)
+    return c, LogisticGD(k.steps, lr, sigmoid_knots(k.heads, radius)[0], lam), p01
+
+
+def _glm_ridge_case(p, k):
+    return _glm_case(p, k, k.lam_factor)
 
 
 def _glm_bounds(p, k, c) -> Comparison:
-    """Bai Thm 13: ``|w_hat_t - w_t| <= eps t lr x_bound`` against exact logistic GD."""
+    """Bai Thm 13: ``|w_hat_t - w_t| <= eps t lr x_bound`` against exact logistic GD (on the same
+    regularised loss when ``lam > 0``)."""
     lr, x_bound, heads = c.params["lr"], c.params["x_bound"], c.params["heads"]
     eps_fit = sigmoid_fit_error(heads, logistic_radius(k.steps, lr, x_bound))
-    exact = LogisticGD(k.steps, lr).fit(p.X, p.y)
+    exact = LogisticGD(k.steps, lr, lam=c.params.get("lam", 0.0)).fit(p.X, p.y)
     W = np.asarray(c.read_slot(*p.arrays, "w"), dtype=np.float64)[1:, :, -1]  # query token's w: [S, B, d]
     dev = np.linalg.norm(W - exact.iterates_[1:], axis=-1)[..., None]
     t = np.arange(1, k.steps + 1)[:, None, None]
@@ -1323,6 +1339,12 @@ register(
               "logistic GD with the interpolated / the exact sigmoid (numpy)", _glm_case, LogisticGD,
               bounds=_glm_bounds,
               proof=Proof("none", note="approximate (sum-of-ReLU sigmoid); its error rate is checked numerically")),
+        Claim("bai23-glm-ridge", "Bai et al. 2023", "Thm 13 with Cor. C.1 (l2-regularised logistic ICGD)",
+              "with one more head (score 1, value -lr lam w) each layer is GD on the logistic loss plus (lam/2)|w|^2 with "
+              "sigma replaced by `heads` ReLUs, and |w_hat_t - w_t| <= eps*t*lr*B_x against exact regularised logistic GD",
+              "regularised logistic GD with the interpolated / the exact sigmoid (numpy)", _glm_ridge_case, LogisticGD,
+              variant="lam>0", knobs=dict(lam_factor=(0.01, 4.0)), bounds=_glm_bounds,
+              proof=Proof("none", note="approximate (sum-of-ReLU sigmoid); its error rate is checked numerically")),
     ],
 )
 
@@ -1434,7 +1456,8 @@ register_paper(Paper(
         Result("Prop. C.2, Cor. C.1", "ReLU attention carries out GD (the iterate in every token), with an l2 head",
                ("bai23-icgd", "bai23-ridge-relu")),
         Result("Thm 10", "LASSO by ISTA: attention GD and a soft-threshold MLP", ("bai23-lasso",)),
-        Result("Thm 13", "GLMs (logistic regression) by GD with sigma from sums of ReLUs", ("bai23-glm",)),
+        Result("Thm 13", "GLMs (logistic regression) by GD with sigma from sums of ReLUs",
+               ("bai23-glm", "bai23-glm-ridge")),
         Result("Prop. 15, Thm 16", "post-ICL validation: ridge for several lambda, selection by validation loss",
                ("bai23-selection",)),
         Result("Lemma 18, Cor. H.1", "pre-ICL testing: are all labels binary?", ("bai23-binary-test",)),

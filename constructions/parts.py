@@ -760,6 +760,13 @@ def relu_antiderivative(f, f_prime, heads: int, radius: float) -> tuple:
     return knots, b, h0, float(f(-radius)) + h0 * radius
 
 
+def logistic_radius(steps: int, lr: float, x_bound: float) -> float:
+    """``R = steps * lr * x_bound^2``: no score ``<w_t, x>`` of logistic GD from 0 can leave ``[-R, R]``
+    (with or without an l2 term inside the step limit), since ``|w_t| <= t lr x_bound``: every
+    gradient of the logistic loss has norm at most ``x_bound``."""
+    return steps * lr * x_bound * x_bound
+
+
 # -- iteration counts and splits ---------------------------------------------------------------------
 def squaring_iters(q: float, eps: float = 2.0**-53) -> int:
     """Smallest k >= 1 with ``q^(2^k) <= eps``: the iterations an error-squaring scheme (Newton

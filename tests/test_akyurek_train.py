@@ -34,6 +34,23 @@ def test_a_linear_probe_reads_a_linear_code_and_not_noise():
     assert A.probe_error(torch.tanh(t @ M), t, kind="mlp") < A.probe_error(noise, t, kind="mlp")
 
 
+def test_the_attention_probe_finds_a_code_in_one_position_that_the_query_token_lacks():
+    """States [B, T, D]: position 2 holds a linear image of the target and a marker feature, the
+    others (the query token last among them) noise.  The query-token probe reads nothing; the
+    attention probe learns to weight position 2, so it reads the target better than the mean over
+    positions does (the noise of the other positions dilutes the mean)."""
+    g = torch.Generator().manual_seed(0)
+    t = torch.randn(3000, 3, generator=g, dtype=torch.float64)
+    H = torch.randn(3000, 6, 9, generator=g, dtype=torch.float64)
+    H[:, 2, :8] = t @ torch.randn(3, 8, generator=g, dtype=torch.float64)
+    H[:, :, 8] = 0.0
+    H[:, 2, 8] = 1.0  # the marker the learned query can key on
+    query = A.probe_error(H[:, -1], t)
+    assert query > 0.9  # about the target's variance: nothing there
+    # it learns to weight position 2: better than the uniform weights of a mean-pooled linear probe
+    assert A.probe_error(H, t, kind="attention") < A.probe_error(H.mean(1), t) < query
+
+
 def test_probes_on_a_hand_set_construction_do_at_least_as_well_as_its_slot():
     """On relu_gd the w slot holds GD's iterate; reading it is one of the linear maps the probe's least
     squares chooses from, so on its fitting rows the probe's error is at most the slot's (a sanity bound

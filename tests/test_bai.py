@@ -107,7 +107,7 @@ def test_glm_domain_errors():
         c.predict(X, np.array([0.0, 1.0, 0.5]), X[:1])
     with pytest.raises(ConstructionError, match="x_bound"):
         c.predict(X * 2, np.array([0.0, 1.0, 1.0]), X[:1])
-    with pytest.raises(ConstructionError, match="8/x_bound"):
+    with pytest.raises(ConstructionError, match=r"2/\(x_bound\^2/4 \+ lam\)"):
         constructions.logistic_gd(2, 3, 10.0, 8, x_bound=1.5)
     with pytest.raises(ConstructionError, match="heads"):
         constructions.logistic_gd(2, 3, 0.5, 1, x_bound=1.5)

@@ -12,7 +12,7 @@ from constructions.giannou import (hessian_lipschitz, link_fit_error, newton_log
 from constructions import giannou
 from verify import baselines
 from verify.prompts import Prompt, PromptSpec
-from verify.reference import NewtonLogistic
+from verify.reference import LogisticGD, NewtonLogistic, sigmoid
 from verify.tolerance import assert_trace_matches, compare_trace, tolerance
 
 
@@ -72,7 +72,8 @@ def test_every_layer_holds_its_newton_schulz_iterate_and_its_slots():
 def test_convergence_is_quadratic_and_beats_gd_at_equal_depth():
     """Every step within the quadratic bound of giannou24-newton-quadratic (its bounds function: the
     error model's round-off included); GD on the same loss with its best fixed step, given as many
-    steps as the Newton model has layers, is still outside the bound Newton's last step meets."""
+    steps as the Newton model has layers, is still outside the bound Newton's last step meets, and so
+    is the logistic_gd construction with an l2 head."""
     X, y, Xq = _prompt(B=3, n=30, d=4, seed=2)
     x_bound = float(np.linalg.norm(X, axis=-1).max())
     lam = 0.01 * x_bound**2  # ill-conditioned (GD's rate (kappa - 1)/(kappa + 1) = 0.93), as in the docs' table
@@ -89,6 +90,15 @@ def test_convergence_is_quadratic_and_beats_gd_at_equal_depth():
         sv = ref.links(np.einsum("bnd,bd->bn", X, w))[0]
         w = w - 2 / (L + mu) * (np.einsum("bnd,bn->bd", X, sv - y) / 30 + lam * w)
     assert (np.linalg.norm(w - w_opt, axis=-1) > cmp.tol[-1, :, 0]).all()  # GD misses Newton's last bound
+    # Bai et al.'s logistic_gd with the l2 head, as many layers, its best fixed step: it misses it too (against its
+    # own optimum, the limit of the same GD on its own smoothed loss)
+    xb = float(np.linalg.norm(np.concatenate([X, Xq], 1), axis=-1).max())
+    layers, lr = c.resources["layers"], 2 / (xb**2 / 4 + 2 * lam)
+    bai = constructions.logistic_gd(4, layers, lr, 33, xb, lam=lam)
+    knots = constructions.parts.relu_interpolant(sigmoid, 33, constructions.parts.logistic_radius(layers, lr, xb))[0]
+    w_bai = LogisticGD(giannou.BAI_OPTIMUM_STEPS, lr, knots, lam).fit(X, y).iterates_[-1]
+    W = np.asarray(bai.read_slot(X, y, Xq, "w"), dtype=np.float64)[-1, :, -1]
+    assert (np.linalg.norm(W - w_bai, axis=-1) > cmp.tol[-1, :, 0]).all()
 
 
 def test_the_smoothing_error_falls_as_heads_squared_within_its_bound():

@@ -102,25 +102,32 @@ def match(model, d: int, N: int, noise: float, prompts: int, seed: int) -> dict:
 
 
 def _hidden(model, X, y, Xq) -> torch.Tensor:
-    """``[L + 1, B, D]``: the query token's residual stream after every block (input first)."""
+    """``[L + 1, B, T, D]``: every token's residual stream after every block (input first; the query
+    token last)."""
     with torch.no_grad():
-        return model.residuals(stream(model, X, y, Xq), X.shape[1])[:, :, -1]
+        return model.residuals(stream(model, X, y, Xq), X.shape[1])
 
 
 def probe_error(H: torch.Tensor, target: torch.Tensor, kind: str = "linear", seed: int = 0,
                 rows: str = "test") -> float:
     """Test mean squared error (per coordinate) of a probe from features ``H [B, D]`` to ``target
     [B, d]``, trained on the first 3/4 of the rows and tested on the rest: ``"linear"`` (least
-    squares with a bias, closed form) or ``"mlp"`` (one hidden layer of 64 ReLUs, Adam).
-    ``rows="train"``: the error on the rows it was fitted on instead."""
+    squares with a bias, closed form) or ``"mlp"`` (one hidden layer of 64 ReLUs, Adam), both on one
+    token's state ``[B, D]``; or ``"attention"`` on every token's state ``H [B, T, D]``: a learned
+    query scores each position, the softmax-weighted mean of the states goes through a linear map
+    (Adam), so the probe can read a code spread over the context tokens.  ``rows="train"``: the
+    error on the rows it was fitted on instead."""
     H, target = H.double(), target.double()
     cut = 3 * len(H) // 4
-    mu, sd = H[:cut].mean(0), H[:cut].std(0).clamp_min(1e-12)
+    flat = H.reshape(-1, H.shape[-1])[: cut * (H.shape[1] if H.ndim == 3 else 1)]
+    mu, sd = flat.mean(0), flat.std(0).clamp_min(1e-12)
     Z = (H - mu) / sd
+    r = slice(None, cut) if rows == "train" else slice(cut, None)
+    if kind == "attention":
+        return _attention_probe(Z, target, cut, r, seed)
     if kind == "linear":
         A = torch.cat([Z, torch.ones_like(Z[:, :1])], 1)
         W = torch.linalg.lstsq(A[:cut], target[:cut], driver="gelsd").solution  # SVD: features may be rank-deficient
-        r = slice(None, cut) if rows == "train" else slice(cut, None)
         return float(((A[r] @ W - target[r]) ** 2).mean())
     g = torch.Generator().manual_seed(seed)
     D, d = Z.shape[1], target.shape[1]
@@ -134,7 +141,24 @@ def probe_error(H: torch.Tensor, target: torch.Tensor, kind: str = "linear", see
         loss = ((net(Z[:cut]) - target[:cut]) ** 2).mean()
         loss.backward()
         opt.step()
-    r = slice(None, cut) if rows == "train" else slice(cut, None)
+    with torch.no_grad():
+        return float(((net(Z[r]) - target[r]) ** 2).mean())
+
+
+def _attention_probe(Z: torch.Tensor, target: torch.Tensor, cut: int, r: slice, seed: int) -> float:
+    """:func:`probe_error`'s ``"attention"`` probe on standardised states ``Z [B, T, D]``."""
+    g = torch.Generator().manual_seed(seed)
+    D, d = Z.shape[-1], target.shape[1]
+    q = torch.zeros(D, dtype=Z.dtype, requires_grad=True)  # uniform weights at the start: the mean over positions
+    W = (torch.randn(D, d, generator=g, dtype=Z.dtype) / D**0.5).requires_grad_()
+    b = torch.zeros(d, dtype=Z.dtype, requires_grad=True)
+    opt = torch.optim.Adam([q, W, b], lr=1e-2)
+    net = lambda z: (torch.softmax(z @ q, -1)[..., None] * z).sum(-2) @ W + b  # noqa: E731
+    for _ in range(500):
+        opt.zero_grad()
+        loss = ((net(Z[:cut]) - target[:cut]) ** 2).mean()
+        loss.backward()
+        opt.step()
     with torch.no_grad():
         return float(((net(Z[r]) - target[r]) ** 2).mean())
 
@@ -153,8 +177,8 @@ def probes(models: dict, d: int, N: int, prompts: int, seed: int, noise: float =
     for label, model in models.items():
         H = _hidden(model, X, y, Xq)
         for name, t in probe_targets(X, y).items():
-            for kind in ("linear", "mlp"):
-                out[(name, kind, label)] = [probe_error(h, t, kind, seed) for h in H]
+            for kind in ("linear", "mlp", "attention"):
+                out[(name, kind, label)] = [probe_error(h if kind == "attention" else h[:, -1], t, kind, seed) for h in H]
     return out
 
 
@@ -269,7 +293,8 @@ def reproduce_akyurek(quick: bool = False, out: str = "reproduce-akyurek22", see
             "| linear probe for w_OLS, test MSE | " + " | ".join(f"{e:.4f}" for e in cp["probe"]) + " |",
             "| its w slot (read_slot) vs w_OLS, MSE | " + " | ".join(f"{e:.4f}" for e in cp["slot"]) + " |"]
     lines += [f"Probes on the depth-{L} model (sigma = {S['noises'][0]:g}, k = {N}): test MSE per coordinate of the query "
-              f"token's hidden state after each block (layer 0 = the input) to the target, on fresh prompts; control = "
+              f"token's hidden state after each block (layer 0 = the input) to the target (attention: of every token's, "
+              f"pooled by a learned query), on fresh prompts; control = "
               "the same architecture trained as long on the paper's control task (w = 1 in every prompt, so it never "
               "needs the target), probed on the same prompts. Paper (Figs. 4-5): w_OLS and X^T y are decodable from "
               "the late layers, better than on the control.", "", *prow, "",

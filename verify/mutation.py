@@ -385,6 +385,8 @@ CATALOGUE = [
     Mutation("relu-gd-weight", "relu_gd: one step weight x (1 + 1e-6)", ("bai23-icgd",), one_weight("relu_gd")),
     Mutation("relu-gd-decay", "relu_gd: the ridge decay head's weight x (1 + 1e-6)", ("bai23-ridge-relu",),
              one_weight("relu_gd", head=2)),
+    Mutation("glm-ridge-decay", "logistic_gd (lam > 0): the l2 head's output x (1 + 1e-6)", ("bai23-glm-ridge",),
+             one_weight("logistic_gd", head=-1, when=lambda a, k: bool(k.get("lam") or (list(a) + [0.0] * 7)[6]))),
     Mutation("decoder-weight", "decoder_gd: one step weight x (1 + 1e-6)", ("bai23-decoder",), one_weight("decoder_gd")),
     Mutation("lasso-weight", "lasso_ista: one step weight x (1 + 1e-6)", ("bai23-lasso",), one_weight("lasso_ista")),
     Mutation("lasso-threshold", "lasso_ista: the soft threshold's bias x (1 + 1e-6)", ("bai23-lasso",),

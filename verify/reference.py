@@ -281,10 +281,11 @@ class LogisticGD(Reference):
     ``knots=None``: the exact sigmoid.  ``knots``: the sigmoid replaced by its
     piecewise-linear interpolant at these knots (``np.interp``, flat outside), as
     in Bai et al.'s sum-of-ReLU approximation; the unsigned size of that sum's
-    terms is at most ``0.5 (|s| + R) + 2`` with ``R = max|knots|``."""
+    terms is at most ``0.5 (|s| + R) + 2`` with ``R = max|knots|``.  ``lam > 0``: GD on the
+    loss plus ``(lam/2)|w|^2``."""
 
-    def __init__(self, steps: int, lr: float, knots=None):
-        self.steps, self.lr = steps, lr
+    def __init__(self, steps: int, lr: float, knots=None, lam: float = 0.0):
+        self.steps, self.lr, self.lam = steps, lr, lam
         self.knots = None if knots is None else np.asarray(knots, dtype=np.float64)
 
     def _sigma(self, s):
@@ -304,8 +305,8 @@ class LogisticGD(Reference):
             s = np.einsum("bnd,bd->bn", X, w)
             g = self._sigma(s) - y
             terms = 1.0 + np.abs(y) if self.knots is None else 0.5 * (np.abs(s) + np.abs(self.knots).max()) + 2 + np.abs(y)
-            mags.append(_norm(w, axis=-1) + self.lr * _unsigned_grad(X, terms))
-            w = w - self.lr * np.einsum("bnd,bn->bd", X, g) / n
+            mags.append(_norm(w, axis=-1) + self.lr * (_unsigned_grad(X, terms) + self.lam * _norm(w, axis=-1)))
+            w = w - self.lr * (np.einsum("bnd,bn->bd", X, g) / n + (self.lam * w if self.lam else 0))
             ws.append(w)
         mags.append(_norm(w, axis=-1))
         self.iterates_, self.magnitude_ = np.stack(ws), np.stack(mags)
