@@ -1468,6 +1468,6 @@ register_paper(Paper(
                ("bai23-pre-icl-select",)),
         Result("Thm I.2", "link-function selection by validation loss", ("bai23-link-selection",)),
         Result("weight norms", "the parameter norm of every construction", (), "not yet (bai23-norms)"),
-        Result("Thm G.1", "GD on a two-layer network in context (sigma and sigma' by sums of ReLUs)",
+        Result("Thm G.1", "GD on a two-layer neural network in context",
                ("bai23-two-layer", "bai23-two-layer-local")),
     )))

@@ -12,8 +12,8 @@ u = 0`` never moves, every gradient is 0 there).  The construction runs it with 
 smoothed sigmoid of :func:`constructions.parts.relu_antiderivative`: ``act' = h_hat``, sigma'
 interpolated at J knots on ``[-R, R]`` (a sum of ReLUs), and ``act = sigma_tilde``, h_hat's
 antiderivative (a sum of squared ReLUs), so that every layer group is an exact gradient step of
-the smoothed network's loss (the paper approximates act and act' by two separate sums of ReLUs,
-so its step is an inexact gradient step).
+the smoothed network's loss (two independent sums of ReLUs for act and act' would make the step
+an inexact gradient step: the second would not be the derivative of the first).
 
 Token layout (slots not named are 0; every token holds the network's parameters):
 
@@ -101,10 +101,11 @@ def two_layer_gd(d: int, width: int, steps: int, lr: float, knots: int, radius: 
         B = (1/n) sum_i |x_i| (|u|_1 eps0 |u * h_hat(s_i)| + |e_i| eps1 |u|)
 
     with ``eps0 = R h^2/32``, ``eps1 = h^2/64`` on ``[-R, R]``, ``h = 2R/(J - 1)``
-    (:func:`verify.bounds.sigmoid_fit_errors`, which also covers scores outside): the local error
-    falls as ``J^-2``.  Over several steps it is carried by the GD map, which on a non-convex loss
-    may expand (``|I - lr H|`` can exceed 1), so the paper's and our end-to-end errors grow with the
-    number of steps in general.
+    (:func:`verify.bounds.sigmoid_fit_errors`, which also covers scores outside): while every score
+    lies in ``[-R, R]`` the local error falls as ``J^-2``; beyond R the term ``sigma'(R) (|s| - R)``,
+    which does not fall with J, takes over.  Over several steps it is carried by the GD map, which on a non-convex loss
+    may expand (``|I - lr H|`` can exceed 1), so the end-to-end error can grow faster than linearly
+    in the number of steps.
 
     **Proof sketch.**  A diagonal mask makes attention a bilinear form of one token's own slots:
     the scores, the squares ``z_km^2`` and the products ``u_k h_k x`` are such forms; the MLP's units
@@ -115,8 +116,7 @@ def two_layer_gd(d: int, width: int, steps: int, lr: float, knots: int, radius: 
 
     **Resources.**  ``4 steps + 4`` layers; heads per layer: K (1), 2K (2), 1 (3), 2 (4); width
     ``d + 3 + K(2d + J + 4)``; one ReLU MLP per step (block 1) with ``3KJ + 2Kd + 6K + 4`` units
-    (the paper: sums of ReLUs in ReLU-attention heads, its counts not retrieved here); linear
-    attention only.
+    (the paper's counts were not retrievable); linear attention only.
 
     **Exactness.**  Exact against GD on the smoothed network (float64 round-off); approximate
     against GD on the sigmoid network, with the local bound above.
@@ -322,9 +322,9 @@ register(
     two_layer_gd, summary="one GD step on a two-layer sigmoid network's square loss per 4 linear layers: the forward "
                           "pass at every token by self heads and a ReLU MLP, the gradient by two heads",
     source="Bai et al. 2023, Thm G.1 (in-context GD on two-layer neural networks)",
-    exactness="exact against GD on the smoothed network; one step within `lr·√(A² + B²) = O(J⁻²)` of the sigmoid's",
-    paper_resources="ReLU attention heads for the sums of ReLUs (the paper's counts were not retrievable: "
-                    "docs/constructions/two_layer_gd.md)",
+    exactness="exact against GD on the smoothed network; one step within `lr·√(A² + B²)` of the sigmoid's "
+              "(`O(J⁻²)` while the scores are in `[−R, R]`)",
+    paper_resources="the paper's counts were not retrievable (docs/constructions/two_layer_gd.md)",
     bench=Bench(lambda d, n: dict(width=4, steps=3, lr=0.1, knots=16), labels="unit", baseline=_baseline),
     claims=[
         Claim("bai23-two-layer", "Bai et al. 2023", "Thm G.1, App. G (GD on a two-layer network)",
@@ -335,7 +335,8 @@ register(
               proof=Proof("exact-rational", (Part("exact two_layer_gd", two_layer_exact),))),
         Claim("bai23-two-layer-local", "Bai et al. 2023", "Thm G.1 (the approximation, per step)",
               "one step of the construction from its own parameters is within lr sqrt(A^2 + B^2) of one GD step on the "
-              "sigmoid network (A, B of order J^-2: the knot spacing squared), at every step",
+              "sigmoid network (A, B of order J^-2, the knot spacing squared, while the scores are in [-R, R]), at "
+              "every step",
               "GD on the sigmoid network (numpy)", _local_case, TwoLayerGD, variant="sigmoid",
               knobs=dict(steps=(1, 4), lr_factor=(0.05, 1.0), width=(1, 4), knots=(2, 40), radius=(1.0, 8.0)),
               bounds=_local_bounds, report=_report,

@@ -109,6 +109,9 @@ def test_glm_domain_errors():
         c.predict(X * 2, np.array([0.0, 1.0, 1.0]), X[:1])
     with pytest.raises(ConstructionError, match=r"2/\(x_bound\^2/4 \+ lam\)"):
         constructions.logistic_gd(2, 3, 10.0, 8, x_bound=1.5)
+    with pytest.raises(ConstructionError, match=r"2/\(x_bound\^2/4 \+ lam\)"):  # inside 8/x_bound^2, beyond it with lam
+        constructions.logistic_gd(2, 3, 3.0, 8, x_bound=1.5, lam=0.2)
+    constructions.logistic_gd(2, 3, 3.0, 8, x_bound=1.5)  # 3 <= 8/1.5^2 = 3.56: accepted without lam
     with pytest.raises(ConstructionError, match="heads"):
         constructions.logistic_gd(2, 3, 0.5, 1, x_bound=1.5)
 

@@ -589,7 +589,7 @@ def reproduce_vonoswald(quick: bool = False, out: str = "reproduce-vonoswald23",
     cs = compare(model_predictor(sm), construction_predictor(constructions.gd(task.d, 1, lr=lr)), task)
     lines += [f"Softmax transformer (1 layer, 2 heads, ReLU MLP 32): 1/2 MSE {cs['loss_a']:.4f} vs one GD step "
               f"{cs['loss_b']:.4f}; cosine of d y_hat/d x_q {cs['cos_dx']:.3f} (paper: 2 softmax heads nearly match GD)", ""]
-    if not quick:  # at --quick's budget every noise level's model was closest to the most regularised ridge
+    if not quick:  # the noise sweep needs the full budget (docs/training.md)
         lines += noise_sweep(quick, seed)
     plot_lines(outdir / "loss_vs_steps.png", {"trained 1-layer LSA (running mean of 50 steps)": _smooth(h1)},
                "1-layer LSA trained on in-context regression (d = n = 10)", "Adam step",
