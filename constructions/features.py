@@ -45,10 +45,9 @@ def random_relu_features(d: int, k: int, seed: int = 0, scale: float = 1.0) -> d
     :func:`feature_gd`).  Rahimi and Recht's random features with the ReLU."""
     d, k = parts.positive_int(d, "d"), parts.positive_int(k, "k")
     scale = parts.real(scale, "scale")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ConstructionError(f"seed must be a non-negative integer, got {seed!r}")
+    seed = parts.seed(seed)
     parts.budget("random_relu_features", layers=1, width=d, mlp=k, heads=0)  # before drawing k x d weights
-    rng = np.random.default_rng(int(seed))
+    rng = np.random.default_rng(seed)
     W = rng.normal(size=(k, d)) * scale / np.sqrt(d)
     b = rng.uniform(-scale, scale, size=k)
     return dict(W_in=W.tolist(), b_in=b.tolist(), W_out=np.eye(k).tolist())

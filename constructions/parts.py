@@ -11,7 +11,7 @@ token row-vectors times weights); :func:`block` stacks heads into a
 :class:`~constructions.spec.BlockSpec`.  Slot reads and writes are ``{slot: [size, e]}`` and
 ``{slot: [e, size]}`` blocks (:meth:`ResidualLayout.read` / :meth:`~ResidualLayout.write`).
 
-* **Parameter validators**: :func:`positive_int`, :func:`real`, :func:`real_array`, :func:`device`.
+* **Parameter validators**: :func:`positive_int`, :func:`seed`, :func:`real`, :func:`real_array`, :func:`device`.
 * **Size limits**: :func:`budget` (called by a factory before it allocates), :func:`size_limit`,
   :func:`limits`.
 * **Layouts**: :func:`lsa_layout` (von Oswald's token ``(x, y)``, readout ``-y``).
@@ -90,6 +90,14 @@ def positive_int(v, name: str) -> int:
     if i < 1:
         raise ConstructionError(f"{name} must be a positive integer, got {v!r}")
     return i
+
+
+def seed(v, name: str = "seed") -> int:
+    """``v`` as a non-negative int for ``np.random.default_rng`` (bools, floats, strings and None
+    refused), else :class:`ConstructionError`."""
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+        raise ConstructionError(f"{name} must be a non-negative integer, got {v!r}")
+    return int(v)
 
 
 def real(v, name: str, low: float = 0.0, strict: bool = True) -> float:

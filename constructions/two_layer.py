@@ -80,7 +80,8 @@ def two_layer_links(knots: int, radius: float) -> tuple:
 
 def random_start(d: int, width: int, seed: int = 0) -> dict:
     """A random start ``V_0 ~ N(0, I/d)`` (rows), ``u_0 ~ N(0, 1/K)``, as plain lists."""
-    rng = np.random.default_rng(seed)
+    d, width = parts.positive_int(d, "d"), parts.positive_int(width, "width")
+    rng = np.random.default_rng(parts.seed(seed))
     return dict(V=(rng.normal(size=(width, d)) / np.sqrt(d)).tolist(), u=(rng.normal(size=width) / np.sqrt(width)).tolist())
 
 
@@ -137,6 +138,8 @@ def two_layer_gd(d: int, width: int, steps: int, lr: float, knots: int, radius: 
                  d_head=max(d, J, K), mlp=mlp_units)
     if start is None:
         start = random_start(d, K, seed)
+    else:
+        parts.seed(seed)  # unused with a given start, but a bad value is still refused
     if not isinstance(start, dict) or set(start) != {"V", "u"}:
         raise ConstructionError('start must be a dict {"V": [width, d], "u": [width]} (or None: a random start)')
     V0, u0 = parts.real_array(start["V"], "start['V']", (K, d)), parts.real_array(start["u"], "start['u']", (K,))

@@ -130,7 +130,8 @@ def test_bad_input_is_refused_with_the_fix():
     X, y, Xq = _prompt()
     for bad in (dict(knots=1), dict(lr=0.0), dict(lr=float("nan")), dict(radius=float("inf")), dict(width=0),
                 dict(start={"V": [[1.0]]}), dict(start={"V": np.zeros((2, 3)).tolist(), "u": [1.0, float("nan")]}),
-                dict(start={"V": np.zeros((3, 3)).tolist(), "u": [1.0, 2.0]})):
+                dict(start={"V": np.zeros((3, 3)).tolist(), "u": [1.0, 2.0]}), dict(seed=-1), dict(seed=2.5),
+                dict(seed="a"), dict(seed=None)):
         kw = dict(d=3, width=2, steps=2, lr=0.1, knots=8) | bad
         with pytest.raises(ConstructionError):
             constructions.two_layer_gd(**kw)
