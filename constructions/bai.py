@@ -1234,6 +1234,180 @@ def binary_exact(c: Construction | None = None) -> Outcome:
                    "binary_test(d=3) differs from psi-and-threshold in exact arithmetic")
 
 
+#: the logistic proofs' parameters: lr_class = 1/4 (its products with the ReLU slopes are exact floats),
+#: x_bound = 1, 5 knots on [-R, R], R = steps/4 (every knot a dyadic rational)
+GLM_PROOF = dict(steps=2, lr=0.25, heads=5, x_bound=1.0)
+#: the arbitrary iterates of logistic_gd's one-step proof: entries uniform in [-3R, 3R] (multiples of 1/16)
+GLM_PROOF_ITERATES = 3.0
+
+
+def _exact_sigmoid(steps: int, lr: float, heads: int, x_bound: float) -> tuple:
+    """``(knots, a, base)`` of the sum-of-ReLU sigmoid the logistic constructions store, as Fractions
+    with exactly those floats (:func:`sigmoid_knots` on ``[-R, R]``, ``R = logistic_radius``)."""
+    from verify import exact as ex
+
+    knots, a, base = sigmoid_knots(heads, logistic_radius(steps, lr, x_bound))
+    return ex.to_exact(knots), ex.to_exact(a), Fraction(base)
+
+
+def _logistic_prompts(B: int, n: int, d: int, seeds=(0, 1), real: bool = False):
+    """Rational prompts with every input and query in the unit ball, with 0/1 labels ``y > 0``
+    (``real``: also with the real labels)."""
+    from verify import exact as ex
+
+    out = []
+    for seed in seeds:
+        X, y, Xq = ex.rational_prompt(PromptSpec(seed=seed, B=B, n=n, d=d, m=2))
+        Z = ex.unit_ball(np.concatenate([X, Xq], 1), y, None)[0]
+        X, Xq = Z[:, :n], Z[:, n:]
+        out += [(X, (y > 0).astype(np.float64), Xq)] + ([(X, y, Xq)] if real else [])
+    return out
+
+
+def glm_exact(lam: float = 0.0, c: Construction | None = None) -> Outcome:
+    """logistic_gd (with the l2 head when ``lam > 0``) equals logistic GD with its sum-of-ReLU sigmoid
+    (:class:`LogisticGD` ``relu=``) in exact rational arithmetic: (1) the whole trace, 2 steps from
+    0, on rational 0/1-label prompts in the unit ball; (2) one step layer from arbitrary rational
+    iterates whose scores ``w.x_j`` straddle every knot (so every ReLU head acts on both of its
+    pieces), the whole stream after it."""
+    from verify import exact as ex
+
+    P = GLM_PROOF
+    c = c or logistic_gd(2, P["steps"], P["lr"], P["heads"], P["x_bound"], mask_const=MASK, lam=lam)
+    relu = _exact_sigmoid(P["steps"], P["lr"], P["heads"], P["x_bound"])
+    lr, lm = Fraction(P["lr"]), Fraction(lam)
+    prompts = _logistic_prompts(2, 6, 2)
+    ok = all(ex.trace_equals(c, LogisticGD(P["steps"], lr, lam=lm, relu=relu), *pr) for pr in prompts)
+    rng, crossed = np.random.default_rng(0), set()
+    R = float(relu[0][-1])
+    for X, y, Xq in prompts if ok else []:
+        W = ex.to_exact(np.round(rng.uniform(-1, 1, (X.shape[0], 2)) * GLM_PROOF_ITERATES * R * 16) / 16)
+        h = ex.with_slot(c, ex.stream(c, X, y, Xq), "w", W)
+        after = ex.forward(c, h, X.shape[1], blocks=c.blocks[:1])[-1]
+        step = LogisticGD(1, lr, lam=lm, relu=relu, w0=W).fit(ex.to_exact(X), ex.to_exact(y)).iterates_[1]
+        ok &= bool((after == ex.with_slot(c, h, "w", step)).all())
+        s = np.einsum("bnd,bd->bn", ex.to_exact(X), W)
+        crossed |= {m for m, k in enumerate(relu[0]) if (s > k).any() and (s < k).any()}
+    what = f"logistic_gd(d=2, {P['heads']} knots{', lam=' + str(lm) if lam else ''})"
+    if not ok:
+        return Outcome(False, f"{what} differs from logistic GD with its sum-of-ReLU sigmoid in exact arithmetic")
+    if len(crossed) < P["heads"]:
+        return Outcome(False, f"the proof's iterates are not generic: knots {sorted(set(range(P['heads'])) - crossed)} "
+                              "never straddled")
+    return Outcome(True, f"{what} = logistic GD with the sum-of-ReLU sigmoid exactly: the trace (2 steps) on "
+                         f"{len(prompts)}x2 rational prompts, and one step from arbitrary rational iterates with "
+                         "every knot straddled")
+
+
+def _link_proof_build():
+    P = GLM_PROOF
+    return link_select(2, P["steps"], LR, P["lr"], P["heads"], P["x_bound"], 4, 4, LINK_PROOF_GAMMA, mask_const=MASK)
+
+
+#: link_select's proof slack: a near tie between the links on one prompt (fractional weights)
+LINK_PROOF_GAMMA = 1 / 4
+
+
+def link_sigma_lemma(c: Construction | None = None) -> Outcome:
+    """link_select's sigmoid MLP, read from the factory, reads only the logit and writes only
+    ``f1 = base + sum_m a_m relu(logit - s_m)`` (:func:`verify.reference.relu_sum`), for every real
+    logit: both sides are piecewise linear, so equality at the breakpoints, between them and beyond
+    each end is equality everywhere (:func:`verify.symbolic.piecewise_linear_equal`)."""
+    from verify import exact as ex
+    from verify.reference import relu_sum
+    from verify.symbolic import piecewise_linear_equal
+
+    c = c or _link_proof_build()
+    m, lay = c.blocks[c.n_step_blocks].mlp, c.layout
+    i, o = lay["logit"].start, lay["f1"].start
+    knots, a, base = _exact_sigmoid(GLM_PROOF["steps"], GLM_PROOF["lr"], GLM_PROOF["heads"], GLM_PROOF["x_bound"])
+    alone = not (np.delete(m.W_in, i, axis=0).any() or np.delete(m.W_out, o, axis=1).any()
+                 or np.delete(m.b_out, o).any())
+    W, b, V = (ex.to_exact(t) for t in (m.W_in[i], m.b_in, m.W_out[:, o]))
+    b0, frac = Fraction(m.b_out[o]), lambda p: Fraction(int(p.p), int(p.q))  # noqa: E731
+    mlp = lambda p: sum(V[f] * max(W[f] * frac(p) + b[f], 0) for f in range(len(b))) + b0  # noqa: E731
+    ok = alone and piecewise_linear_equal(mlp, lambda p: np.asarray(relu_sum(frac(p), knots, a, base)).item(),
+                                          [*knots, *(-b[f] / W[f] for f in range(len(b)) if W[f])])
+    return Outcome(ok, "link_select's sigmoid MLP writes sigma_hat(logit) into f1 for every real logit" if ok else
+                   "link_select's sigmoid MLP is not the sum-of-ReLU sigmoid of the logit")
+
+
+def link_exact(c: Construction | None = None) -> Outcome:
+    """link_select equals both links' GD + validation + selection (:class:`LinkSelect` with the
+    sum-of-ReLU sigmoid) in exact arithmetic on rational prompts with real and with 0/1 labels,
+    after both steps: some selection weight strictly between 0 and 1, and every ReLU of the
+    selection MLPs open and closed (but ``P_K``, as in :func:`selection_exact`)."""
+    from verify import exact as ex
+
+    P = GLM_PROOF
+    c = c or _link_proof_build()
+    relu = _exact_sigmoid(P["steps"], P["lr"], P["heads"], P["x_bound"])
+    ref = LinkSelect(P["steps"], Fraction(LR), Fraction(P["lr"]), None, 4, Fraction(LINK_PROOF_GAMMA), relu=relu)
+    steps = P["steps"]
+    gates = ex.ReluGates(blocks={steps + 1, steps + 2, steps + 3})
+    ok, weights = True, []
+    # seed 0 with real labels (the square loss wins), seed 1 with 0/1 labels (the logistic link wins) and
+    # with real labels (a near tie): together generic; seed 0's 0/1 labels add nothing
+    for pr in _logistic_prompts(2, 8, 2, seeds=(0, 1), real=True)[1:]:
+        ok = ex.trace_equals(c, ref, *pr, record=gates)
+        weights.append(ref.weights_[-1])
+        if not ok:
+            break
+    weights = np.concatenate(weights)
+    stuck = gates.stuck(ignore={("mlp", steps + 3, 1)})
+    fractional = bool(((weights > 0) & (weights < 1)).any())
+    if not ok:
+        return Outcome(False, "link_select differs from both links' GD + validation + selection in exact arithmetic")
+    if stuck or not fractional:
+        return Outcome(False, f"the proof's prompts are not generic: fractional weights {fractional}, gates never "
+                              f"switched {stuck}")
+    return Outcome(True, "link_select(d=2, 2 steps) = both links' GD + validation + selection exactly on 3x2 rational "
+                         "prompts (4 train + 4 validation; real and 0/1 labels); fractional weights and every "
+                         "selection gate open and closed")
+
+
+#: pre_icl_select's proof: the binary test's eps and threshold (exact), and a selection constant above
+#: |f_ridge - f_logistic| on the proof's prompts
+PRE_SELECT_PROOF = dict(eps=1 / 8, threshold=1 / 2, select_const=2.0**10)
+
+
+def pre_select_exact(c: Construction | None = None) -> Outcome:
+    """pre_icl_select equals the binary test + ridge GD + logistic GD + selection (:class:`PreICLSelect`
+    with the sum-of-ReLU sigmoid) in exact arithmetic on binary, nearly binary and real labels
+    (:data:`BINARY_PROOF_LABELS`): test = 1, strictly between 0 and 1, and 0, so that the output is
+    the logistic logit, a soft threshold between the branches, and the ridge prediction; every ReLU
+    of the test and selection MLPs open and closed (but the test's ``relu(s (Psi - 1))``, closed
+    for every prompt since ``Psi <= 1``, as in :func:`binary_exact`)."""
+    from verify import exact as ex
+
+    P, Q = GLM_PROOF, PRE_SELECT_PROOF
+    c = c or pre_icl_select(3, P["steps"], LR, P["lr"], P["heads"], P["x_bound"], lam=LAM, eps=Q["eps"],
+                            threshold=Q["threshold"], select_const=Q["select_const"], mask_const=MASK)
+    relu = _exact_sigmoid(P["steps"], P["lr"], P["heads"], P["x_bound"])
+    ref = PreICLSelect(P["steps"], Fraction(LR), Fraction(P["lr"]), None, Fraction(Q["eps"]), Fraction(Q["threshold"]),
+                       Fraction(Q["select_const"]), lam=Fraction(LAM), relu=relu)
+    mlps = {b for b, blk in enumerate(c.blocks) if blk.mlp is not None}
+    gates, ok, tests = ex.ReluGates(blocks=mlps), True, []
+    for labels, seed in zip(BINARY_PROOF_LABELS, (0, 1, 2)):
+        X, _, Xq = _logistic_prompts(2, 6, 3, seeds=(seed,))[0]
+        ok = ex.trace_equals(c, ref, X, np.array(labels, float), Xq, record=gates)
+        tests.append(ref.test.trace(ex.to_exact(Xq)).ravel())
+        if not ok:
+            break
+    tests = np.concatenate(tests)
+    generic = (tests == 1).any() and (tests == 0).any() and ((tests > 0) & (tests < 1)).any()
+    if not ok:
+        return Outcome(False, "pre_icl_select differs from the binary test + ridge GD + logistic GD + selection in "
+                              "exact arithmetic")
+    stuck = gates.stuck(ignore={("mlp", 0, 1)})
+    if stuck or not generic:
+        return Outcome(False, f"the proof's prompts are not generic: tests {sorted(set(tests))}, gates never switched "
+                              f"{stuck}")
+    return Outcome(True, "pre_icl_select(d=3, 2 steps, lam=1/8) = binary test + ridge GD + logistic GD + selection "
+                         "exactly on binary, nearly binary and real labels (test 1, between, 0); every test and "
+                         "selection gate open and closed")
+
+
 # -- registration -------------------------------------------------------------------------------------------
 def _gd_baseline(prep, c):
     return lambda: baselines.gd(prep.X, prep.y, c.steps, lr=c.params["lr"], lam=c.params.get("lam", 0.0))
@@ -1338,13 +1512,13 @@ register(
               "|w_hat_t - w_t| <= eps*t*lr*B_x against exact logistic GD (eps = fit error ~ heads^-2)",
               "logistic GD with the interpolated / the exact sigmoid (numpy)", _glm_case, LogisticGD,
               bounds=_glm_bounds,
-              proof=Proof("none", note="approximate (sum-of-ReLU sigmoid); its error rate is checked numerically")),
+              proof=Proof("exact-rational", (Part("exact logistic_gd", glm_exact),))),
         Claim("bai23-glm-ridge", "Bai et al. 2023", "Thm 13 with Cor. C.1 (l2-regularised logistic ICGD)",
               "with one more head (score 1, value -lr lam w) each layer is GD on the logistic loss plus (lam/2)|w|^2 with "
               "sigma replaced by `heads` ReLUs, and |w_hat_t - w_t| <= eps*t*lr*B_x against exact regularised logistic GD",
               "regularised logistic GD with the interpolated / the exact sigmoid (numpy)", _glm_ridge_case, LogisticGD,
               variant="lam>0", knobs=dict(lam_factor=(0.01, 4.0)), bounds=_glm_bounds,
-              proof=Proof("none", note="approximate (sum-of-ReLU sigmoid); its error rate is checked numerically")),
+              proof=Proof("exact-rational", (Part("exact logistic_gd(lam>0)", lambda: glm_exact(LAM)),))),
     ],
 )
 
@@ -1398,8 +1572,8 @@ register(
               "the selected link's validation loss <= min_k L_k + gamma",
               "train/validation split + both links' GD + selection rule (numpy)", _link_case, LinkSelect,
               prompt=dict(n=(4, 40)), bounds=_link_bounds,
-              proof=Proof("none", note="no proof in exact arithmetic: the sigmoid interpolant's slopes are floats; "
-                                       "the validation and selection blocks are proved in bai23-selection")),
+              proof=Proof("exact-rational", (Part("lemma sigmoid MLP", link_sigma_lemma),
+                                             Part("exact link_select", link_exact)))),
     ],
 )
 
@@ -1443,9 +1617,7 @@ register(
               "are not (the same selection formula as numpy in between), at every step",
               "binary test + ridge GD + logistic GD with the interpolated sigmoid + selection (numpy)",
               _pre_select_case, PreICLSelect, prompt=dict(n=(2, 40)),
-              proof=Proof("none", note="no proof in exact arithmetic: the sigmoid interpolant's slopes are floats; "
-                                       "its parts are proved (bai23-binary-test, bai23-icgd) and the whole is "
-                                       "checked on every layer against numpy")),
+              proof=Proof("exact-rational", (Part("exact pre_icl_select", pre_select_exact),))),
     ],
 )
 

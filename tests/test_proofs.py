@@ -119,6 +119,21 @@ def test_exact_rational_checks_catch_a_perturbed_weight():
     assert bai.binary_exact(bt).holds and not bai.binary_exact(_tampered(bt, 0, "W_O", factor=1.001)).holds
 
 
+def test_sigmoid_proofs_catch_a_perturbed_weight():
+    """The exact proofs of the sum-of-ReLU sigmoid constructions fail on a weight changed by 2^-20."""
+    P = bai.GLM_PROOF
+    lg = constructions.logistic_gd(2, P["steps"], P["lr"], P["heads"], P["x_bound"], mask_const=MASK, lam=LAM)
+    assert bai.glm_exact(LAM, lg).holds
+    assert not bai.glm_exact(LAM, _tampered(lg, 0, "W_O")).holds  # the step layer: both parts see it
+    link = bai._link_proof_build()
+    assert not bai.link_sigma_lemma(_tampered(link, link.n_step_blocks, "b_in", factor=1 + 2.0**-20)).holds
+    assert not bai.link_exact(_tampered(link, 0, "W_V")).holds
+    Q = bai.PRE_SELECT_PROOF
+    pre = constructions.pre_icl_select(3, P["steps"], LR, P["lr"], P["heads"], P["x_bound"], lam=LAM, eps=Q["eps"],
+                                       threshold=Q["threshold"], select_const=Q["select_const"], mask_const=MASK)
+    assert not bai.pre_select_exact(_tampered(pre, len(pre.blocks) - 1, "W_out", factor=1 + 2.0**-20)).holds
+
+
 def test_exact_checks_refuse_prompts_that_are_not_generic(monkeypatch):
     """A proof on prompts that leave a gate unswitched, or rows orthogonal, says so and fails."""
     monkeypatch.setattr(bai, "BINARY_PROOF_LABELS", [[[0, 1, 1, 0, 1, 0], [1, 1, 1, 1, 1, 1]]] * 3)
@@ -127,6 +142,9 @@ def test_exact_checks_refuse_prompts_that_are_not_generic(monkeypatch):
     prompts = bai._selection_prompts
     monkeypatch.setattr(bai, "_selection_prompts", lambda: prompts()[:1])  # without the noisy prompt
     out = bai.selection_exact()
+    assert not out.holds and "not generic" in out.detail
+    monkeypatch.setattr(bai, "GLM_PROOF_ITERATES", 0.1)  # iterates whose scores miss the outer knots
+    out = bai.glm_exact()
     assert not out.holds and "not generic" in out.detail
 
 
@@ -217,6 +235,6 @@ def test_exact_inputs_stay_exact():
 
 
 def test_cli_prove(capsys):
-    assert main(["prove", "vonoswald23-prop1", "bai23-glm", "-v"]) == 0
+    assert main(["prove", "vonoswald23-prop1", "akyurek22-thm1", "-v"]) == 0
     out = capsys.readouterr().out
     assert "PROVED" in out and "n/a" in out and "general" in out

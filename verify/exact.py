@@ -52,11 +52,11 @@ def _float(a):
     return np.asarray(a, dtype=np.float64)
 
 
-def residuals(c, X, y, Xq, rational: bool = True, record=None) -> list[np.ndarray]:
-    """The construction's residual streams ``[B, T, D]`` (input first) by the numpy pass, in exact
-    arithmetic (``rational=False``: in float64, the same code on floats)."""
+def stream(c, X, y, Xq, rational: bool = True) -> np.ndarray:
+    """The construction's input residual stream ``[B, T, D]`` (embedding and extra tokens), exact
+    (``rational=False``: float64), after the same validation and domain check as the float path."""
     X, y, Xq = (np.asarray(a, dtype=np.float64) for a in (X, y, Xq))
-    c.prepare(X, y, Xq, check=rational)  # the same validation and domain check as the float path
+    c.prepare(X, y, Xq, check=rational)
     conv = to_exact if rational else _float
     B, n, _ = X.shape
     N = c.n_context_tokens(n)
@@ -67,7 +67,29 @@ def residuals(c, X, y, Xq, rational: bool = True, record=None) -> list[np.ndarra
     if c.extra_tokens is not None:
         extra = conv(c.extra_tokens(n))
         h = np.concatenate([h[:, :N], np.broadcast_to(extra, (B, *extra.shape)), h[:, N:]], axis=1)
-    return numpy_forward(c.blocks, h, c.n_keys(n), c.model.mask_query, norm=n, convert=conv, record=record)
+    return h
+
+
+def forward(c, h: np.ndarray, n: int, blocks=None, record=None) -> list[np.ndarray]:
+    """The streams of ``c.blocks`` (or the given ones) on a stream ``h`` of a prompt with ``n``
+    examples, in h's arithmetic (Fractions or float64)."""
+    conv = to_exact if h.dtype == object else _float
+    return numpy_forward(c.blocks if blocks is None else blocks, h, c.n_keys(n), c.model.mask_query, norm=n,
+                         convert=conv, record=record)
+
+
+def with_slot(c, h: np.ndarray, slot: str, value) -> np.ndarray:
+    """A copy of the stream ``h`` with every token's ``slot`` set to ``value`` (``[B, size]``, one
+    value per prompt): the state of an iteration from an arbitrary iterate, for a proof of one step."""
+    h, sl = h.copy(), c.layout[slot]
+    h[:, :, sl.start:sl.start + sl.size] = np.asarray(value, dtype=h.dtype)[:, None, :]
+    return h
+
+
+def residuals(c, X, y, Xq, rational: bool = True, record=None) -> list[np.ndarray]:
+    """The construction's residual streams ``[B, T, D]`` (input first) by the numpy pass, in exact
+    arithmetic (``rational=False``: in float64, the same code on floats)."""
+    return forward(c, stream(c, X, y, Xq, rational), np.asarray(X).shape[1], record=record)
 
 
 def trace(c, X, y, Xq, rational: bool = True, record=None) -> np.ndarray:
@@ -75,13 +97,12 @@ def trace(c, X, y, Xq, rational: bool = True, record=None) -> np.ndarray:
     each step, as :meth:`Construction.trace`), exact (or float64 with ``rational=False``);
     ``record`` sees every ReLU input of the full pass (:func:`constructions.numpy_pass.numpy_forward`)."""
     hs = residuals(c, X, y, Xq, rational, record)
-    conv = to_exact if rational else _float
     n = np.asarray(X).shape[1]
     nk = c.n_keys(n)
     out = []
     for h in hs[c.n_prefix + c.step_blocks : c.n_step_blocks + 1 : c.step_blocks]:
         if c.n_readout:
-            h = numpy_forward(c.blocks[c.n_step_blocks:], h, nk, c.model.mask_query, norm=n, convert=conv)[-1]
+            h = forward(c, h, n, blocks=c.blocks[c.n_step_blocks:])[-1]
         r = c.layout.readout
         out.append((Fraction(r.sign) if rational else r.sign) * h[:, nk:, c.layout[r.slot].start])
     return np.stack(out)
@@ -123,7 +144,8 @@ def trace_equals(c, ref, X, y, Xq, record=None) -> bool:
 
 
 def unit_ball(X, y, Xq, denominator: int = 16):
-    """The prompt with X scaled into the unit ball and rounded to small-denominator rationals
-    (for constructions whose start values assume ``|x_i| <= 1``)."""
+    """The prompt with X scaled into the unit ball and rounded toward zero to multiples of
+    ``1/denominator`` (so that no norm grows: ``|x_i| <= 1`` still holds), for constructions whose
+    domain assumes it."""
     s = 1.01 * np.linalg.norm(X, axis=-1).max()
-    return np.vectorize(lambda v: float(Fraction(v).limit_denominator(denominator)))(X / s), y, Xq
+    return np.trunc(X / s * denominator) / denominator, y, Xq

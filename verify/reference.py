@@ -281,14 +281,20 @@ class LogisticGD(Reference):
     ``knots=None``: the exact sigmoid.  ``knots``: the sigmoid replaced by its
     piecewise-linear interpolant at these knots (``np.interp``, flat outside), as
     in Bai et al.'s sum-of-ReLU approximation; the unsigned size of that sum's
-    terms is at most ``0.5 (|s| + R) + 2`` with ``R = max|knots|``.  ``lam > 0``: GD on the
-    loss plus ``(lam/2)|w|^2``."""
+    terms is at most ``0.5 (|s| + R) + 2`` with ``R = max|knots|``.  ``relu = (knots, a, base)``
+    instead: that interpolant in the form the construction stores it, ``base + sum_m a_m
+    relu(s - s_m)`` (:func:`relu_sum`; exact for Fractions, for the proofs).  ``lam > 0``: GD on the
+    loss plus ``(lam/2)|w|^2``.  ``w0``: the start (default 0)."""
 
-    def __init__(self, steps: int, lr: float, knots=None, lam: float = 0.0):
-        self.steps, self.lr, self.lam = steps, lr, lam
+    def __init__(self, steps: int, lr: float, knots=None, lam: float = 0.0, relu=None, w0=None):
+        self.steps, self.lr, self.lam, self.relu, self.w0 = steps, lr, lam, relu, w0
+        if relu is not None:
+            knots = relu[0]
         self.knots = None if knots is None else np.asarray(knots, dtype=np.float64)
 
     def _sigma(self, s):
+        if self.relu is not None:
+            return relu_sum(s, *self.relu)
         return sigmoid(s) if self.knots is None else np.interp(s, self.knots, sigmoid(self.knots))
 
     def link_terms(self, s):
@@ -299,7 +305,9 @@ class LogisticGD(Reference):
     def fit(self, X, y) -> "LogisticGD":
         X, y = _batch(X, y)
         B, n, d = X.shape
-        w = np.zeros((B, d))
+        w = np.zeros((B, d), dtype=X.dtype) * y[:, :1]
+        if self.w0 is not None:
+            w = w + np.asarray(self.w0, dtype=X.dtype)
         ws, mags = [w], []
         for _ in range(self.steps):
             s = np.einsum("bnd,bd->bn", X, w)
@@ -635,8 +643,8 @@ class LinkSelect(ValidationSelect):
     (identity link, ``steps``, ``lr``) and logistic GD (``lr_class``, the sigmoid interpolated at
     ``knots``, predicting the mean ``sigma_hat(<v, x>)``)."""
 
-    def __init__(self, steps: int, lr: float, lr_class: float, knots, n_train: int, gamma: float):
-        logistic = LogisticGD(steps, lr_class, knots)
+    def __init__(self, steps: int, lr: float, lr_class: float, knots, n_train: int, gamma: float, relu=None):
+        logistic = LogisticGD(steps, lr_class, knots, relu=relu)
         super().__init__([GD(steps, lr=lr), logistic], n_train, gamma, links=[None, logistic._sigma])
 
 
@@ -758,8 +766,8 @@ class PreICLSelect:
     margin of half the threshold for the test's round-off."""
 
     def __init__(self, steps: int, lr: float, lr_class: float, knots, eps: float, threshold: float,
-                 select_const: float, lam: float = 0.0):
-        self.ridge, self.logistic = GD(steps, lr=lr, lam=lam), LogisticGD(steps, lr_class, knots)
+                 select_const: float, lam: float = 0.0, relu=None):
+        self.ridge, self.logistic = GD(steps, lr=lr, lam=lam), LogisticGD(steps, lr_class, knots, relu=relu)
         self.test, self.M = BinaryTest(eps, threshold), select_const
 
     def fit(self, X, y) -> "PreICLSelect":
