@@ -196,8 +196,13 @@ class Claim:
             # A mismatch of relative size ~|x_q|^2/n can hide under float32 round-off; a
             # negative control is a statement about the algebra, so it runs in float64.
             dtype = torch.float64
-        if c.dtype != dtype or device is not None:
-            c = c.to(dtype, device)  # a converted copy
+        if device is not None:
+            from constructions.parts import device as usable  # ConstructionError for a device not here
+
+            device = usable(device)
+        if c.dtype != dtype or (device is not None and device != c.device):
+            c = c.to(dtype, device)  # a converted copy (only when it changes something: a deep model's copy
+            # costs about as much as building it)
         # else the case's own construction (a copy of a deep model costs as much as its check): its
         # evaluation order is put back afterwards, in case the case function shares it
         before = c.model.order
