@@ -1234,6 +1234,16 @@ def binary_exact(c: Construction | None = None) -> Outcome:
                    "binary_test(d=3) differs from psi-and-threshold in exact arithmetic")
 
 
+def _verdict(ok: bool, not_generic: str, differs: str, proved: str) -> Outcome:
+    """A proof part's outcome: ``differs`` when the identity failed, else, when ``not_generic`` says
+    what the prompts left unexercised, that; else ``proved``."""
+    if not ok:
+        return Outcome(False, differs)
+    if not_generic:
+        return Outcome(False, f"the proof's prompts are not generic: {not_generic}")
+    return Outcome(True, proved)
+
+
 #: the logistic proofs' parameters: lr_class = 1/4 (its products with the ReLU slopes are exact floats),
 #: x_bound = 1, 5 knots on [-R, R], R = steps/4 (every knot a dyadic rational)
 GLM_PROOF = dict(steps=2, lr=0.25, heads=5, x_bound=1.0)
@@ -1289,14 +1299,12 @@ def glm_exact(lam: float = 0.0, c: Construction | None = None) -> Outcome:
         s = np.einsum("bnd,bd->bn", ex.to_exact(X), W)
         crossed |= {m for m, k in enumerate(relu[0]) if (s > k).any() and (s < k).any()}
     what = f"logistic_gd(d=2, {P['heads']} knots{', lam=' + str(lm) if lam else ''})"
-    if not ok:
-        return Outcome(False, f"{what} differs from logistic GD with its sum-of-ReLU sigmoid in exact arithmetic")
-    if len(crossed) < P["heads"]:
-        return Outcome(False, f"the proof's iterates are not generic: knots {sorted(set(range(P['heads'])) - crossed)} "
-                              "never straddled")
-    return Outcome(True, f"{what} = logistic GD with the sum-of-ReLU sigmoid exactly: the trace (2 steps) on "
-                         f"{len(prompts)}x2 rational prompts, and one step from arbitrary rational iterates with "
-                         "every knot straddled")
+    missed = sorted(set(range(P["heads"])) - crossed)
+    return _verdict(ok, missed and f"the iterates never straddle knots {missed}",
+                    f"{what} differs from logistic GD with its sum-of-ReLU sigmoid in exact arithmetic",
+                    f"{what} = logistic GD with the sum-of-ReLU sigmoid exactly: the trace (2 steps) on "
+                    f"{len(prompts)}x2 rational prompts, and one step from arbitrary rational iterates with every "
+                    "knot straddled")
 
 
 def _link_proof_build():
@@ -1356,14 +1364,11 @@ def link_exact(c: Construction | None = None) -> Outcome:
     weights = np.concatenate(weights)
     stuck = gates.stuck(ignore={("mlp", steps + 3, 1)})
     fractional = bool(((weights > 0) & (weights < 1)).any())
-    if not ok:
-        return Outcome(False, "link_select differs from both links' GD + validation + selection in exact arithmetic")
-    if stuck or not fractional:
-        return Outcome(False, f"the proof's prompts are not generic: fractional weights {fractional}, gates never "
-                              f"switched {stuck}")
-    return Outcome(True, "link_select(d=2, 2 steps) = both links' GD + validation + selection exactly on 3x2 rational "
-                         "prompts (4 train + 4 validation; real and 0/1 labels); fractional weights and every "
-                         "selection gate open and closed")
+    return _verdict(ok, (stuck or not fractional) and f"fractional weights {fractional}, gates never switched {stuck}",
+                    "link_select differs from both links' GD + validation + selection in exact arithmetic",
+                    "link_select(d=2, 2 steps) = both links' GD + validation + selection exactly on 3x2 rational "
+                    "prompts (4 train + 4 validation; real and 0/1 labels); fractional weights and every selection "
+                    "gate open and closed")
 
 
 #: pre_icl_select's proof: the binary test's eps and threshold (exact), and a selection constant above
@@ -1396,16 +1401,12 @@ def pre_select_exact(c: Construction | None = None) -> Outcome:
             break
     tests = np.concatenate(tests)
     generic = (tests == 1).any() and (tests == 0).any() and ((tests > 0) & (tests < 1)).any()
-    if not ok:
-        return Outcome(False, "pre_icl_select differs from the binary test + ridge GD + logistic GD + selection in "
-                              "exact arithmetic")
     stuck = gates.stuck(ignore={("mlp", 0, 1)})
-    if stuck or not generic:
-        return Outcome(False, f"the proof's prompts are not generic: tests {sorted(set(tests))}, gates never switched "
-                              f"{stuck}")
-    return Outcome(True, "pre_icl_select(d=3, 2 steps, lam=1/8) = binary test + ridge GD + logistic GD + selection "
-                         "exactly on binary, nearly binary and real labels (test 1, between, 0); every test and "
-                         "selection gate open and closed")
+    return _verdict(ok, (stuck or not generic) and f"tests {sorted(set(tests))}, gates never switched {stuck}",
+                    "pre_icl_select differs from the binary test + ridge GD + logistic GD + selection in exact arithmetic",
+                    "pre_icl_select(d=3, 2 steps, lam=1/8) = binary test + ridge GD + logistic GD + selection exactly on "
+                    "binary, nearly binary and real labels (test 1, between, 0); every test and selection gate open and "
+                    "closed")
 
 
 # -- registration -------------------------------------------------------------------------------------------
