@@ -182,11 +182,11 @@ class Construction:
     # -- dtype / device ----------------------------------------------------
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
+        return self.model.first_parameter.dtype
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return self.model.first_parameter.device
 
     def to(self, dtype: torch.dtype | str | None = None, device=None) -> "Construction":
         """A copy of this construction with its model in ``dtype`` / on ``device`` (a device that
@@ -201,7 +201,7 @@ class Construction:
             raise ConstructionError(f"dtype must be torch.float64 or torch.float32 (or 'float64', 'float32'), got "
                                     f"{dtype!r}")
         new = copy.copy(self)
-        new.model = copy.deepcopy(self.model).to(dtype=dtype, device=device)
+        new.model = self.model.converted(dtype, device)
         return new
 
     def save(self, path, overwrite: bool = False):

@@ -46,6 +46,7 @@ for a query token is ``sign * token[slot]``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -132,8 +133,8 @@ class ResidualLayout:
     def __contains__(self, name: str) -> bool:
         return name in self._by_name
 
-    @property
-    def width(self) -> int:
+    @cached_property
+    def width(self) -> int:  # asked for by every read and write of a weight
         return sum(s.size for s in self.slots)
 
     @property

@@ -314,3 +314,39 @@ def test_memoised_maps_follow_every_change_of_the_weights(how):
     assert torch.equal(got, want)
     assert not np.allclose(c.predict(X, y, Xq), before)
     assert all(len(b.attn.__dict__.get("_maps_memo", {})) <= transformer.MEMO_SIZE for b in c.model.blocks)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_a_converted_copy_is_deepcopy_then_to_and_shares_nothing(dtype):
+    """``Transformer.converted`` (what ``Construction.to`` calls) gives the parameters, the forward
+    pass bits, the attributes and the hooks of ``copy.deepcopy(model).to(dtype)``; changing the copy
+    (a weight, its padding rule, a hook) leaves the original as it was; tied weights stay tied."""
+    import copy
+
+    rng = np.random.default_rng(2)
+    blocks = [BlockSpec(_rand_attention(rng, kind), MLPSpec("relu", *(rng.normal(size=s) for s in [(5, 4), (4,), (4, 5), (5,)])))
+              for kind in ("linear", "relu", "softmax")]
+    model = Transformer(blocks)
+    model.blocks[2].attn.W_V = model.blocks[0].attn.W_V  # tied
+    model.order, model.chunk_bytes = "kv", 4096
+    calls = []
+    model.blocks[1].attn.register_forward_hook(lambda m, i, o: calls.append(1))
+    h = torch.from_numpy(rng.normal(size=(2, 6, 5)))
+    model(h, 4)  # memoises the maps of the float64 model
+    new, want = model.converted(dtype), copy.deepcopy(model).to(dtype)
+    assert [k for k, _ in new.named_parameters()] == [k for k, _ in want.named_parameters()]
+    for (_, a), (_, b), (_, o) in zip(new.named_parameters(), want.named_parameters(), model.named_parameters()):
+        assert torch.equal(a, b) and a.dtype == dtype and type(a) is type(b) and a.data_ptr() != o.data_ptr()
+    assert new.blocks[2].attn.W_V is new.blocks[0].attn.W_V
+    assert (new.order, new.chunk_bytes, new.mask_query, new.padding) == (want.order, want.chunk_bytes, want.mask_query,
+                                                                         want.padding)
+    calls.clear()
+    assert torch.equal(new(h.to(dtype), 4), want(h.to(dtype), 4)) and len(calls) == 2  # both copies kept the hook
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        new.blocks[0].attn.W_O.mul_(2)
+    new.padding[dtype]["multiple"] = 3
+    new.blocks[0].attn.register_forward_hook(lambda m, i, o: None)
+    assert all(torch.equal(v, original[k]) for k, v in model.state_dict().items())
+    assert model.padding != new.padding and not model.blocks[0].attn._forward_hooks
+    assert new.blocks[0].attn.__dict__.get("_maps_memo") is not model.blocks[0].attn.__dict__.get("_maps_memo")
