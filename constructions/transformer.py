@@ -155,17 +155,19 @@ class Attention(nn.Module):
         q = (h @ w["W_Q"]).view(B, T, H, E)
         k = (keys @ w["W_K"]).view(B, S, H, E)
         v = (keys @ w["W_V"]).view(B, S, H, E)
+        # batched matmuls over [B, H] on transposed views: the GEMMs torch.einsum calls (the same bits),
+        # without its per-call parsing, which dominates at small sizes (docs/performance.md, "Small calls")
         if order == "kv":
             # (K^T V) first: O(n E^2) instead of O(n T E); the same sum in exact arithmetic.
-            kv = torch.einsum("bshe,bshf->bhef", k, v) / norm
-            z = torch.einsum("bthe,bhef->bthf", q, kv)
+            kv = (k.permute(0, 2, 3, 1) @ v.transpose(1, 2)) / norm  # [B, H, E, E]
+            z = (q.transpose(1, 2) @ kv).transpose(1, 2)  # [B, T, H, E]
         else:
             point = point or (lambda name, x: x)
-            scores = point("hook_attn_scores", torch.einsum("bthe,bshe->bhts", q, k))
+            scores = point("hook_attn_scores", q.transpose(1, 2) @ k.permute(0, 2, 3, 1))  # [B, H, T, S]
             future = hidden_keys(self.causal, T, S, h.device)
             pattern = point("hook_pattern", attention_pattern(self.kind, scores, norm, self.null_score, future,
                                                               self.divisor))
-            z = point("hook_z", torch.einsum("bhts,bshe->bthe", pattern, v))
+            z = point("hook_z", (pattern @ v.transpose(1, 2)).transpose(1, 2))  # [B, T, H, E]
         return z.reshape(B, T, H * E) @ w["W_O"]
 
 
@@ -287,7 +289,7 @@ class Transformer(nn.Module):
             raise ConstructionError(f"residual stream must be [B, T, {self.width}], got {tuple(h.shape)}")
         if not 1 <= n_context <= h.shape[1]:
             raise ConstructionError(f"n_context must be in [1, T={h.shape[1]}], got {n_context}")
-        w = next(self.parameters())
+        w = self.first_parameter
         if h.dtype != w.dtype or h.device != w.device:
             raise ConstructionError(f"residual stream is {h.dtype} on {h.device} but the model is {w.dtype} on "
                                     f"{w.device}: convert the stream, or the model with .to(dtype, device)")
