@@ -3,7 +3,8 @@
 At d = 5, n = 10 and one or 16 prompts a block's time is torch's per-operation overhead, not its
 FLOPs; this times, best of 5 (``verify.bench._timeit``), the constructions whose attention runs
 scores first (ReLU heads) or per head, from their bench rows' parameters.  Run it at two commits
-to compare them (docs/performance.md, "Small calls").
+to compare them, in each checkout as ``PYTHONPATH=. python benchmarks/small_calls.py`` (else the
+installed package is timed; docs/performance.md, "Small calls").
 
     python benchmarks/small_calls.py [--d 5] [--n 10]
 """

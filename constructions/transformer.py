@@ -155,8 +155,8 @@ class Attention(nn.Module):
         q = (h @ w["W_Q"]).view(B, T, H, E)
         k = (keys @ w["W_K"]).view(B, S, H, E)
         v = (keys @ w["W_V"]).view(B, S, H, E)
-        # batched matmuls over [B, H] on transposed views: the GEMMs torch.einsum calls (the same bits),
-        # without its per-call parsing, which dominates at small sizes (docs/performance.md, "Small calls")
+        # batched matmuls over [B, H] on transposed views: the GEMMs torch.einsum calls, without its
+        # per-call parsing, which dominates at small sizes (docs/performance.md, "Small calls")
         if order == "kv":
             # (K^T V) first: O(n E^2) instead of O(n T E); the same sum in exact arithmetic.
             kv = (k.permute(0, 2, 3, 1) @ v.transpose(1, 2)) / norm  # [B, H, E, E]
@@ -232,15 +232,19 @@ class Transformer(nn.Module):
     def first_parameter(self) -> nn.Parameter:
         """``next(self.parameters())`` without the walk over the modules (the model's dtype and
         device, asked for on every call)."""
-        b = self.blocks[0]
-        return b.attn.W_Q if b.attn is not None else b.mlp.W_in
+        for b in self.blocks:  # the first block that has one (a block may have neither attention nor MLP)
+            if b.attn is not None:
+                return b.attn.W_Q
+            if b.mlp is not None:
+                return b.mlp.W_in
+        raise ConstructionError("the model has no parameters: every block lacks both attention and MLP")
 
     def converted(self, dtype: torch.dtype | None = None, device=None) -> "Transformer":
         """A copy of this model whose parameters are converted to ``dtype`` / moved to ``device``
         (``copy.deepcopy(model).to(dtype, device)`` without deepcopy's walk over every module's
         attributes: each module is copied with its own dicts, each parameter converted once;
         parameters shared between modules stay shared, and no memoised map (:func:`_memo`) is
-        carried over).  About 5x faster on a deep model (docs/performance.md, "Copying a model")."""
+        carried over).  4-5x faster on a deep model (docs/performance.md, "Copying a model")."""
         params: dict = {}
 
         def conv(p):
@@ -252,11 +256,11 @@ class Transformer(nn.Module):
         def copy_module(m: nn.Module) -> nn.Module:
             new = m.__class__.__new__(m.__class__)  # copy.copy without its __reduce_ex__ round trip
             d = new.__dict__
-            d.update(m.__dict__)  # the same values: the dicts among them are copied below
+            d.update(m.__dict__)  # the same values: the containers among them are copied below
             d.pop("_maps_memo", None)
             for k, v in d.items():
-                if isinstance(v, dict):
-                    d[k] = v.copy()  # hook tables and the like: the copy's own (an OrderedDict stays one)
+                if isinstance(v, (dict, set, list)):
+                    d[k] = v.copy()  # hook tables, the non-persistent buffer set: the copy's own (an OrderedDict stays one)
             d["_parameters"] = {k: None if q is None else conv(q) for k, q in m._parameters.items()}
             d["_buffers"] = {k: None if b is None else conv(b) for k, b in m._buffers.items()}
             d["_modules"] = {k: None if c is None else copy_module(c) for k, c in m._modules.items()}

@@ -350,3 +350,15 @@ def test_a_converted_copy_is_deepcopy_then_to_and_shares_nothing(dtype):
     assert all(torch.equal(v, original[k]) for k, v in model.state_dict().items())
     assert model.padding != new.padding and not model.blocks[0].attn._forward_hooks
     assert new.blocks[0].attn.__dict__.get("_maps_memo") is not model.blocks[0].attn.__dict__.get("_maps_memo")
+    new.blocks[0].attn.register_buffer("scratch", torch.zeros(1), persistent=False)  # torch's set of such names
+    assert not model.blocks[0].attn._non_persistent_buffers_set
+
+
+def test_the_model_dtype_is_read_from_the_first_block_that_has_parameters():
+    """A block may have neither attention nor MLP (a no-op): the dtype and device come from the
+    first block that has weights, as ``next(parameters())`` would give them."""
+    rng = np.random.default_rng(3)
+    model = Transformer([BlockSpec(None), BlockSpec(None, MLPSpec("relu", *(rng.normal(size=s) for s in [(5, 4), (4,), (4, 5), (5,)]))),
+                         BlockSpec(_rand_attention(rng, "linear"))])
+    assert model.first_parameter is next(model.parameters()) is model.blocks[1].mlp.W_in
+    assert model.converted(torch.float32).first_parameter.dtype == torch.float32
