@@ -858,24 +858,6 @@ def _prox_case(p, k):
     return c, ProxGD(k.steps, lr, "l2", prox_shrink(lr, lam))
 
 
-def prox_exact() -> Outcome:
-    """proximal_gd(d=3, 4 steps), box and l2, equals proximal GD in exact rational arithmetic, every
-    ReLU of the prox MLPs open and closed over the prompts."""
-    from verify import exact as ex
-
-    ok = True
-    for prox, param, ref_param in (("box", 0.03125, Fraction(1, 32)), ("l2", LAM, Fraction(prox_shrink(LR, LAM)))):
-        c = proximal_gd(3, 4, LR, prox, param, mask_const=MASK)
-        gates = ex.ReluGates(blocks={b for b, blk in enumerate(c.blocks) if blk.mlp is not None})
-        ok &= all(ex.trace_equals(c, ProxGD(4, Fraction(LR), prox, ref_param), *pr, record=gates)
-                  for pr in _rational_prompts(B=2, n=6, d=3, m=2))
-        if prox == "box" and gates.stuck():
-            return Outcome(False, f"the proof's prompts are not generic: box gates never switched {gates.stuck()}")
-    return Outcome(ok, "proximal_gd(d=3, 4 steps) = projected GD (box R = 1/32, every clip gate open and closed) and "
-                       "l2-prox GD exactly on 3x2 rational prompts" if ok else
-                   "proximal_gd differs from proximal GD in exact arithmetic")
-
-
 def _lasso_bounds(p, k, c) -> Comparison:
     """ISTA's rate, on the model's own iterate: ``F(w_hat_t) - F* <= |w*|^2 / (2 lr t)`` for the
     query token's ``w`` slot after layer t, F* certified by a duality gap.  The slack for the model
@@ -1129,30 +1111,51 @@ def _rational_prompts(seeds=(0, 1, 2), **spec):
         yield ex.rational_prompt(PromptSpec(seed=seed, **spec))
 
 
-def lasso_exact(c: Construction | None = None) -> Outcome:
-    """lasso_ista(d=3, 4 steps) equals ISTA in exact rational arithmetic (zero tolerance), every
-    ReLU of the soft-threshold MLPs open and closed over the prompts."""
-    from verify import exact as ex
+def _proximal_induction(build, prox, lr: float = LR):
+    """relu_gd's state and readout with the step ``w <- prox(w - lr grad L0(w))``, ``prox`` a scalar
+    function applied to every coordinate: the MLP is lifted as coordinatewise units and compared
+    with ``prox`` on all of R (:func:`verify.symbolic.pointwise_equal`)."""
+    import dataclasses
 
-    c = c or lasso_ista(3, 4, lr=LR, lam=LAM, mask_const=MASK)
-    gates = ex.ReluGates(blocks={b for b, blk in enumerate(c.blocks) if blk.mlp is not None})
-    ok = all(ex.trace_equals(c, ISTA(4, Fraction(LR), Fraction(LAM)), *pr, record=gates)
-             for pr in _rational_prompts(B=2, n=6, d=3, m=2))
-    if gates.stuck():
-        return Outcome(False, f"the proof's prompts are not generic: gates never switched {gates.stuck()}")
-    return Outcome(ok, "lasso_ista(d=3, 4 steps) = ISTA exactly on 3x2 rational prompts (n=6); every "
-                       "soft-threshold gate open and closed" if ok else
-                   "lasso_ista(d=3, 4 steps) differs from ISTA in exact arithmetic on a rational prompt")
+    from verify import symbolic as S
+
+    lr_ = S.exact(lr)
+
+    def step(v, layer):
+        w = v["w"]
+        return dict(w=S.coordinatewise(prox, w - lr_ * S.X * (S.X.T * w - S.Y.T) / S.n))
+
+    return dataclasses.replace(relu_gd_induction(0.0, lr), build=build, step=step)
 
 
-def soft_threshold_lemma(c: Construction | None = None) -> Outcome:
-    """The soft-threshold MLP of lasso_ista, read from the factory at d = 1, is the soft threshold."""
-    from verify.symbolic import lemma_soft_threshold
+def lasso_induction(lr: float = LR, lam: float = LAM):
+    """lasso_ista: one ISTA step per layer, ``S_c(v) = sign(v) max(|v| - c, 0)`` with c = lr lam,
+    for symbolic d and n."""
+    import sympy as sp
 
-    c = c or lasso_ista(1, 1, lr=LR, lam=LAM, mask_const=MASK)
-    m = next(b.mlp for b in c.blocks if b.mlp is not None)
-    w = c.layout["w"].start
-    return lemma_soft_threshold(lambda: (m.W_in[w], m.b_in, m.W_out[:, w], m.b_out[w], np.float64(LR * LAM)))
+    from verify import symbolic as S
+
+    c = S.exact(lr) * S.exact(lam)
+    return _proximal_induction(lambda dd: lasso_ista(dd, 2, lr=lr, lam=lam, mask_const=MASK),
+                               lambda z: sp.sign(z) * sp.Max(sp.Abs(z) - c, 0), lr)
+
+
+#: the general proofs' proximal parameters: the box radius, and a lam with lr lam/(1 + lr lam) = 3/4
+#: exact in floating point (the factory stores that shrink coefficient)
+PROX_PROOF = dict(box=1 / 32, l2=16.0)
+
+
+def prox_induction(prox: str, lr: float = LR):
+    """proximal_gd: projected GD (``clip(v, -R, R)``) or the l2 prox (``v/(1 + lr lam)``), one step
+    per layer, for symbolic d and n."""
+    import sympy as sp
+
+    from verify import symbolic as S
+
+    param = PROX_PROOF[prox]
+    p = S.exact(param)
+    f = (lambda z: sp.Max(sp.Min(z, p), -p)) if prox == "box" else (lambda z: z / (1 + S.exact(lr) * p))
+    return _proximal_induction(lambda dd: proximal_gd(dd, 2, lr, prox, param, mask_const=MASK), f, lr)
 
 
 #: the selection proof's candidates and slack: the largest lambda first, so that the best candidate is
@@ -1462,8 +1465,8 @@ register(
               "F(w_t) - F* <= |w*|^2/(2 lr t)",
               "ISTA iterates; FISTA solution with a duality-gap certificate (numpy)", _lasso_case, ISTA,
               prompt=dict(log10_kappa=(0.0, 1.5)), bounds=_lasso_bounds,
-              proof=Proof("exact-rational", (Part("lemma soft-threshold MLP", soft_threshold_lemma),
-                                             Part("exact lasso_ista", lasso_exact)))),
+              proof=Proof("general", (lemma("lemma sign split", "lemma_sign_split"),
+                                      induction("induction lasso_ista", lasso_induction)))),
     ],
 )
 
@@ -1492,7 +1495,9 @@ register(
               "attention GD step + a 2d-ReLU MLP per layer = one proximal GD step: projected GD onto {|w|_inf <= R} "
               "(clip) or the l2-squared prox v/(1 + lr lam), whose fixed point is ridge",
               "projected / l2-prox GD iterates (numpy)", _prox_case, ProxGD,
-              proof=Proof("exact-rational", (Part("exact proximal_gd", prox_exact),))),
+              proof=Proof("general", (lemma("lemma sign split", "lemma_sign_split"),
+                                      induction("induction proximal_gd(box)", lambda: prox_induction("box")),
+                                      induction("induction proximal_gd(l2)", lambda: prox_induction("l2"))))),
     ],
 )
 

@@ -105,10 +105,6 @@ def test_a_changed_step_size_is_caught():
 
 
 def test_exact_rational_checks_catch_a_perturbed_weight():
-    c = constructions.lasso_ista(3, 4, lr=LR, lam=LAM, mask_const=MASK)
-    assert bai.lasso_exact(c).holds
-    assert not bai.lasso_exact(_tampered(c, 0, "W_O")).holds
-    assert not bai.lasso_exact(_tampered(c, 0, "b_in", factor=1 + 2.0**-20)).holds
     P = bai.SELECTION_PROOF
     sel = constructions.ridge_select(2, P["lams"], P["steps"], lr=LR, n_train=P["n_train"], n_val=P["n_val"],
                                      gamma=P["gamma"], mask_const=MASK)
@@ -158,11 +154,69 @@ def test_sherman_morrison_proof_needs_non_orthogonal_rows(monkeypatch):
     assert not out.holds and "orthogonal" in out.detail
 
 
-def test_soft_threshold_lemma_reads_the_mlp():
-    c = constructions.lasso_ista(1, 1, lr=LR, lam=LAM, mask_const=MASK)
-    assert bai.soft_threshold_lemma(c).holds
-    assert not bai.soft_threshold_lemma(_tampered(c, 0, "b_in", factor=1.5)).holds
-    assert not bai.soft_threshold_lemma(_tampered(c, 0, "W_out", factor=-1.0)).holds
+MLP_INDUCTIONS = [k for k, spec in INDUCTIONS.items() if spec().build(3).blocks[0].mlp is not None]
+
+
+def test_the_coordinatewise_mlp_inductions_are_the_proximal_constructions():
+    assert sorted(MLP_INDUCTIONS) == ["induction lasso_ista", "induction proximal_gd(box)", "induction proximal_gd(l2)"]
+
+
+@pytest.mark.parametrize("name", MLP_INDUCTIONS)
+@pytest.mark.parametrize("key", ["W_in", "W_out"])
+def test_a_scaled_mlp_weight_breaks_the_induction(name, key):
+    """The MLP's function changes (soft threshold, clip or shrink off by 2^-20): the proof fails."""
+    spec = INDUCTIONS[name]()
+    assert _holds_as_built(name)
+    assert not _holds(dataclasses.replace(spec, build=lambda dd: _tampered(spec.build(dd), 0, key)))
+
+
+def _mlp_entry(c, unit=0, delta=2.0**-20, key="W_in"):
+    c = copy.copy(c)
+    c.blocks = copy.deepcopy(c.blocks)
+    w = c.layout["w"].start
+    a = getattr(c.blocks[0].mlp, key)
+    if key == "W_in":
+        a[w, unit] += delta
+    else:
+        a[unit, w] += delta
+    return c
+
+
+@pytest.mark.parametrize("name", MLP_INDUCTIONS)
+def test_an_mlp_unit_off_its_family_breaks_the_lift(name):
+    """One unit (coordinate 0) reads or writes differently from the other d - 1 of its family."""
+    spec = INDUCTIONS[name]()
+    for key in ("W_in", "W_out"):
+        with pytest.raises(symbolic.NotLiftable, match="cover coordinates"):
+            symbolic.prove_induction(dataclasses.replace(spec, build=lambda dd: _mlp_entry(spec.build(dd), key=key)))
+
+
+def test_a_soft_threshold_bias_is_checked_and_the_lift_refuses_other_mlps():
+    spec = bai.lasso_induction()
+    assert not _holds(dataclasses.replace(spec, build=lambda dd: _tampered(spec.build(dd), 0, "b_in")))
+
+    def edited(dd, key, index, value):
+        c = _mlp_entry(spec.build(dd), delta=0.0)
+        getattr(c.blocks[0].mlp, key)[index(c.layout["w"].start)] = value
+        return c
+
+    with pytest.raises(symbolic.NotLiftable, match="touches coordinates"):  # unit 0 also reads w[1]
+        symbolic.lift_mlp(lambda dd: edited(dd, "W_in", lambda w: (w + 1, 0), 0.5), 0)
+    with pytest.raises(symbolic.NotLiftable, match="output bias"):
+        symbolic.lift_mlp(lambda dd: edited(dd, "b_out", lambda w: w, 1.0), 0)
+    with pytest.raises(symbolic.NotLiftable, match="touches coordinates"):  # random ReLU features of x
+        symbolic.lift_mlp(lambda dd: constructions.feature_gd(dd, 1, lr=LR, k=dd), 0)
+
+
+def test_pointwise_equality_is_decided_on_all_of_r_and_refuses_curved_pieces():
+    z = symbolic.Z
+    soft = lambda c: sp.Lambda(z, sp.sign(z) * sp.Max(sp.Abs(z) - c, 0))  # noqa: E731
+    four_relus = sp.Lambda(z, z + sp.Max(z - sp.Rational(1, 8), 0) - sp.Max(-z - sp.Rational(1, 8), 0)
+                           - sp.Max(z, 0) + sp.Max(-z, 0))
+    assert symbolic.pointwise_equal(four_relus, soft(sp.Rational(1, 8)))
+    assert not symbolic.pointwise_equal(four_relus, soft(sp.Rational(1, 8) + sp.Rational(1, 2**20)))
+    with pytest.raises(symbolic.NotLiftable, match="not piecewise affine"):
+        symbolic.pointwise_equal(sp.Lambda(z, sp.Max(z, 0) ** 2), sp.Lambda(z, z))
 
 
 def test_piecewise_linear_equality_is_decided_on_all_of_r():

@@ -29,8 +29,13 @@ How a proof reads the construction (not a second copy of its weights):
 3. *Base case.*  The state at step 0 equals the embedding's slot fills (read
    from the layout), and the readout blocks map the state to ``x_q . w``.
 
+A block's MLP is lifted when it is coordinatewise (:func:`lift_mlp`): families of d ReLU
+units, unit i reading and writing coordinate i of one slot, so the MLP applies a scalar
+piecewise-affine map to every entry; it is compared with the algorithm's scalar map on all of
+R (:func:`pointwise_equal`).
+
 Together these prove the claim for every d, n and number of layers.  Claims
-outside this fragment (MLPs, position gates, reciprocal iterations) get an
+outside this fragment (other MLPs, position gates, reciprocal iterations) get an
 *exact-rational* check instead (:mod:`verify.exact`): the construction's own
 forward pass in ``fractions.Fraction`` arithmetic equals the algorithm exactly
 at concrete sizes on random rational prompts (Schwartz-Zippel: a wrong
@@ -44,6 +49,7 @@ from typing import Callable
 
 import numpy as np
 import sympy as sp
+from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 
 from constructions.layout import ROLE_FILLS
 
@@ -95,17 +101,28 @@ def _slot_size(slot, dd: int):
     raise NotLiftable(f"slot {slot.name!r} has size {slot.size}: only d and 1 lift")
 
 
-def lift_layer(build: Callable[[int], object], layer: int, named: Callable[[int], dict] | None = None) -> list[dict]:
+@dataclass
+class LiftedBlock:
+    """A block in symbolic form: its attention heads (:func:`lift_layer`) and, if it has one, its
+    coordinatewise MLP as unit families (:func:`lift_mlp`)."""
+
+    heads: list
+    mlp: list | None = None
+
+
+def lift_layer(build: Callable[[int], object], layer: int, named: Callable[[int], dict] | None = None) -> LiftedBlock:
     """The symbolic circuits of block ``layer``: per head ``dict(kind, QK={(a, b): expr}, OV=...)``,
     read from ``build(dd)`` for every ``dd`` in :data:`LIFT_DIMS` (they must agree), then checked
-    against the factory's weights at every d in :data:`CHECK_DIMS` (:func:`check_instances`)."""
+    against the factory's weights at every d in :data:`CHECK_DIMS` (:func:`check_instances`); and
+    the block's MLP, if any, as coordinatewise unit families (:func:`lift_mlp`)."""
     lifted = []
     for dd in LIFT_DIMS:
         c = build(dd)
         nm = named(dd) if named else {}
         blk = c.blocks[layer]
-        if blk.mlp is not None:
-            raise NotLiftable(f"block {layer} has an MLP (outside the symbolic fragment)")
+        if blk.attn is None:
+            lifted.append([])
+            continue
         if blk.attn.causal or blk.attn.null_score is not None:
             raise NotLiftable(f"block {layer} has causal or null attention (outside the symbolic fragment)")
         sizes = {s.name: _slot_size(s, dd) for s in c.layout.slots}
@@ -119,7 +136,60 @@ def lift_layer(build: Callable[[int], object], layer: int, named: Callable[[int]
     if any(str(h) != str(lifted[0]) for h in lifted[1:]):
         raise NotLiftable(f"block {layer} has different block forms at d = {LIFT_DIMS}")
     check_instances(build, layer, lifted[0], named)
-    return lifted[0]
+    return LiftedBlock(lifted[0], lift_mlp(build, layer))
+
+
+def _mlp_families(c, layer: int, dd: int, dslots: set) -> list[tuple] | None:
+    """The MLP of block ``layer`` of c (built at d = dd) as families of hidden units, or None
+    without an MLP.  A family is ``d`` ReLU units, one per coordinate i, unit i computing
+    ``relu(sum_s a_s h_s[i] + beta)`` over d-sized slots s and adding ``c_t`` times it to
+    ``h_t[i]``: the signature ``(reads ((s, a_s), ...), beta, writes ((t, c_t), ...))`` in exact
+    rationals.  Any other unit (reading two coordinates, reading or writing a 1-sized slot, a
+    coordinate missing from its family, an output bias, another activation) is NotLiftable."""
+    m = c.blocks[layer].mlp
+    if m is None:
+        return None
+    if m.act != "relu" or m.layernorm:
+        raise NotLiftable(f"block {layer}: a {m.act} MLP{' on LayerNorm' if m.layernorm else ''} is outside the "
+                          "coordinatewise fragment")
+    if np.any(m.b_out):
+        raise NotLiftable(f"block {layer}: an MLP output bias is outside the coordinatewise fragment")
+    slots = [s for s in c.layout.slots if s.name in dslots]
+    scalars = [s for s in c.layout.slots if s.name not in dslots]
+    families: dict = {}
+    for f in range(m.W_in.shape[1]):
+        if any(m.W_in[s.index, f].any() or m.W_out[f, s.index].any() for s in scalars):
+            raise NotLiftable(f"block {layer}: MLP unit {f} reads or writes a 1-sized slot (outside the "
+                              "coordinatewise fragment)")
+        coords, reads, writes = set(), [], []
+        for s in slots:
+            for part, out in ((m.W_in[s.index, f], reads), (m.W_out[f, s.index], writes)):
+                nz = np.flatnonzero(part)
+                coords.update(nz.tolist())
+                if nz.size == 1:
+                    out.append((s.name, exact(part[nz[0]])))
+        if not coords and not np.any(m.W_out[f]):
+            continue  # an idle unit
+        if len(coords) != 1:
+            raise NotLiftable(f"block {layer}: MLP unit {f} touches coordinates {sorted(coords)} (a coordinatewise "
+                              "unit reads and writes one)")
+        families.setdefault((tuple(reads), exact(m.b_in[f]), tuple(writes)), []).append(coords.pop())
+    for sig, coords in families.items():
+        if sorted(coords) != list(range(dd)):
+            raise NotLiftable(f"block {layer}: the MLP units {sig} cover coordinates {sorted(coords)} of d = {dd}")
+    return sorted(families, key=str)
+
+
+def lift_mlp(build: Callable[[int], object], layer: int) -> list[tuple] | None:
+    """The coordinatewise MLP of block ``layer`` (:func:`_mlp_families`), the same families at every
+    d in :data:`LIFT_DIMS` and :data:`CHECK_DIMS`; None if the block has no MLP."""
+    dslots = {k for k, v in slot_sizes(build(LIFT_DIMS[0])).items() if v == d}  # at d = 1 sizes alone cannot tell
+    forms = {dd: _mlp_families(build(dd), layer, dd, dslots) for dd in (*LIFT_DIMS, *CHECK_DIMS)}
+    first = forms[LIFT_DIMS[0]]
+    for dd, f in forms.items():
+        if f != first:
+            raise NotLiftable(f"block {layer}: the MLP at d = {dd} has other unit families than at d = {LIFT_DIMS[0]}")
+    return first
 
 
 def _instance(expr, dd: int, named_at: dict) -> sp.Matrix:
@@ -390,19 +460,109 @@ def _compare(c, sizes, got: list[Group], want: list[Group], what: str) -> list[s
     for g, w in zip(got, want):
         fg, fw = complete(c.layout, g, sizes), complete(c.layout, w, sizes)
         for s in c.layout.names:
-            if not is_zero(fg[s] - fw[s]):
+            if not slot_equal(fg[s], fw[s]):
                 bad.append(f"{what}: slot {s!r} of the {g.name} tokens")
     return bad
 
 
-def advance(c, sizes, heads, groups: list[Group]):
-    """The groups after the lifted layer ``heads``, and the premises the layer used."""
-    res = apply_layer(heads, c.layout, groups, sizes)
-    full = {g.name: complete(c.layout, g, sizes) for g in groups}
-    new = [Group(g.name, g.count, g.role, {s: full[g.name][s] + res.delta[g.name][s] if s in res.delta[g.name]
-                                            else full[g.name][s] for s in c.layout.names}, g.key)
-           for g in groups]
-    return new, res.premises
+#: the scalar variable of the coordinatewise functions an MLP applies (:func:`apply_mlp`)
+Z = sp.Symbol("z", real=True)
+
+
+def coordinatewise(f: Callable, A) -> sp.MatrixExpr:
+    """The scalar function ``f`` applied to every entry of the matrix expression A (for an
+    induction's algorithm step, e.g. a soft threshold; compared by :func:`slot_equal`)."""
+    return ElementwiseApplyFunction(sp.Lambda(Z, f(Z)), A)
+
+
+def apply_mlp(families: list[tuple], layout, groups: list[Group], sizes: dict) -> list[Group]:
+    """The groups after a coordinatewise MLP (:func:`lift_mlp`): every slot t that units write
+    becomes ``phi(h_s)`` applied entry by entry, ``phi(z) = z + sum_f c_f relu(a_f z + beta_f)``
+    (an ``ElementwiseApplyFunction``), for units that read the slot they write (s = t); a unit
+    that reads several slots, or writes another slot than it reads, is NotLiftable."""
+    phi: dict = {}
+    for reads, beta, writes in families:
+        if len(reads) != 1 or any(t != reads[0][0] for t, _ in writes):
+            raise NotLiftable(f"MLP units reading {[r for r, _ in reads]} and writing {[t for t, _ in writes]}: only "
+                              "units that read one slot and write it are coordinatewise functions of it")
+        (slot, a), = reads
+        for _, c in writes:
+            phi[slot] = phi.get(slot, Z) + c * sp.Max(a * Z + beta, 0)
+    out = []
+    for g in groups:
+        full = complete(layout, g, sizes)
+        new = {s: ElementwiseApplyFunction(sp.Lambda(Z, phi[s]), full[s]) if s in phi else full[s] for s in layout.names}
+        out.append(Group(g.name, g.count, g.role, new, g.key))
+    return out
+
+
+def _pointwise(e):
+    """``(phi, A)`` if e is ``phi`` applied entry by entry to A, or such a column broadcast over
+    tokens (``phi(A) 1^T = phi(A 1^T)``); else None."""
+    if isinstance(e, ElementwiseApplyFunction):
+        return e.function, e.expr
+    if isinstance(e, sp.MatMul):
+        coeff, mats = e.as_coeff_matrices()
+        if coeff == 1 and len(mats) == 2 and isinstance(mats[0], ElementwiseApplyFunction) \
+                and isinstance(mats[1], sp.OneMatrix) and mats[1].shape[0] == 1:
+            return mats[0].function, mats[0].expr * mats[1]
+    return None
+
+
+def _pieces(f) -> tuple[list, list]:
+    """A scalar function (``Max``, ``Min``, ``Abs``, ``sign`` of affine maps, nested) in sympy's
+    piecewise form: its pieces, and the points where its conditions switch (each condition must
+    be an affine inequality in the variable; NotLiftable otherwise)."""
+    z = f.variables[0]
+    pw = sp.piecewise_fold(f.expr.rewrite(sp.Piecewise))
+    pairs = pw.args if isinstance(pw, sp.Piecewise) else [(pw, sp.true)]
+    knots = []
+    for _, cond in pairs:
+        for rel in cond.atoms(sp.core.relational.Relational):
+            p = sp.Poly(sp.expand(rel.lhs - rel.rhs), z)
+            if p.degree() != 1:
+                raise NotLiftable(f"the coordinatewise function {f} switches where {rel} (not an affine condition)")
+            knots.append(-p.coeff_monomial(1) / p.coeff_monomial(z))
+    return [e for e, _ in pairs], knots
+
+
+def pointwise_equal(f, g) -> bool:
+    """Two coordinatewise functions (sympy ``Lambda``) are equal on all of R: both piecewise affine
+    (:func:`_pieces`), so agreement at every switch point of either, between them and beyond
+    them (:func:`piecewise_linear_equal`) is agreement everywhere."""
+    knots = []
+    for h in (f, g):
+        pieces, k = _pieces(h)
+        if any(sp.Poly(sp.expand(e), h.variables[0]).degree() > 1 for e in pieces):
+            raise NotLiftable(f"the coordinatewise function {h} is not piecewise affine")
+        knots += k
+    return piecewise_linear_equal(f, g, knots)
+
+
+def slot_equal(a, b) -> bool:
+    """Two slot values are equal: matrix expressions by :func:`is_zero`; coordinatewise functions of
+    matrix expressions by equal arguments (:func:`is_zero`) and equal functions (:func:`pointwise_equal`)."""
+    pa, pb = _pointwise(a), _pointwise(b)
+    if pa is None and pb is None:
+        return is_zero(a - b)
+    if pa is None or pb is None:
+        return False
+    return is_zero(pa[1] - pb[1]) and pointwise_equal(pa[0], pb[0])
+
+
+def advance(c, sizes, block: LiftedBlock, groups: list[Group]):
+    """The groups after the lifted block (attention, then its MLP), and the premises the layer used."""
+    new, premises = groups, []
+    if block.heads:
+        res = apply_layer(block.heads, c.layout, groups, sizes)
+        full = {g.name: complete(c.layout, g, sizes) for g in groups}
+        new = [Group(g.name, g.count, g.role, {s: full[g.name][s] + res.delta[g.name][s] if s in res.delta[g.name]
+                                                else full[g.name][s] for s in c.layout.names}, g.key)
+               for g in groups]
+        premises = res.premises
+    if block.mlp is not None:
+        new = apply_mlp(block.mlp, c.layout, new, sizes)
+    return new, premises
 
 
 # -- the numeric anchor: the proved layer against the toolkit's own forward passes -------------------
@@ -446,6 +606,9 @@ def evaluate(e, sizes_at: dict, values: dict) -> np.ndarray:
         return _fraction(sp.sympify(coeff).subs(sizes_at)) * out
     if isinstance(e, sp.Transpose):
         return evaluate(e.arg, sizes_at, values).T
+    if isinstance(e, ElementwiseApplyFunction):
+        return np.vectorize(lambda v: _fraction(e.function(sp.Rational(v.numerator, v.denominator))),
+                            otypes=[object])(evaluate(e.expr, sizes_at, values))
     if isinstance(e, sp.MatPow) and e.exp.is_Integer and e.exp > 0:
         base = evaluate(e.base, sizes_at, values)
         out = base
@@ -486,11 +649,15 @@ def _unsigned_scale(blocks, h: np.ndarray, n_keys: int, norm: int, mask_query: b
     h = np.abs(np.asarray(h, dtype=np.float64))
     for b in blocks:
         a = b.attn
-        keys = h[:, :n_keys] if mask_query else h
-        out = np.zeros_like(h)
-        for WQ, WK, WV, WO in zip(*(np.abs(getattr(a, k)) for k in ("W_Q", "W_K", "W_V", "W_O"))):
-            out += ((h @ WQ) @ (keys @ WK).transpose(0, 2, 1) / norm) @ (keys @ WV) @ WO
-        h = h + out
+        if a is not None:
+            keys = h[:, :n_keys] if mask_query else h
+            out = np.zeros_like(h)
+            for WQ, WK, WV, WO in zip(*(np.abs(getattr(a, k)) for k in ("W_Q", "W_K", "W_V", "W_O"))):
+                out += ((h @ WQ) @ (keys @ WK).transpose(0, 2, 1) / norm) @ (keys @ WV) @ WO
+            h = h + out
+        if b.mlp is not None:  # |relu(u)| <= |u|
+            m = b.mlp
+            h = h + (h @ np.abs(m.W_in) + np.abs(m.b_in)) @ np.abs(m.W_out) + np.abs(m.b_out)
     return float(h.max())
 
 
@@ -525,7 +692,9 @@ def anchor(spec: Induction, c, first: int, last: int, before: list[Group], after
     if not (got == want).all():
         bad.append(f"numeric anchor: the numpy pass of blocks {first}..{last - 1} differs from the proved step")
     scale = _unsigned_scale(blocks, h, n_keys, ANCHOR_N, c.model.mask_query)
-    tol = tolerance(torch.float64, n_keys, max(b.attn.W_Q.shape[2] for b in blocks), np.array([scale]), len(blocks))[0]
+    width = max([b.attn.W_Q.shape[2] for b in blocks if b.attn is not None]
+                + [b.mlp.W_in.shape[1] for b in blocks if b.mlp is not None])
+    tol = tolerance(torch.float64, n_keys, width, np.array([scale]), len(blocks))[0]
     ht = torch.from_numpy(h.astype(np.float64))
     for order in ORDERS:
         c.model.order = order
@@ -596,26 +765,6 @@ def piecewise_linear_equal(f: Callable, g: Callable, knots: list) -> bool:
     pts = [ks[0] - 1, *ks, ks[-1] + 1] if ks else [sp.Integer(0), sp.Integer(1)]
     pts += [(a + b) / 2 for a, b in zip(pts, pts[1:])]
     return all(sp.simplify(f(p) - g(p)) == 0 for p in pts)
-
-
-def lemma_soft_threshold(build_mlp: Callable[[], tuple]) -> Outcome:
-    """The construction's soft-threshold MLP, read at d = 1, maps ``v`` to ``S_theta(v)``:
-    ``v + MLP(v) = sign(v) max(|v| - theta, 0)`` for every real v."""
-    W_in, b_in, W_out, b_out, theta = build_mlp()
-    W_in, b_in, W_out = ([exact(v) for v in np.ravel(a)] for a in (W_in, b_in, W_out))
-    b_out, theta = exact(b_out), exact(theta)
-
-    def mlp(v):
-        pre = [W_in[f] * v + b_in[f] for f in range(len(b_in))]
-        return v + sum(W_out[f] * sp.Max(p, 0) for f, p in enumerate(pre)) + b_out
-
-    def soft(v):
-        return sp.sign(v) * sp.Max(sp.Abs(v) - theta, 0)
-
-    knots = [-b_in[f] / W_in[f] for f in range(len(b_in)) if W_in[f] != 0] + [theta, -theta, 0]
-    ok = piecewise_linear_equal(mlp, soft, knots)
-    return Outcome(ok, f"v + MLP(v) = soft_threshold(v, {theta}) for all real v (breakpoints checked)"
-                   if ok else "the MLP is not the soft threshold")
 
 
 def lemma_sherman_morrison() -> Outcome:
