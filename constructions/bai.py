@@ -1152,6 +1152,8 @@ def prox_induction(prox: str, lr: float = LR):
 
     from verify import symbolic as S
 
+    if prox not in PROX_PROOF:
+        raise ConstructionError(f"prox must be one of {tuple(PROX_PROOF)}, got {prox!r}")
     param = PROX_PROOF[prox]
     p = S.exact(param)
     f = (lambda z: sp.Max(sp.Min(z, p), -p)) if prox == "box" else (lambda z: z / (1 + S.exact(lr) * p))

@@ -157,8 +157,19 @@ def test_sherman_morrison_proof_needs_non_orthogonal_rows(monkeypatch):
 MLP_INDUCTIONS = [k for k, spec in INDUCTIONS.items() if spec().build(3).blocks[0].mlp is not None]
 
 
-def test_the_coordinatewise_mlp_inductions_are_the_proximal_constructions():
-    assert sorted(MLP_INDUCTIONS) == ["induction lasso_ista", "induction proximal_gd(box)", "induction proximal_gd(l2)"]
+def test_some_induction_lifts_an_mlp_and_a_block_without_attention_lifts():
+    """The MLP tests below have cases (the registry declares inductions over MLP blocks); a block
+    with an MLP and no attention lifts as its MLP alone."""
+    assert MLP_INDUCTIONS
+    spec = INDUCTIONS[MLP_INDUCTIONS[0]]()
+
+    def mlp_only(dd):
+        c = _mlp_entry(spec.build(dd), delta=0.0)
+        c.blocks[0].attn = None
+        return c
+
+    lifted = symbolic.lift_layer(mlp_only, 0)
+    assert lifted.heads == [] and lifted.mlp == symbolic.lift_mlp(spec.build, 0) and lifted.mlp
 
 
 @pytest.mark.parametrize("name", MLP_INDUCTIONS)

@@ -207,7 +207,7 @@ def check_instances(build: Callable[[int], object], layer: int, heads: list[dict
         c = build(dd)
         nm = named(dd) if named else {}
         circuits = c.circuits(layer)
-        if len(circuits) != len(heads) or c.blocks[layer].attn.kind != heads[0]["kind"]:
+        if len(circuits) != len(heads) or (heads and c.blocks[layer].attn.kind != heads[0]["kind"]):
             raise NotLiftable(f"block {layer} at d = {dd} has other heads than the lifted form")
         for h, circ in zip(heads, circuits):
             for k in ("QK", "OV"):
