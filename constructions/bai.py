@@ -343,8 +343,8 @@ def logistic_gd(d: int, steps: int, lr: float, heads: int, x_bound: float, mask_
     **Resources.**  ``steps + 1`` layers; ``heads + 2`` heads per GD layer (one per ReLU, one
     for ``sigma(-R)``, one for the labels; one more with ``lam > 0``), 2 in the readout; width ``2d + 3``.
 
-    **Exactness.**  Approximate, with the error bound above (exact GD with ``sigma_hat``).
-    ``trace()[t-1]`` is the logit ``<w_hat_t, x_q>``.
+    **Exactness.**  Approximate, with the error bound above (exact GD with ``sigma_hat``: proved for
+    symbolic d and n by :func:`glm_induction`).  ``trace()[t-1]`` is the logit ``<w_hat_t, x_q>``.
 
     **Domain.**  ``|x_i| <= x_bound`` for every token, ``y_i in {0, 1}``, ``lr <= 2 / (x_bound^2/4 + lam)``
     (2 / max curvature, curvature <= x_bound^2 / 4 + lam), ``mask_const >= max(1, 2R)`` (every
@@ -598,7 +598,8 @@ def binary_test(d: int, eps: float = 0.1, threshold: float = 0.5) -> Constructio
     **Resources.**  2 layers, 6 heads, width ``d + 4``, ReLU attention normalised by n; no MLP.
 
     **Exactness.**  Exact (float64 round-off): psi is exactly a sum of ReLUs; checked by
-    ``bai23-binary-test`` against the same function in numpy.
+    ``bai23-binary-test`` against the same function in numpy, and proved for symbolic d and n and
+    every real label (:func:`binary_induction`).
 
     **Domain.**  ``eps in [1e-6, 1/2]`` (float32 spaces numbers near 1 by 1.2e-7), ``threshold in [0, 1)``; query tokens are not keys (the
     query mask), so no gate is needed.
@@ -1209,7 +1210,7 @@ def selection_exact(c: Construction | None = None) -> Outcome:
     return Outcome(ok and generic, detail)
 
 
-#: the binary test proof's labels (eps = 1/8): binary; nearly binary (within eps of 0 or 1 on both
+#: pre_icl_select's proof labels (eps = 1/8): binary; nearly binary (within eps of 0 or 1 on both
 #: sides, Psi above the threshold); and real-valued (below -eps, above 1 + eps, Psi = 0), so that every
 #: psi ReLU and the threshold ReLU both open and close
 BINARY_PROOF_LABELS = [
@@ -1219,24 +1220,39 @@ BINARY_PROOF_LABELS = [
 ]
 
 
-def binary_exact(c: Construction | None = None) -> Outcome:
-    """The binary test in exact arithmetic (eps = 1/8, threshold = 1/2) on binary, nearly binary
-    and real-valued labels (:data:`BINARY_PROOF_LABELS`), every ReLU head switched (but the second
-    threshold head ``relu(s (Psi - 1))``, closed for every prompt since ``Psi <= 1``)."""
-    from verify import exact as ex
+#: the binary test proof's parameters (dyadic: every weight and knot an exact float)
+BINARY_PROOF = dict(eps=1 / 8, threshold=1 / 2)
 
-    c = c or binary_test(3, eps=0.125, threshold=0.5)
-    gates = ex.ReluGates()
-    ok = True
-    for labels, (Xc, _, Xq) in zip(BINARY_PROOF_LABELS, _rational_prompts(seeds=(0, 1, 2), B=2, n=6, d=3, m=1)):
-        ok &= ex.trace_equals(c, BinaryTest(Fraction(1, 8), Fraction(1, 2)), Xc, np.array(labels, float), Xq,
-                              record=gates)
-    stuck = gates.stuck(ignore={("head", 1, 1)})
-    if stuck:
-        return Outcome(False, f"the proof's prompts are not generic: gates never switched {stuck}")
-    return Outcome(ok, "binary_test(d=3) = psi-and-threshold exactly on binary, nearly binary and real labels; "
-                       "every psi and threshold gate open and closed" if ok else
-                   "binary_test(d=3) differs from psi-and-threshold in exact arithmetic")
+
+def binary_induction():
+    """binary_test, for symbolic d and n and every real label: layer 1 adds
+    ``Psi = (1/n) sum_j psi(y_j)`` to every token's ``psi`` slot, psi stated without ReLUs as two
+    triangular bumps of half-width eps, ``max(0, 1 - |y|/eps) + max(0, 1 - |y - 1|/eps)``; layer 2 adds
+    ``clip((Psi - threshold)/(1 - threshold), 0, 1)`` to every token's ``test`` slot.  Each head
+    applies ``relu`` to every score (an entrywise map of the score matrix); the proof shows that
+    the six heads' maps sum to psi and the two threshold heads' to the clip, on all of R."""
+    import sympy as sp
+
+    from verify import symbolic as S
+
+    eps, t = S.exact(BINARY_PROOF["eps"]), S.exact(BINARY_PROOF["threshold"])
+    V = dict(psi=sp.MatrixSymbol("Psi", 1, 1), test=sp.MatrixSymbol("T", 1, 1))
+
+    def psi(y):
+        return sp.Max(0, 1 - sp.Abs(y) / eps) + sp.Max(0, 1 - sp.Abs(y - 1) / eps)
+
+    def state(v):
+        ones = sp.OneMatrix(1, S.n)
+        return [S.context(x=S.X, y=S.Y, psi=v["psi"] * ones, test=v["test"] * ones),
+                S.query(x=S.XQ, y=S.Z11, psi=v["psi"], test=v["test"])]
+
+    def step(v, layer):
+        if layer == 0:
+            return dict(v, psi=v["psi"] + sp.OneMatrix(1, S.n) * S.coordinatewise(psi, S.Y.T) / S.n)
+        return dict(v, test=v["test"] + S.coordinatewise(lambda z: sp.Max(sp.Min((z - t) / (1 - t), 1), 0), v["psi"]))
+
+    return S.Induction(lambda dd: binary_test(dd, **BINARY_PROOF), V, state, step,
+                       {k: sp.ZeroMatrix(1, 1) for k in V}, lambda v: v["test"])
 
 
 def _verdict(ok: bool, not_generic: str, differs: str, proved: str) -> Outcome:
@@ -1252,8 +1268,6 @@ def _verdict(ok: bool, not_generic: str, differs: str, proved: str) -> Outcome:
 #: the logistic proofs' parameters: lr_class = 1/4 (its products with the ReLU slopes are exact floats),
 #: x_bound = 1, 5 knots on [-R, R], R = steps/4 (every knot a dyadic rational)
 GLM_PROOF = dict(steps=2, lr=0.25, heads=5, x_bound=1.0)
-#: the arbitrary iterates of logistic_gd's one-step proof: entries uniform in [-3R, 3R] (multiples of 1/16)
-GLM_PROOF_ITERATES = 3.0
 
 
 def _exact_sigmoid(steps: int, lr: float, heads: int, x_bound: float) -> tuple:
@@ -1279,37 +1293,33 @@ def _logistic_prompts(B: int, n: int, d: int, seeds=(0, 1), real: bool = False):
     return out
 
 
-def glm_exact(lam: float = 0.0, c: Construction | None = None) -> Outcome:
-    """logistic_gd (with the l2 head when ``lam > 0``) equals logistic GD with its sum-of-ReLU sigmoid
-    (:class:`LogisticGD` ``relu=``) in exact rational arithmetic: (1) the whole trace, 2 steps from
-    0, on rational 0/1-label prompts in the unit ball; (2) one step layer from arbitrary rational
-    iterates whose scores ``w.x_j`` straddle every knot (so every ReLU head acts on both of its
-    pieces), the whole stream after it."""
-    from verify import exact as ex
+def glm_induction(lam: float = 0.0):
+    """logistic_gd: one GD step on the logistic loss per layer, with the construction's sum-of-ReLU
+    sigmoid ``sigma_hat(s) = base + sum_m a_m relu(s - s_m)`` (:func:`sigmoid_knots`, the stored
+    floats), ``w <- w - lr ((1/n) X (sigma_hat(X^T w) - y^T) + lam w)``, for symbolic d and n.  Each
+    knot's head applies ``relu(w.x_j - s_m)`` to every score (an entrywise map of the score matrix);
+    the heads' maps sum to ``sigma_hat`` on all of R, and the label head's ``relu(y_j)`` to ``y_j`` on
+    the domain's labels in [0, 1]."""
+    import dataclasses
+
+    import sympy as sp
+
+    from verify import symbolic as S
 
     P = GLM_PROOF
-    c = c or logistic_gd(2, P["steps"], P["lr"], P["heads"], P["x_bound"], mask_const=MASK, lam=lam)
-    relu = _exact_sigmoid(P["steps"], P["lr"], P["heads"], P["x_bound"])
-    lr, lm = Fraction(P["lr"]), Fraction(lam)
-    prompts = _logistic_prompts(2, 6, 2)
-    ok = all(ex.trace_equals(c, LogisticGD(P["steps"], lr, lam=lm, relu=relu), *pr) for pr in prompts)
-    rng, crossed = np.random.default_rng(0), set()
-    R = float(relu[0][-1])
-    for X, y, Xq in prompts if ok else []:
-        W = ex.to_exact(np.round(rng.uniform(-1, 1, (X.shape[0], 2)) * GLM_PROOF_ITERATES * R * 16) / 16)
-        h = ex.with_slot(c, ex.stream(c, X, y, Xq), "w", W)
-        after = ex.forward(c, h, X.shape[1], blocks=c.blocks[:1])[-1]
-        step = LogisticGD(1, lr, lam=lm, relu=relu, w0=W).fit(ex.to_exact(X), ex.to_exact(y)).iterates_[1]
-        ok &= bool((after == ex.with_slot(c, h, "w", step)).all())
-        s = np.einsum("bnd,bd->bn", ex.to_exact(X), W)
-        crossed |= {m for m, k in enumerate(relu[0]) if (s > k).any() and (s < k).any()}
-    what = f"logistic_gd(d=2, {P['heads']} knots{', lam=' + str(lm) if lam else ''})"
-    missed = sorted(set(range(P["heads"])) - crossed)
-    return _verdict(ok, missed and f"the iterates never straddle knots {missed}",
-                    f"{what} differs from logistic GD with its sum-of-ReLU sigmoid in exact arithmetic",
-                    f"{what} = logistic GD with the sum-of-ReLU sigmoid exactly: the trace (2 steps) on "
-                    f"{len(prompts)}x2 rational prompts, and one step from arbitrary rational iterates with every "
-                    "knot straddled")
+    knots, a, base = (np.vectorize(S.exact, otypes=[object])(v) for v in
+                      sigmoid_knots(P["heads"], logistic_radius(P["steps"], P["lr"], P["x_bound"])))
+    lr_, lm = S.exact(P["lr"]), S.exact(lam)
+
+    def sigma_hat(z):
+        return base + sum(am * sp.Max(z - sm, 0) for sm, am in zip(knots, a))
+
+    def step(v, layer):
+        w = v["w"]
+        return dict(w=w - lr_ * (S.X * (S.coordinatewise(sigma_hat, S.X.T * w) - S.Y.T) / S.n + lm * w))
+
+    build = lambda dd: logistic_gd(dd, P["steps"], P["lr"], P["heads"], P["x_bound"], mask_const=MASK, lam=lam)  # noqa: E731
+    return dataclasses.replace(relu_gd_induction(0.0, P["lr"]), build=build, step=step, domains={S.Y: (0, 1)})
 
 
 def _link_proof_build():
@@ -1387,7 +1397,7 @@ def pre_select_exact(c: Construction | None = None) -> Outcome:
     (:data:`BINARY_PROOF_LABELS`): test = 1, strictly between 0 and 1, and 0, so that the output is
     the logistic logit, a soft threshold between the branches, and the ridge prediction; every ReLU
     of the test and selection MLPs open and closed (but the test's ``relu(s (Psi - 1))``, closed
-    for every prompt since ``Psi <= 1``, as in :func:`binary_exact`)."""
+    for every prompt since ``Psi <= 1``)."""
     from verify import exact as ex
 
     P, Q = GLM_PROOF, PRE_SELECT_PROOF
@@ -1520,13 +1530,15 @@ register(
               "|w_hat_t - w_t| <= eps*t*lr*B_x against exact logistic GD (eps = fit error ~ heads^-2)",
               "logistic GD with the interpolated / the exact sigmoid (numpy)", _glm_case, LogisticGD,
               bounds=_glm_bounds,
-              proof=Proof("exact-rational", (Part("exact logistic_gd", glm_exact),))),
+              proof=Proof("general", (lemma("lemma sign split", "lemma_sign_split"),
+                                      induction("induction logistic_gd", glm_induction)))),
         Claim("bai23-glm-ridge", "Bai et al. 2023", "Thm 13 with Cor. C.1 (l2-regularised logistic ICGD)",
               "with one more head (score 1, value -lr lam w) each layer is GD on the logistic loss plus (lam/2)|w|^2 with "
               "sigma replaced by `heads` ReLUs, and |w_hat_t - w_t| <= eps*t*lr*B_x against exact regularised logistic GD",
               "regularised logistic GD with the interpolated / the exact sigmoid (numpy)", _glm_ridge_case, LogisticGD,
               variant="lam>0", knobs=dict(lam_factor=(0.01, 4.0)), bounds=_glm_bounds,
-              proof=Proof("exact-rational", (Part("exact logistic_gd(lam>0)", lambda: glm_exact(LAM)),))),
+              proof=Proof("general", (lemma("lemma sign split", "lemma_sign_split"),
+                                      induction("induction logistic_gd(lam>0)", lambda: glm_induction(LAM))))),
     ],
 )
 
@@ -1601,7 +1613,7 @@ register(
               "one ReLU layer with 6 heads writes Psi = (1/n) sum_i psi(y_i) (psi: two triangular bumps of width eps at "
               "0 and 1, exactly 6 ReLUs), a 2-head layer thresholds it: 1 iff all labels are binary",
               "the same psi and threshold (numpy)", _binary_case, BinaryTest, prompt=dict(n=(2, 40)),
-              proof=Proof("exact-rational", (Part("exact binary_test", binary_exact),))),
+              proof=Proof("general", (induction("induction binary_test", binary_induction),))),
     ],
 )
 

@@ -30,7 +30,7 @@ from verify import baselines
 from verify.claims import LAM, LR, Claim, Outcome, Part, Proof
 from verify.knobs import ridge_lam, stable_lr
 from verify.prompts import PromptSpec
-from verify.reference import GD, KernelStep, OnFeatures, relu_features
+from verify.reference import GD, KernelStep, OnFeatures, relu_feature_bound, relu_features
 
 from . import parts
 from .construction import Construction
@@ -176,6 +176,11 @@ def _feature_map(c):
     return lambda X: relu_features(X, f["W_in"], f["b_in"], f["W_out"])
 
 
+def _feature_bound(c):
+    f = c.params["features"]
+    return lambda X: relu_feature_bound(X, f["W_in"], f["b_in"], f["W_out"])
+
+
 def _drawn(p, k):
     """Features for the prompt, each named family on half of the seeds (random ReLU features;
     the ReLU polynomial basis of degree 1-3 on the prompt's range), and a stable step on them (a
@@ -192,7 +197,7 @@ def _drawn(p, k):
 def _case(p, k):
     feats, lr = _drawn(p, k)
     c = feature_gd(p.spec.d, k.steps, lr, features=feats)
-    return c, OnFeatures(_feature_map(c), GD(k.steps, lr))
+    return c, OnFeatures(_feature_map(c), GD(k.steps, lr), _feature_bound(c))
 
 
 def _ridge_case(p, k):
@@ -202,13 +207,13 @@ def _ridge_case(p, k):
     lam = ridge_lam(F, k.log10_lam) if np.abs(F).max() > 0 else 10.0**k.log10_lam
     lr = stable_lr(F, k.lr_factor, lam)
     c = feature_gd(p.spec.d, k.steps, lr, features=feats, lam=lam)
-    return c, OnFeatures(_feature_map(c), GD(k.steps, lr, lam))
+    return c, OnFeatures(_feature_map(c), GD(k.steps, lr, lam), _feature_bound(c))
 
 
 def _kernel_case(p, k):
     feats, lr = _drawn(p, k)
     c = feature_gd(p.spec.d, 1, lr, features=feats)
-    return c, KernelStep(_feature_map(c), lr)
+    return c, KernelStep(_feature_map(c), lr, _feature_bound(c))
 
 
 #: the proof's feature map: small-denominator rationals, d = 2, h = 4 units, k = 3 features

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 import constructions
-from constructions import ConstructionError
+from constructions import ConstructionError, registry
 from constructions.features import _feature_map, feature_gd, random_relu_features
-from verify.reference import GD, OnFeatures, relu_features
+from verify.reference import GD, OnFeatures, relu_feature_bound, relu_features
 from verify.tolerance import assert_trace_matches
 
 
@@ -114,3 +114,27 @@ def test_ridge_on_the_representation_converges_to_ridge_on_the_features():
     assert (c.resources["heads"], c.resources["width"]) == (2, 3 + 6 + 3)
     with pytest.raises(ConstructionError):
         feature_gd(3, 2, 0.1, features=feats, lam=-1.0)
+
+
+@pytest.mark.parametrize("claim_id", [c.id for c in registry.claims() if c.construction is feature_gd])
+def test_features_whose_sums_cancel_hold_the_error_model(claim_id):
+    """A prompt (found by hypothesis) on which the hidden units' sums ``W_in x + b`` cancel: the
+    features carry round-off of the size of ``|W_in||x| + |b|``, far above ``|m(x)|``.  The
+    references' scale takes it from :func:`relu_feature_bound`; with ``|m(x)|`` there the error was
+    5x the tolerance."""
+    from verify.knobs import Knobs
+    from verify.prompts import PromptSpec, make_prompt
+    from verify.tolerance import compare_trace
+
+    claim = registry.claim(claim_id)
+    spec = PromptSpec(B=1, n=1, m=2, d=4, log10_scale=1.40625, log10_kappa=0.0, log10_wscale=0.0, noise=0.0, seed=988)
+    k = Knobs(steps=1, lr_factor=1.0, log10_lam=0.0, gamma_factor=0.0, skew=0.0, log10_mask=1.0, log10_gamma=0.0,
+              heads=3, log10_eta=0.0, R=1.0, seed=15082, extra={})
+    spec, k = claim.adapt(spec, k)
+    c, ref, *_ = claim.build(make_prompt(spec), k)
+    p = make_prompt(spec)
+    f = c.params["features"]
+    m = relu_features(p.X, f["W_in"], f["b_in"], f["W_out"])
+    assert (relu_feature_bound(p.X, f["W_in"], f["b_in"], f["W_out"]) > 10 * np.abs(m)).any()  # the sums cancel
+    cmp = compare_trace(c, ref, p.X, p.y, p.Xq)
+    assert cmp.ok, cmp.report()

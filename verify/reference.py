@@ -92,8 +92,12 @@ class GD(Reference):
             raise ValueError("give exactly one of lr and precond")
         self.steps, self.lr, self.lam, self.precond = steps, lr, lam, precond
 
-    def fit(self, X, y) -> "GD":
+    def fit(self, X, y, unsigned=None) -> "GD":
+        """``unsigned``: entrywise bounds on the terms each input was summed from (inputs computed
+        with round-off, e.g. features :func:`relu_feature_bound`), used in the magnitudes in place of
+        ``|X|``."""
         X, y = _batch(X, y)
+        U = X if unsigned is None else np.asarray(unsigned, dtype=np.float64)
         B, n, d = X.shape
         if self.precond is None:
             Ps = np.broadcast_to(self.lr * np.eye(d, dtype=X.dtype), (self.steps, d, d))
@@ -104,7 +108,7 @@ class GD(Reference):
         for P in Ps:
             r = y - np.einsum("bnd,bd->bn", X, w)
             grad = -np.einsum("bnd,bn->bd", X, r) / n + (self.lam * w if self.lam else 0)  # 0.0 * w would make exact w float
-            mags.append(_norm(w, axis=-1) + _norm(P, 2) * (_unsigned_grad(X, r) + self.lam * _norm(w, axis=-1)))
+            mags.append(_norm(w, axis=-1) + _norm(P, 2) * (_unsigned_grad(U, r) + self.lam * _norm(w, axis=-1)))
             w = w - grad @ P.T
             ws.append(w)
         mags.append(_norm(w, axis=-1))
@@ -800,6 +804,21 @@ def relu_features(X, W_in, b_in, W_out) -> np.ndarray:
     return np.maximum(X @ W_in.T + b_in, 0) @ W_out.T
 
 
+def relu_feature_bound(X, W_in, b_in, W_out) -> np.ndarray:
+    """``|W_out| (u * open)`` for every row x of ``X`` (float64), ``u = |W_in| |x| + |b_in|`` the
+    unsigned size of the terms each hidden unit sums: it bounds the unit's round-off where the sum
+    ``W_in x + b_in`` cancels (the features' entry in the tolerance model's scale).  ``open`` drops
+    the units whose sum is below ``-margin u``, ``margin = C (d + 1) eps(float32)`` (the widest
+    round-off the toolkit runs in): they are exactly 0 in every pass."""
+    from .tolerance import C
+
+    a = lambda v: np.abs(np.asarray(v, dtype=np.float64))  # noqa: E731
+    X = np.asarray(X, dtype=np.float64)
+    u = a(X) @ a(W_in).T + a(b_in)
+    margin = C * (X.shape[-1] + 1) * float(np.finfo(np.float32).eps)
+    return (u * (X @ np.asarray(W_in, dtype=np.float64).T + np.asarray(b_in, dtype=np.float64) > -margin * u)) @ a(W_out).T
+
+
 class LMS(Reference):
     """The delta rule / least mean squares, one example per step in prompt order (S = n steps):
     ``w_t = w_{t-1} + beta ((y_t - w_{t-1} . x_t) x_t - lam w_{t-1})`` from ``w_0`` (default 0), one pass
@@ -833,13 +852,22 @@ class OnFeatures:
     ``scale`` read the queries ``m(Xq)`` (``m`` a callable, e.g. :func:`relu_features` with its
     weights bound).  von Oswald et al. 2023, Prop. 2: GD on the feature regression."""
 
-    def __init__(self, features, inner):
-        self.features, self.inner = features, inner
+    def __init__(self, features, inner, bound=None):
+        self.features, self.inner, self.bound = features, inner, bound
 
     def fit(self, X, y) -> "OnFeatures":
-        self.inner.fit(self.features(X), y)
+        F = self.features(X)
+        self.k_ = F.shape[-1]
+        if self.bound is None:
+            self.inner.fit(F, y)
+        else:
+            self.inner.fit(F, y, unsigned=self.bound(X))
         self.iterates_, self.magnitude_ = self.inner.iterates_, self.inner.magnitude_
         return self
+
+    def sum_length(self, d: int) -> int:
+        """The layers sum over the k features (scores) and the feature MLP over d inputs and a bias."""
+        return max(self.k_, d + 1)
 
     def predict(self, Xq):
         return self.inner.predict(self.features(Xq))
@@ -848,7 +876,7 @@ class OnFeatures:
         return self.inner.trace(self.features(Xq))
 
     def scale(self, Xq):
-        return self.inner.scale(self.features(Xq))
+        return self.inner.scale((self.bound or self.features)(Xq))
 
 
 class KernelStep(Reference):
@@ -856,13 +884,17 @@ class KernelStep(Reference):
     ``(lr/n) sum_i y_i k(x_i, x_q)`` with ``k(x, x') = m(x).m(x')`` (von Oswald et al. 2023,
     Prop. 2 and App. A.8), computed from the Gram matrix, without forming any iterate."""
 
-    def __init__(self, features, lr):
-        self.features, self.lr = features, lr
+    def __init__(self, features, lr, bound=None):
+        self.features, self.lr, self.bound = features, lr, bound
 
     def fit(self, X, y) -> "KernelStep":
         X, y = _batch(X, y)
         self.F_, self.y_ = self.features(X), y
+        self.U_ = self.F_ if self.bound is None else self.bound(X)
         return self
+
+    def sum_length(self, d: int) -> int:
+        return max(self.F_.shape[-1], d + 1)
 
     def trace(self, Xq):
         Fq = self.features(self._q(Xq))
@@ -873,9 +905,9 @@ class KernelStep(Reference):
         return self.trace(Xq)[-1]
 
     def scale(self, Xq):
-        Fq = self.features(self._q(Xq))
-        terms = np.einsum("bn,bn->b", np.abs(self.y_).astype(np.float64), _norm(self.F_, axis=-1)) / self.F_.shape[1]
-        return (abs(float(self.lr)) * terms[:, None] * _norm(Fq, axis=-1))[None]
+        Uq = (self.bound or self.features)(self._q(Xq))
+        terms = np.einsum("bn,bn->b", np.abs(self.y_).astype(np.float64), _norm(self.U_, axis=-1)) / self.U_.shape[1]
+        return (abs(float(self.lr)) * terms[:, None] * _norm(Uq, axis=-1))[None]
 
 
 class NadarayaWatson:

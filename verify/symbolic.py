@@ -20,12 +20,16 @@ How a proof reads the construction (not a second copy of its weights):
    iterate W ``[1, d]``, ...), applies the lifted layer to them with matrix
    algebra, and checks that the result is the state at step t + 1 (every slot
    difference simplifies to the zero matrix).  Layers with ReLU attention are
-   handled per (query group, key group): the constant-slot part of the score
-   (Bai's gate ``B gate_j``) is a number beta there; ``beta = 0`` with a sign-split
-   partner head gives ``relu(z) - relu(-z) = z`` (the lemma proved in
-   :func:`lemma_sign_split`), ``beta < 0`` drops the pair under the premise
-   ``|z| <= -beta`` (the construction's domain check), and a head with no linear
-   score part contributes ``relu(beta)``.
+   handled per (query group, key group): the constant-slot parts of the score are
+   numbers there, the gate ``B gate_j`` (a slot holding different constants in
+   different groups) and an offset beta (``one``).  A gate < 0 drops the head under
+   the premise ``z + beta <= -gate`` (the construction's domain check); a sign-split
+   pair with beta = 0 gives ``relu(z) - relu(-z) = z`` (:func:`lemma_sign_split`);
+   a head with no linear score part contributes ``relu(gate + beta)``; any other
+   head applies ``relu(. + beta)`` to every entry of its score matrix
+   (:class:`Entrywise`), and :func:`is_zero` sums the maps of equal score matrices,
+   which must add up to an affine map (e.g. a sum-of-ReLU sigmoid minus the
+   algorithm's own statement of it).
 3. *Base case.*  The state at step 0 equals the embedding's slot fills (read
    from the layout), and the readout blocks map the state to ``x_q . w``.
 
@@ -35,7 +39,8 @@ piecewise-affine map to every entry; it is compared with the algorithm's scalar 
 R (:func:`pointwise_equal`).
 
 Together these prove the claim for every d, n and number of layers.  Claims
-outside this fragment (other MLPs, position gates, reciprocal iterations) get an
+outside this fragment (other MLPs, prefix blocks, causal or position-gated attention,
+reciprocal iterations) get an
 *exact-rational* check instead (:mod:`verify.exact`): the construction's own
 forward pass in ``fractions.Fraction`` arithmetic equals the algorithm exactly
 at concrete sizes on random rational prompts (Schwartz-Zippel: a wrong
@@ -71,6 +76,31 @@ class NotLiftable(Exception):
 def exact(v) -> sp.Rational:
     """The exact rational value of a float (no rounding)."""
     return sp.Rational(*Fraction(float(v)).as_integer_ratio())
+
+
+#: the scalar variable of the entrywise functions (:class:`Entrywise`)
+Z = sp.Symbol("z", real=True)
+
+
+class Entrywise(ElementwiseApplyFunction):
+    """A scalar function applied to every entry of a matrix expression, kept unevaluated for every
+    shape (sympy's own class calls the function on a 1x1 matrix, which ``Max`` cannot take)."""
+
+    def __new__(cls, function, expr):
+        if not isinstance(function, sp.Lambda):
+            function = sp.Lambda(Z, function(Z))
+        return sp.MatrixExpr.__new__(cls, function, sp.sympify(expr))
+
+    def doit(self, **hints):
+        expr = self.expr.doit(**hints) if hints.get("deep", True) else self.expr
+        if isinstance(expr, sp.MatrixBase):
+            return expr.applyfunc(self.function)
+        if isinstance(expr, ElementwiseApplyFunction):
+            return Entrywise(sp.Lambda(Z, self.function(expr.function(Z))), expr.expr)
+        return Entrywise(self.function, expr)
+
+    def _eval_transpose(self):
+        return Entrywise(self.function, sp.transpose(self.expr))
 
 
 # -- 1. lifting -----------------------------------------------------------------------
@@ -192,11 +222,13 @@ def lift_mlp(build: Callable[[int], object], layer: int) -> list[tuple] | None:
     return first
 
 
-def _instance(expr, dd: int, named_at: dict) -> sp.Matrix:
-    """A lifted block at d = dd, with the named matrices' values: exact rationals."""
-    e = expr.subs(d, dd).xreplace({s.subs(d, dd): sp.ImmutableMatrix(np.vectorize(exact)(M).tolist())
-                                   for s, M in named_at.items()})
-    return sp.Matrix(e.doit().as_explicit())
+def _instance(expr, dd: int, named_at: dict) -> np.ndarray:
+    """A lifted block at d = dd, with the named matrices' values: an array of exact Fractions."""
+    return evaluate(expr, {d: dd, n: 1}, {s.name: _fractions(M) for s, M in named_at.items()})
+
+
+def _fractions(M) -> np.ndarray:
+    return np.vectorize(lambda v: Fraction(float(v)), otypes=[object])(np.asarray(M, dtype=np.float64))
 
 
 def check_instances(build: Callable[[int], object], layer: int, heads: list[dict], named=None) -> None:
@@ -216,8 +248,8 @@ def check_instances(build: Callable[[int], object], layer: int, heads: list[dict
                     raise NotLiftable(f"block {layer} at d = {dd}: nonzero {k} blocks {sorted(extra)} outside the lifted form")
                 for ab, expr in h[k].items():  # a block the form has may vanish at some d (a zero entry of P)
                     want = _instance(expr, dd, nm)
-                    got = sp.Matrix(np.vectorize(exact)(circ[k][ab]).tolist()) if ab in circ[k] else sp.zeros(*want.shape)
-                    if got != want:
+                    got = _fractions(circ[k][ab]) if ab in circ[k] else np.zeros(want.shape, dtype=int)
+                    if got.shape != want.shape or not (got == want).all():
                         raise NotLiftable(f"block {layer} at d = {dd}: the {k} block {ab} is not the lifted form")
 
 
@@ -248,13 +280,14 @@ def complete(layout, g: Group, sizes: dict) -> dict:
 
 
 def constant_slots(layout, full: dict) -> set:
-    """Slots with a constant fill in the layout that hold a constant in every group (not state)."""
+    """Slots with a constant fill in the layout that hold a number in every group (not state: a slot
+    holding one symbolic scalar in every token, e.g. a statistic written by an earlier layer, is state)."""
     out = set()
     for s in layout.slots:
         if s.fill in ROLE_FILLS:
             try:
-                [_const(f, s.name) for f in full.values()]
-                out.add(s.name)
+                if all(_const(f, s.name).is_number for f in full.values()):
+                    out.add(s.name)
             except NotLiftable:
                 pass
     return out
@@ -308,39 +341,59 @@ def apply_layer(heads: list[dict], layout, groups: list[Group], sizes: dict) -> 
     if kind != {"relu"}:
         raise NotLiftable(f"attention kinds {kind} are outside the symbolic fragment")
 
+    gates = gate_slots(full, consts)
     lin = lambda a, b: not (a in consts and b in consts)  # noqa: E731
-    gate = lambda a, b: a in consts and b in consts  # noqa: E731
+    const = lambda a, b: a in consts and b in consts  # noqa: E731
     used = set()
     for i, h in enumerate(heads):
         if i in used:
             continue
         partner = None
         if any(lin(*ab) for ab in h["QK"]):
-            for j in range(i + 1, len(heads)):
-                o = heads[j]
-                if j not in used and _negated(h, o, lin) and _same(h["QK"], o["QK"], gate):
-                    partner = j
-                    break
-            if partner is None:
-                raise NotLiftable(f"ReLU head {i} has a linear score but no sign-split partner")
-            used.add(partner)
+            partner = next((j for j in range(i + 1, len(heads)) if j not in used and _negated(h, heads[j], lin)
+                            and _same(h["QK"], heads[j]["QK"], const)), None)
+            if partner is not None:
+                used.add(partner)
+        pair = [h] if partner is None else [h, heads[partner]]
         for g in groups:
             for k in (k for k in groups if k.key):
-                beta = sum((_const(full[g.name], a) * M[0, 0] * _const(full[k.name], b)
-                            for (a, b), M in h["QK"].items() if gate(a, b)), sp.Integer(0))
-                for c in layout.names:
-                    V = _values(full[k.name], h["OV"], c)
-                    if V is None:
-                        continue
-                    if partner is None:  # relu(beta) on a constant score
-                        add(g.name, c, sp.Max(beta, 0) * V * sp.OneMatrix(k.count, g.count) / n)
-                    elif beta == 0:  # relu(z) v + relu(-z)(-v) = z v
-                        add(g.name, c, V * _score(full[k.name], full[g.name], h["QK"], lin) / n)
-                    elif beta < 0:
-                        res.premises.append(f"|score| <= {-beta} for {g.name} tokens on {k.name} keys")
-                    else:
-                        raise NotLiftable(f"gate constant {beta} > 0 on a sign-split pair")
+                def beta(is_gate):
+                    return sum((_const(full[g.name], a) * M[0, 0] * _const(full[k.name], b)
+                                for (a, b), M in h["QK"].items() if const(a, b) and ((a in gates or b in gates) == is_gate)),
+                               sp.Integer(0))
+                gate, rest = beta(True), beta(False)
+                S = _score(full[k.name], full[g.name], h["QK"], lin)
+                if S is None:  # relu(beta) on a constant score
+                    for c in layout.names:
+                        if (V := _values(full[k.name], h["OV"], c)) is not None:
+                            add(g.name, c, sp.Max(gate + rest, 0) * V * sp.OneMatrix(k.count, g.count) / n)
+                    continue
+                if gate > 0:
+                    raise NotLiftable(f"gate constant {gate} > 0 on a ReLU head with a linear score")
+                if gate < 0:  # relu(z + rest + gate) = 0 while z + rest <= -gate: the construction's domain check
+                    shift = "" if rest == 0 else f" {'+' if rest > 0 else '-'} {abs(rest)}"
+                    form = f"|score{shift}|" if partner is not None else f"score{shift}"
+                    res.premises.append(f"{form} <= {-gate} for {g.name} tokens on {k.name} keys")
+                    continue
+                if partner is not None and rest == 0:  # relu(z) v + relu(-z)(-v) = z v
+                    for c in layout.names:
+                        if (V := _values(full[k.name], h["OV"], c)) is not None:
+                            add(g.name, c, V * S / n)
+                    continue
+                relu = sp.Lambda(Z, sp.Max(Z + rest, 0))
+                for o in pair:  # relu(z + rest) applied to every score: an entrywise map of the score matrix
+                    F = Entrywise(relu, _score(full[k.name], full[g.name], o["QK"], lin))
+                    for c in layout.names:
+                        if (V := _values(full[k.name], o["OV"], c)) is not None:
+                            add(g.name, c, V * F / n)
     return res
+
+
+def gate_slots(full: dict, consts: set) -> set:
+    """The constant slots that gate keys: they hold different constants in different token groups
+    (e.g. 0 on the context and -1 on the query, :func:`constructions.parts.gated_relu_head`); a
+    constant slot that holds the same value everywhere (``one``) gives a score offset instead."""
+    return {s for s in consts if len({_const(f, s) for f in full.values()}) > 1}
 
 
 def _negated(h, o, keep) -> bool:
@@ -365,19 +418,134 @@ def _powers_to_products(e):
     return e.replace(lambda x: isinstance(x, sp.MatPow) and x.exp.is_Integer and x.exp > 0, split)
 
 
-def is_zero(e) -> bool:
+def _factors(m) -> list:
+    return list(m.args) if isinstance(m, sp.MatMul) else [m]
+
+
+def _product(mats: list) -> tuple:
+    """``(coeff, matrix)`` of a product of factors, 1x1 identities and ones dropped (matrix None
+    for an empty product)."""
+    if not mats:
+        return sp.Integer(1), None
+    c, m = sp.MatMul(*mats).doit().as_coeff_mmul()
+    fs = [f for f in _factors(m.doit()) if not (f.shape == (1, 1) and isinstance(f, (sp.Identity, sp.OneMatrix)))]
+    return c, (sp.MatMul(*fs) if len(fs) > 1 else fs[0]) if fs else None
+
+
+def _canonical(f: sp.Lambda, A) -> tuple:
+    """``(g, left, A', right)`` with ``f(A) = left g(A') right`` entry by entry: broadcast ones
+    stripped from A (``f(A 1^T) = f(A) 1^T``, ``f(1 B) = 1 f(B)``) and A' scaled to a leading
+    coefficient 1 (``f(c A') = g(A')``, ``g(z) = f(c z)``), so that equal maps of equal scores meet."""
+    A = sp.expand(A.doit())
+    split = [(c, _factors(m)) for c, m in (t.as_coeff_mmul() for t in (A.args if isinstance(A, sp.MatAdd) else (A,)))]
+    left = right = None
+    for end, shape in ((-1, 0), (0, 1)):
+        ones = {ms[end] for _, ms in split}
+        if all(len(ms) > 1 for _, ms in split) and len(ones) == 1:
+            o = ones.pop()
+            if isinstance(o, sp.OneMatrix) and o.shape[shape] == 1:
+                split = [(c, ms[:-1] if end == -1 else ms[1:]) for c, ms in split]
+                left, right = (left, o) if end == -1 else (o, right)
+    split.sort(key=lambda t: str(sp.MatMul(*t[1])))
+    c0 = split[0][0] if split[0][0].is_number and split[0][0] != 0 else sp.Integer(1)
+    arg = sp.MatAdd(*[(c / c0) * sp.MatMul(*ms) for c, ms in split]).doit() if len(split) > 1 else \
+        (split[0][0] / c0) * sp.MatMul(*split[0][1]).doit()
+    if arg.shape == (1, 1):  # a 1x1 matrix is its transpose
+        arg = min(arg, sp.transpose(arg).doit(), key=str)
+    return f(c0 * Z), left, arg, right
+
+
+_SWITCHES = (sp.Max, sp.Min, sp.Abs, sp.sign, sp.Heaviside, sp.Piecewise)
+
+
+def _outer_switches(e) -> set:
+    """The outermost ``Max``/``Min``/``Abs``/``sign``/... applications in the scalar expression e."""
+    if isinstance(e, _SWITCHES):
+        return {e}
+    return set().union(*(_outer_switches(a) for a in e.args)) if e.args else set()
+
+
+def _knots(h):
+    """The points where the scalar expression h of :data:`Z` may switch between affine pieces, or
+    None if h is not piecewise affine: h must be affine in z and its outermost switches jointly,
+    and each switch piecewise affine (:func:`_pieces`, one switch at a time: a sum switches only
+    where a term does)."""
+    outer = sorted(_outer_switches(h), key=str)
+    marks = sp.symbols(f"m0:{len(outer)}", real=True)
+    flat = sp.expand(h.xreplace(dict(zip(outer, marks))))
+    if sp.Poly(flat, Z, *marks).total_degree() > 1:
+        return None
+    knots = []
+    for sw in outer:
+        pieces, k = _pieces(sp.Lambda(Z, sw))
+        if any(sp.Poly(sp.expand(e), Z).degree() > 1 for e in pieces):
+            return None
+        knots += k
+    return knots
+
+
+def _affine(h, interval=None):
+    """``(alpha, gamma)`` if the piecewise-affine function ``h`` of :data:`Z` equals ``alpha z + gamma``
+    on all of R (or on ``interval = (lo, hi)``), else None."""
+    f = sp.Lambda(Z, h)
+    knots = _knots(h)
+    if knots is None:
+        return None
+    ks = sorted(set(sp.Rational(k) for k in knots))
+    if interval is None:
+        p0 = (ks[-1] if ks else sp.Integer(0)) + 1
+        pts, (a, b) = [ks[0] - 1 if ks else sp.Integer(-1), *ks, p0], (p0, p0 + 1)
+    else:
+        lo, hi = (sp.Rational(v) for v in interval)
+        pts, (a, b) = [lo, *(k for k in ks if lo < k < hi), hi], (lo, hi)
+    alpha = sp.simplify((f(b) - f(a)) / (b - a))
+    gamma = sp.simplify(f(a) - alpha * a)
+    pts += [(u + v) / 2 for u, v in zip(pts, pts[1:])]  # both sides are affine between consecutive points
+    return (alpha, gamma) if all(sp.simplify(f(p) - alpha * p - gamma) == 0 for p in pts) else None
+
+
+def is_zero(e, domains: dict | None = None) -> bool:
     """True iff the matrix expression simplifies to zero: expand, then group the terms by
     their matrix part and simplify every scalar coefficient (sympy leaves e.g.
     ``a/(a+1) M - a/(a+1) M`` uncombined otherwise).  A 1x1 term equals its transpose,
-    so 1x1 matrix parts are grouped up to transposition."""
+    so 1x1 matrix parts are grouped up to transposition.
+
+    Terms ``c L f(A) R`` with one entrywise map (:class:`Entrywise`, e.g. a ReLU head's
+    ``relu(score + beta)``) are grouped by ``(L, A, R)`` (:func:`_canonical`) and their maps
+    summed, ``sum_i c_i L f_i(A) R = L (sum_i c_i f_i)(A) R``; the sum must be affine on all of R,
+    ``alpha z + gamma`` (:func:`_affine`), and is replaced by ``alpha L A R + gamma L 1 R``.
+    ``domains`` maps a symbol's name to an interval its entries lie in (e.g. 0/1 labels in
+    ``(0, 1)``): a map of that symbol alone need only be affine there."""
     if e is None or e == 0:
         return True
     e = sp.expand(_powers_to_products(e.doit()).doit())
     if isinstance(e, sp.ZeroMatrix) or e == 0:
         return True
-    terms = e.args if isinstance(e, sp.MatAdd) else (e,)
+    terms, maps = [], {}
+    for t in e.args if isinstance(e, sp.MatAdd) else (e,):
+        coeff, mat = t.as_coeff_mmul()
+        fs = _factors(mat)
+        at = [i for i, f in enumerate(fs) if isinstance(f, ElementwiseApplyFunction)]
+        if len(at) != 1:
+            terms.append(t)
+            continue
+        g, lo, arg, ro = _canonical(fs[at[0]].function, fs[at[0]].expr)
+        cl, left = _product(fs[:at[0]] + ([lo] if lo is not None else []))
+        cr, right = _product(([ro] if ro is not None else []) + fs[at[0] + 1:])
+        maps.setdefault((left, arg, right), []).append(coeff * cl * cr * g)
+    for (left, arg, right), hs in maps.items():
+        base = arg.T if isinstance(arg, sp.Transpose) else arg
+        interval = (domains or {}).get(base.name) if isinstance(base, sp.MatrixSymbol) else None
+        ab = _affine(sp.Add(*hs), interval)
+        if ab is None:
+            return False
+        outer = lambda m: sp.MatMul(*[x for x in (left, m, right) if x is not None])  # noqa: E731
+        terms += [ab[0] * outer(arg), ab[1] * outer(sp.OneMatrix(*arg.shape))]
+    e = sp.expand(sp.MatAdd(*terms).doit()) if terms else sp.Integer(0)
+    if isinstance(e, sp.ZeroMatrix) or e == 0:
+        return True
     groups: dict = {}
-    for t in terms:
+    for t in e.args if isinstance(e, sp.MatAdd) else (e,):
         coeff, mat = t.as_coeff_mmul()
         mat = mat.doit()
         if mat.shape == (1, 1):
@@ -421,6 +589,9 @@ class Induction:
     start: dict
     prediction: Callable
     named: Callable | None = None
+    #: ``{symbol: (lo, hi)}``: intervals the entries of input symbols lie in by the construction's
+    #: domain (e.g. 0/1 labels ``{Y: (0, 1)}``); a premise of the proof, and the anchors draw them there
+    domains: dict = field(default_factory=dict)
 
 
 def slot_sizes(c) -> dict:
@@ -455,24 +626,20 @@ def _extra_matches(c, g: Group, sizes: dict, dd: int = 3, nn: int = 4) -> bool:
     return cols == want
 
 
-def _compare(c, sizes, got: list[Group], want: list[Group], what: str) -> list[str]:
+def _compare(c, sizes, got: list[Group], want: list[Group], what: str, domains: dict | None = None) -> list[str]:
     bad = []
     for g, w in zip(got, want):
         fg, fw = complete(c.layout, g, sizes), complete(c.layout, w, sizes)
         for s in c.layout.names:
-            if not slot_equal(fg[s], fw[s]):
+            if not slot_equal(fg[s], fw[s], domains):
                 bad.append(f"{what}: slot {s!r} of the {g.name} tokens")
     return bad
-
-
-#: the scalar variable of the coordinatewise functions an MLP applies (:func:`apply_mlp`)
-Z = sp.Symbol("z", real=True)
 
 
 def coordinatewise(f: Callable, A) -> sp.MatrixExpr:
     """The scalar function ``f`` applied to every entry of the matrix expression A (for an
     induction's algorithm step, e.g. a soft threshold; compared by :func:`slot_equal`)."""
-    return ElementwiseApplyFunction(sp.Lambda(Z, f(Z)), A)
+    return Entrywise(sp.Lambda(Z, f(Z)), A)
 
 
 def apply_mlp(families: list[tuple], layout, groups: list[Group], sizes: dict) -> list[Group]:
@@ -491,7 +658,7 @@ def apply_mlp(families: list[tuple], layout, groups: list[Group], sizes: dict) -
     out = []
     for g in groups:
         full = complete(layout, g, sizes)
-        new = {s: ElementwiseApplyFunction(sp.Lambda(Z, phi[s]), full[s]) if s in phi else full[s] for s in layout.names}
+        new = {s: Entrywise(sp.Lambda(Z, phi[s]), full[s]) if s in phi else full[s] for s in layout.names}
         out.append(Group(g.name, g.count, g.role, new, g.key))
     return out
 
@@ -539,15 +706,14 @@ def pointwise_equal(f, g) -> bool:
     return piecewise_linear_equal(f, g, knots)
 
 
-def slot_equal(a, b) -> bool:
-    """Two slot values are equal: matrix expressions by :func:`is_zero`; coordinatewise functions of
-    matrix expressions by equal arguments (:func:`is_zero`) and equal functions (:func:`pointwise_equal`)."""
+def slot_equal(a, b, domains: dict | None = None) -> bool:
+    """Two slot values are equal: coordinatewise functions of matrix expressions by equal arguments
+    (:func:`is_zero`) and equal functions (:func:`pointwise_equal`); other matrix expressions, with
+    entrywise maps among their terms or not, by :func:`is_zero` (``domains`` as there)."""
     pa, pb = _pointwise(a), _pointwise(b)
-    if pa is None and pb is None:
-        return is_zero(a - b)
-    if pa is None or pb is None:
-        return False
-    return is_zero(pa[1] - pb[1]) and pointwise_equal(pa[0], pb[0])
+    if pa is not None and pb is not None and is_zero(pa[1] - pb[1]) and pointwise_equal(pa[0], pb[0]):
+        return True
+    return is_zero(a - b, domains)
 
 
 def advance(c, sizes, block: LiftedBlock, groups: list[Group]):
@@ -624,9 +790,12 @@ def _point(spec: Induction, dd: int, nn: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     sizes_at = {d: dd, n: nn}
     values = {}
+    domains = {s.name: iv for s, iv in spec.domains.items()}
     for sym in (X, Y, XQ, *spec.variables.values()):
         shape = tuple(int(sp.sympify(k).subs(sizes_at)) for k in sym.shape)
-        values[sym.name] = np.vectorize(lambda v: Fraction(int(v), 8), otypes=[object])(rng.integers(-8, 9, size=shape))
+        lo, hi = (Fraction(v) for v in domains.get(sym.name, (-1, 1)))
+        eighths = rng.integers(int(np.ceil(lo * 8)), int(np.floor(hi * 8)) + 1, size=shape)
+        values[sym.name] = np.vectorize(lambda v: Fraction(int(v), 8), otypes=[object])(eighths)
     for sym, M in (spec.named(dd) if spec.named else {}).items():
         values[sym.name] = np.vectorize(lambda v: Fraction(float(v)), otypes=[object])(M)
     return sizes_at, values
@@ -707,16 +876,20 @@ def anchor(spec: Induction, c, first: int, last: int, before: list[Group], after
     return bad
 
 
-def prove_induction(spec: Induction) -> Outcome:
+def prove_induction(spec: Induction, stop_at_failure: bool = False) -> Outcome:
     """Base case, induction step for every step block, and the readout; symbolic d and n; each
-    layer anchored to the toolkit's forward passes (:func:`anchor`)."""
+    layer anchored to the toolkit's forward passes (:func:`anchor`).  Every failing part is reported,
+    or, with ``stop_at_failure``, the first (the verdict is the same)."""
     c = spec.build(LIFT_DIMS[0])
     sizes = slot_sizes(c)
     V = spec.variables
     if getattr(c, "n_prefix", 0):
         return Outcome(False, f"{c.name} has {c.n_prefix} prefix block(s): an induction proof starts at the embedding; "
                               "prove such a construction in exact rational arithmetic instead")
-    bad, premises = [], []
+    bad = []
+    domains = {sym.name: iv for sym, iv in spec.domains.items()}
+    premises = [f"the entries of {name} lie in [{lo}, {hi}] (the construction's domain)"
+                for name, (lo, hi) in domains.items()]
     # base case: the state at step 0 is the embedding
     start = key_groups(c, spec.state(spec.start))
     bad += _compare(c, sizes, [g for g in start if g.role != "extra"], _embedding(c), "base case")
@@ -726,19 +899,23 @@ def prove_induction(spec: Induction) -> Outcome:
     # induction step: every step block maps state(V) to state(step(V))
     anchored = spec.build(ANCHOR_D)
     for layer in range(c.n_step_blocks):
+        if bad and stop_at_failure:
+            return Outcome(False, "; ".join(bad), sorted(set(premises)))
         heads = lift_layer(spec.build, layer, spec.named)
         got, prem = advance(c, sizes, heads, key_groups(c, spec.state(V)))
         premises += prem
-        wrong = _compare(c, sizes, got, key_groups(c, spec.state(spec.step(V, layer))), f"step layer {layer}")
+        wrong = _compare(c, sizes, got, key_groups(c, spec.state(spec.step(V, layer))), f"step layer {layer}", domains)
         bad += wrong or anchor(spec, anchored, layer, layer + 1, spec.state(V), spec.state(spec.step(V, layer)))
     # readout: the readout blocks map state(V) to the prediction x_q . w
+    if bad and stop_at_failure:
+        return Outcome(False, "; ".join(bad), sorted(set(premises)))
     groups = key_groups(c, spec.state(V))
     for layer in range(c.n_step_blocks, len(c.blocks)):
         groups, prem = advance(c, sizes, lift_layer(spec.build, layer, spec.named), groups)
         premises += prem
     q = complete(c.layout, next(g for g in groups if g.role == "query"), sizes)
     r = c.layout.readout
-    if not is_zero(exact(r.sign) * q[r.slot] - spec.prediction(V)):
+    if not is_zero(exact(r.sign) * q[r.slot] - spec.prediction(V), domains):
         bad.append("readout: the query's readout slot is not x_q . w")
     elif c.n_step_blocks < len(c.blocks):
         bad += anchor(spec, anchored, c.n_step_blocks, len(c.blocks), spec.state(V), None, spec.prediction(V))
