@@ -342,3 +342,42 @@ def test_cli_prove(capsys):
     assert main(["prove", "vonoswald23-prop1", "akyurek22-thm1", "-v"]) == 0
     out = capsys.readouterr().out
     assert "PROVED" in out and "n/a" in out and "general" in out
+
+
+def _scalar_heads(rest, out=(1, -1), gate=3):
+    """A sign-split pair on the scores ``+-y_j`` of a small layout, with offset ``rest`` (from ``one``),
+    a key gate ``gate * g_j`` (g = 0 on the context, -1 on the query) and outputs ``out`` into ``s``."""
+    from constructions.layout import Readout, ResidualLayout
+
+    lay = ResidualLayout.of([("y", 1, "y"), ("one", 1, "one"), ("g", 1, "train_gate"), ("s", 1, "zero")],
+                            Readout("s", 1.0))
+    I1 = sp.Identity(1)
+    heads = [dict(kind="relu", QK={("one", "y"): sign * I1, ("one", "one"): rest * I1, ("one", "g"): gate * I1},
+                  OV={("one", "s"): o * I1}) for sign, o in zip((1, -1), out)]
+    groups = [symbolic.context(y=symbolic.Y), symbolic.query(y=symbolic.Z11)]
+    return heads, lay, groups, dict(y=1, one=1, g=1, s=1)
+
+
+def test_gated_relu_heads_state_the_premise_they_need_and_pair_only_with_a_negated_output():
+    """A gated-out pair with offset beta needs |score| <= -gate - beta (both heads closed), and is not
+    liftable when beta > -gate; heads whose outputs are not negated are not a sign split."""
+    res = symbolic.apply_layer(*_scalar_heads(rest=1))
+    assert "|score| <= 2 for query tokens on query keys" in res.premises
+    with pytest.raises(symbolic.NotLiftable, match="open at every score"):
+        symbolic.apply_layer(*_scalar_heads(rest=4))
+    linear = symbolic.apply_layer(*_scalar_heads(rest=0))
+    one = sp.OneMatrix(1, symbolic.n)
+    assert symbolic.is_zero(linear.delta["context"]["s"] - one * symbolic.Y.T * one / symbolic.n)
+    mixed = symbolic.apply_layer(*_scalar_heads(rest=0, out=(2, 3)))  # 2 relu(y) + 3 relu(-y): not 2 y
+    assert not symbolic.is_zero(mixed.delta["context"]["s"] - 2 * one * symbolic.Y.T * one / symbolic.n)
+    relu = sp.Lambda(symbolic.Z, 2 * sp.Max(symbolic.Z, 0) + 3 * sp.Max(-symbolic.Z, 0))
+    assert symbolic.is_zero(mixed.delta["context"]["s"] - one * symbolic.Entrywise(relu, symbolic.Y.T) * one / symbolic.n)
+
+
+def test_entrywise_sums_with_a_jump_or_a_set_condition_are_not_affine():
+    z, X = symbolic.Z, symbolic.X
+    jump = sp.Piecewise((z - sp.Rational(1, 2), (z > 0) & (z < 1)), (0, True))  # 0 at every midpoint, not 0
+    assert symbolic._affine(jump) is None and not symbolic.is_zero(symbolic.coordinatewise(lambda v: jump.subs(z, v), X))
+    shifted = sp.Piecewise((z - 5, sp.Contains(z, sp.Interval(10, 11))), (z, True))
+    assert not symbolic.is_zero(symbolic.coordinatewise(lambda v: shifted.subs(z, v), X) - X)
+    assert not symbolic.piecewise_linear_equal(lambda v: jump.subs(z, v), lambda v: 0, [0, 1])

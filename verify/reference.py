@@ -96,8 +96,9 @@ class GD(Reference):
         """``unsigned``: entrywise bounds on the terms each input was summed from (inputs computed
         with round-off, e.g. features :func:`relu_feature_bound`), used in the magnitudes in place of
         ``|X|``."""
+        U = None if unsigned is None else _batch(np.asarray(unsigned, dtype=np.float64), y)[0]
         X, y = _batch(X, y)
-        U = X if unsigned is None else np.asarray(unsigned, dtype=np.float64)
+        U = X if U is None else U
         B, n, d = X.shape
         if self.precond is None:
             Ps = np.broadcast_to(self.lr * np.eye(d, dtype=X.dtype), (self.steps, d, d))
@@ -850,7 +851,10 @@ class LMS(Reference):
 class OnFeatures:
     """A reference run on features: ``fit(X, y)`` fits ``inner`` on ``(m(X), y)``; ``trace`` and
     ``scale`` read the queries ``m(Xq)`` (``m`` a callable, e.g. :func:`relu_features` with its
-    weights bound).  von Oswald et al. 2023, Prop. 2: GD on the feature regression."""
+    weights bound).  von Oswald et al. 2023, Prop. 2: GD on the feature regression.  ``bound``
+    (e.g. :func:`relu_feature_bound` with the weights bound): the features' unsigned size, used in
+    the scale in place of ``|m(x)|``; the inner reference must then take it (:meth:`GD.fit`'s
+    ``unsigned``)."""
 
     def __init__(self, features, inner, bound=None):
         self.features, self.inner, self.bound = features, inner, bound

@@ -370,10 +370,13 @@ def apply_layer(heads: list[dict], layout, groups: list[Group], sizes: dict) -> 
                     continue
                 if gate > 0:
                     raise NotLiftable(f"gate constant {gate} > 0 on a ReLU head with a linear score")
-                if gate < 0:  # relu(z + rest + gate) = 0 while z + rest <= -gate: the construction's domain check
-                    shift = "" if rest == 0 else f" {'+' if rest > 0 else '-'} {abs(rest)}"
-                    form = f"|score{shift}|" if partner is not None else f"score{shift}"
-                    res.premises.append(f"{form} <= {-gate} for {g.name} tokens on {k.name} keys")
+                if gate < 0:  # relu(z + rest + gate) = 0 while z <= -gate - rest (and -z too for a pair)
+                    bound = -gate - rest
+                    if bound < 0 and partner is not None:
+                        raise NotLiftable(f"a gated sign-split pair with offset {rest} > -gate = {-gate}: one of its heads "
+                                          "is open at every score")
+                    form = "|score|" if partner is not None else "score"
+                    res.premises.append(f"{form} <= {bound} for {g.name} tokens on {k.name} keys")
                     continue
                 if partner is not None and rest == 0:  # relu(z) v + relu(-z)(-v) = z v
                     for c in layout.names:
@@ -397,11 +400,11 @@ def gate_slots(full: dict, consts: set) -> set:
 
 
 def _negated(h, o, keep) -> bool:
-    def part(x, k):
-        return {ab: str(sp.simplify(M)) for ab, M in x[k].items() if keep(*ab)}
+    """Head o is h's sign-split partner: the kept (linear) part of its score and its whole output negated."""
+    def part(x, k, sign=1):
+        return {ab: str(sp.simplify(sign * M)) for ab, M in x[k].items() if k == "OV" or keep(*ab)}
 
-    neg = lambda x, k: {ab: str(sp.simplify(-M)) for ab, M in x[k].items() if keep(*ab)}  # noqa: E731
-    return part(o, "QK") == neg(h, "QK") and part(o, "OV") == neg(h, "OV")
+    return part(o, "QK") == part(h, "QK", -1) and part(o, "OV") == part(h, "OV", -1)
 
 
 def _same(A: dict, B: dict, keep) -> bool:
@@ -484,23 +487,39 @@ def _knots(h):
     return knots
 
 
-def _affine(h, interval=None):
-    """``(alpha, gamma)`` if the piecewise-affine function ``h`` of :data:`Z` equals ``alpha z + gamma``
-    on all of R (or on ``interval = (lo, hi)``), else None."""
-    f = sp.Lambda(Z, h)
-    knots = _knots(h)
-    if knots is None:
-        return None
+def _test_points(knots, interval=None) -> list:
+    """Points that decide an identity between two piecewise-affine functions whose pieces switch
+    only at ``knots``: every knot, two points inside every gap between consecutive knots and two
+    beyond each end (or, on ``interval``, its ends and two points inside each gap).  On every open
+    gap both sides are affine, so two agreeing points there are agreement on the gap; the knots are
+    checked themselves, so a jump at a knot is caught too."""
     ks = sorted(set(sp.Rational(k) for k in knots))
     if interval is None:
-        p0 = (ks[-1] if ks else sp.Integer(0)) + 1
-        pts, (a, b) = [ks[0] - 1 if ks else sp.Integer(-1), *ks, p0], (p0, p0 + 1)
+        edges = [ks[0] - 2, *ks, ks[-1] + 2] if ks else [sp.Integer(-1), sp.Integer(1)]
     else:
         lo, hi = (sp.Rational(v) for v in interval)
-        pts, (a, b) = [lo, *(k for k in ks if lo < k < hi), hi], (lo, hi)
+        edges = [lo, *(k for k in ks if lo < k < hi), hi] if lo < hi else [lo]
+    inside = [u + (v - u) * t for u, v in zip(edges, edges[1:]) for t in (sp.Rational(1, 3), sp.Rational(2, 3))]
+    return inside + (edges if interval is not None else ks)
+
+
+def _affine(h, interval=None):
+    """``(alpha, gamma)`` if the piecewise-affine function ``h`` of :data:`Z` equals ``alpha z + gamma``
+    on all of R (or on ``interval = (lo, hi)``), else None (also when h is not piecewise affine with
+    rational switch points)."""
+    f = sp.Lambda(Z, h)
+    try:
+        knots = _knots(h)
+        pts = _test_points(knots, interval) if knots is not None else None
+    except (NotLiftable, TypeError, sp.PolynomialError):  # a switch without z, a symbolic or curved one
+        return None
+    if pts is None:
+        return None
+    if len(pts) == 1:
+        return sp.Integer(0), sp.simplify(f(pts[0]))
+    a, b = pts[0], pts[1]  # two points inside the first gap
     alpha = sp.simplify((f(b) - f(a)) / (b - a))
     gamma = sp.simplify(f(a) - alpha * a)
-    pts += [(u + v) / 2 for u, v in zip(pts, pts[1:])]  # both sides are affine between consecutive points
     return (alpha, gamma) if all(sp.simplify(f(p) - alpha * p - gamma) == 0 for p in pts) else None
 
 
@@ -514,8 +533,8 @@ def is_zero(e, domains: dict | None = None) -> bool:
     ``relu(score + beta)``) are grouped by ``(L, A, R)`` (:func:`_canonical`) and their maps
     summed, ``sum_i c_i L f_i(A) R = L (sum_i c_i f_i)(A) R``; the sum must be affine on all of R,
     ``alpha z + gamma`` (:func:`_affine`), and is replaced by ``alpha L A R + gamma L 1 R``.
-    ``domains`` maps a symbol's name to an interval its entries lie in (e.g. 0/1 labels in
-    ``(0, 1)``): a map of that symbol alone need only be affine there."""
+    ``domains`` maps an input symbol's name to a closed interval ``(lo, hi)`` its entries lie in
+    (e.g. 0/1 labels: ``(0, 1)``): a map of that symbol alone need only be affine there."""
     if e is None or e == 0:
         return True
     e = sp.expand(_powers_to_products(e.doit()).doit())
@@ -645,7 +664,7 @@ def coordinatewise(f: Callable, A) -> sp.MatrixExpr:
 def apply_mlp(families: list[tuple], layout, groups: list[Group], sizes: dict) -> list[Group]:
     """The groups after a coordinatewise MLP (:func:`lift_mlp`): every slot t that units write
     becomes ``phi(h_s)`` applied entry by entry, ``phi(z) = z + sum_f c_f relu(a_f z + beta_f)``
-    (an ``ElementwiseApplyFunction``), for units that read the slot they write (s = t); a unit
+    (an :class:`Entrywise`), for units that read the slot they write (s = t); a unit
     that reads several slots, or writes another slot than it reads, is NotLiftable."""
     phi: dict = {}
     for reads, beta, writes in families:
@@ -676,6 +695,13 @@ def _pointwise(e):
     return None
 
 
+def _affine_condition(cond) -> bool:
+    """A piece's condition is built from inequalities alone (And, Or, Not of relationals)."""
+    if isinstance(cond, (sp.core.relational.Relational, sp.logic.boolalg.BooleanAtom)):
+        return True
+    return isinstance(cond, (sp.And, sp.Or, sp.Not)) and all(_affine_condition(a) for a in cond.args)
+
+
 def _pieces(f) -> tuple[list, list]:
     """A scalar function (``Max``, ``Min``, ``Abs``, ``sign`` of affine maps, nested) in sympy's
     piecewise form: its pieces, and the points where its conditions switch (each condition must
@@ -685,6 +711,8 @@ def _pieces(f) -> tuple[list, list]:
     pairs = pw.args if isinstance(pw, sp.Piecewise) else [(pw, sp.true)]
     knots = []
     for _, cond in pairs:
+        if not _affine_condition(cond):
+            raise NotLiftable(f"the coordinatewise function {f} switches on {cond} (not a combination of inequalities)")
         for rel in cond.atoms(sp.core.relational.Relational):
             p = sp.Poly(sp.expand(rel.lhs - rel.rhs), z)
             if p.degree() != 1:
@@ -887,6 +915,9 @@ def prove_induction(spec: Induction, stop_at_failure: bool = False) -> Outcome:
         return Outcome(False, f"{c.name} has {c.n_prefix} prefix block(s): an induction proof starts at the embedding; "
                               "prove such a construction in exact rational arithmetic instead")
     bad = []
+    if any(sym not in (X, Y, XQ) for sym in spec.domains):
+        return Outcome(False, "a domain may restrict only the inputs X, Y and x_q: an assumption on the state would "
+                              "need its own proof that every step keeps it")
     domains = {sym.name: iv for sym, iv in spec.domains.items()}
     premises = [f"the entries of {name} lie in [{lo}, {hi}] (the construction's domain)"
                 for name, (lo, hi) in domains.items()]
@@ -935,13 +966,10 @@ def lemma_sign_split() -> Outcome:
 
 
 def piecewise_linear_equal(f: Callable, g: Callable, knots: list) -> bool:
-    """Two scalar piecewise-linear functions (sums of ``Max(., 0)`` of affine maps) are equal on
-    all of R: equal at every knot and at a point beyond each end; each side is affine between
-    consecutive points, so they agree everywhere (midpoints are checked as well)."""
-    ks = sorted(set(sp.Rational(k) for k in knots))
-    pts = [ks[0] - 1, *ks, ks[-1] + 1] if ks else [sp.Integer(0), sp.Integer(1)]
-    pts += [(a + b) / 2 for a, b in zip(pts, pts[1:])]
-    return all(sp.simplify(f(p) - g(p)) == 0 for p in pts)
+    """Two scalar piecewise-linear functions whose pieces switch only at ``knots`` are equal on all
+    of R: equal at the points of :func:`_test_points` (every knot, two points inside every gap and
+    beyond each end)."""
+    return all(sp.simplify(f(p) - g(p)) == 0 for p in _test_points(knots))
 
 
 def lemma_sherman_morrison() -> Outcome:
