@@ -1210,16 +1210,6 @@ def selection_exact(c: Construction | None = None) -> Outcome:
     return Outcome(ok and generic, detail)
 
 
-#: pre_icl_select's proof labels (eps = 1/8): binary; nearly binary (within eps of 0 or 1 on both
-#: sides, Psi above the threshold); and real-valued (below -eps, above 1 + eps, Psi = 0), so that every
-#: psi ReLU and the threshold ReLU both open and close
-BINARY_PROOF_LABELS = [
-    [[0, 1, 1, 0, 1, 0], [1, 1, 1, 1, 1, 1]],
-    [[1 / 16, 1, 0, 17 / 16, 0, 1], [-1 / 16, 0, 1, 15 / 16, 1, 0]],
-    [[-1 / 4, 5 / 4, 1 / 2, 3, -2, 9 / 8 + 1 / 16], [0, 1, 1 / 2, 1 / 2, 1 / 2, -1]],
-]
-
-
 #: the binary test proof's parameters (dyadic: every weight and knot an exact float)
 BINARY_PROOF = dict(eps=1 / 8, threshold=1 / 2)
 
@@ -1391,37 +1381,48 @@ def link_exact(c: Construction | None = None) -> Outcome:
 PRE_SELECT_PROOF = dict(eps=1 / 8, threshold=1 / 2, select_const=2.0**10)
 
 
-def pre_select_exact(c: Construction | None = None) -> Outcome:
-    """pre_icl_select equals the binary test + ridge GD + logistic GD + selection (:class:`PreICLSelect`
-    with the sum-of-ReLU sigmoid) in exact arithmetic on binary, nearly binary and real labels
-    (:data:`BINARY_PROOF_LABELS`): test = 1, strictly between 0 and 1, and 0, so that the output is
-    the logistic logit, a soft threshold between the branches, and the ridge prediction; every ReLU
-    of the test and selection MLPs open and closed (but the test's ``relu(s (Psi - 1))``, closed
-    for every prompt since ``Psi <= 1``)."""
-    from verify import exact as ex
+def pre_select_induction():
+    """pre_icl_select, for symbolic d and n and every real label.  The prefix block writes the binary
+    test into every token (``psi``: ``Psi = (1/n) sum_j psi(y_j)``, ``test = clip((Psi - t)/(1 - t), 0,
+    1)``, as in :func:`binary_induction`); each step layer is one ridge-GD step on ``w`` and one
+    logistic-GD step on ``v`` (the stored sum-of-ReLU sigmoid, labels entering linearly); the
+    readout writes ``f_r = <w, x_q>``, ``f_c = <v, x_q>`` and outputs
+    ``f_r + relu(f_c - f_r - M (1 - test)) - relu(f_r - f_c - M (1 - test))`` (M = ``select_const``)."""
+    import sympy as sp
+
+    from verify import symbolic as S
 
     P, Q = GLM_PROOF, PRE_SELECT_PROOF
-    c = c or pre_icl_select(3, P["steps"], LR, P["lr"], P["heads"], P["x_bound"], lam=LAM, eps=Q["eps"],
-                            threshold=Q["threshold"], select_const=Q["select_const"], mask_const=MASK)
-    relu = _exact_sigmoid(P["steps"], P["lr"], P["heads"], P["x_bound"])
-    ref = PreICLSelect(P["steps"], Fraction(LR), Fraction(P["lr"]), None, Fraction(Q["eps"]), Fraction(Q["threshold"]),
-                       Fraction(Q["select_const"]), lam=Fraction(LAM), relu=relu)
-    mlps = {b for b, blk in enumerate(c.blocks) if blk.mlp is not None}
-    gates, ok, tests = ex.ReluGates(blocks=mlps), True, []
-    for labels, seed in zip(BINARY_PROOF_LABELS, (0, 1, 2)):
-        X, _, Xq = _logistic_prompts(2, 6, 3, seeds=(seed,))[0]
-        ok = ex.trace_equals(c, ref, X, np.array(labels, float), Xq, record=gates)
-        tests.append(ref.test.trace(ex.to_exact(Xq)).ravel())
-        if not ok:
-            break
-    tests = np.concatenate(tests)
-    generic = (tests == 1).any() and (tests == 0).any() and ((tests > 0) & (tests < 1)).any()
-    stuck = gates.stuck(ignore={("mlp", 0, 1)})
-    return _verdict(ok, (stuck or not generic) and f"tests {sorted(set(tests))}, gates never switched {stuck}",
-                    "pre_icl_select differs from the binary test + ridge GD + logistic GD + selection in exact arithmetic",
-                    "pre_icl_select(d=3, 2 steps, lam=1/8) = binary test + ridge GD + logistic GD + selection exactly on "
-                    "binary, nearly binary and real labels (test 1, between, 0); every test and selection gate open and "
-                    "closed")
+    eps, t, M = S.exact(Q["eps"]), S.exact(Q["threshold"]), S.exact(Q["select_const"])
+    lr, lr_c, lm = S.exact(LR), S.exact(P["lr"]), S.exact(LAM)
+    knots, a, base = (np.vectorize(S.exact, otypes=[object])(v) for v in
+                      sigmoid_knots(P["heads"], logistic_radius(P["steps"], P["lr"], P["x_bound"])))
+    ones = sp.OneMatrix(1, S.n)
+    psi = ones * S.coordinatewise(lambda y: sp.Max(0, 1 - sp.Abs(y) / eps) + sp.Max(0, 1 - sp.Abs(y - 1) / eps),
+                                  S.Y.T) / S.n
+    test = S.coordinatewise(lambda z: sp.Max(sp.Min((z - t) / (1 - t), 1), 0), psi)
+    V = dict(w=sp.MatrixSymbol("w", S.d, 1), v=sp.MatrixSymbol("v", S.d, 1))
+
+    def sigma_hat(z):
+        return base + sum(am * sp.Max(z - sm, 0) for sm, am in zip(knots, a))
+
+    def state(v):
+        return [S.context(x=S.X, y=S.Y, w=v["w"] * ones, v=v["v"] * ones, psi=psi * ones, test=test * ones),
+                S.query(x=S.XQ, y=S.Z11, w=v["w"], v=v["v"], psi=psi, test=test)]
+
+    def step(v, layer):
+        w, u = v["w"], v["v"]
+        return dict(w=w - lr * (S.X * (S.X.T * w - S.Y.T) / S.n + lm * w),
+                    v=u - lr_c * S.X * (S.coordinatewise(sigma_hat, S.X.T * u) - S.Y.T) / S.n)
+
+    def prediction(v):
+        fr, fc = v["w"].T * S.XQ, v["v"].T * S.XQ
+        gated = lambda z: sp.Max(z - M, 0)  # noqa: E731  relu(. - M (1 - test)), the -M in the bias
+        return fr + S.coordinatewise(gated, fc - fr + M * test) - S.coordinatewise(gated, fr - fc + M * test)
+
+    build = lambda dd: pre_icl_select(dd, P["steps"], LR, P["lr"], P["heads"], P["x_bound"], lam=LAM, eps=Q["eps"],  # noqa: E731
+                                      threshold=Q["threshold"], select_const=Q["select_const"], mask_const=MASK)
+    return S.Induction(build, V, state, step, {k: sp.ZeroMatrix(S.d, 1) for k in V}, prediction)
 
 
 # -- registration -------------------------------------------------------------------------------------------
@@ -1637,7 +1638,8 @@ register(
               "are not (the same selection formula as numpy in between), at every step",
               "binary test + ridge GD + logistic GD with the interpolated sigmoid + selection (numpy)",
               _pre_select_case, PreICLSelect, prompt=dict(n=(2, 40)),
-              proof=Proof("exact-rational", (Part("exact pre_icl_select", pre_select_exact),))),
+              proof=Proof("general", (lemma("lemma sign split", "lemma_sign_split"),
+                                      induction("induction pre_icl_select", pre_select_induction)))),
     ],
 )
 

@@ -12,7 +12,7 @@ import constructions
 from constructions import bai, linear_gd, registry, ridge, sherman_morrison
 from queries import inductions, small_case
 from verify import exact, proofs, symbolic
-from verify.claims import LAM, LR, MASK
+from verify.claims import LR, MASK
 from verify.cli import main
 from verify.prompts import PromptSpec
 from verify.reference import NewtonSchulz, RecursiveLeastSquares
@@ -117,15 +117,20 @@ def test_exact_rational_checks_catch_a_perturbed_weight():
 
 
 def test_sigmoid_proofs_catch_a_perturbed_weight():
-    """The exact proofs of the sum-of-ReLU sigmoid constructions fail on a weight changed by 2^-20."""
-    P = bai.GLM_PROOF
+    """The proofs of the sum-of-ReLU sigmoid constructions fail on a weight changed by 2^-20."""
     link = bai._link_proof_build()
     assert not bai.link_sigma_lemma(_tampered(link, link.n_step_blocks, "b_in", factor=1 + 2.0**-20)).holds
     assert not bai.link_exact(_tampered(link, 0, "W_V")).holds
-    Q = bai.PRE_SELECT_PROOF
-    pre = constructions.pre_icl_select(3, P["steps"], LR, P["lr"], P["heads"], P["x_bound"], lam=LAM, eps=Q["eps"],
-                                       threshold=Q["threshold"], select_const=Q["select_const"], mask_const=MASK)
-    assert not bai.pre_select_exact(_tampered(pre, len(pre.blocks) - 1, "W_out", factor=1 + 2.0**-20)).holds
+    spec = bai.pre_select_induction()  # the selection MLP of the readout block
+    assert not _holds(dataclasses.replace(spec, build=lambda dd: _tampered(spec.build(dd), -1, "W_out")))
+
+    def negative_labels(dd):  # the label head relu(-y_j): dead on 0/1 labels, live on real ones
+        c = _tampered(spec.build(dd), 1, "W_O", factor=1.0)
+        for b in c.blocks[1:-1]:
+            b.attn.W_O[-1] *= 1 + 2.0**-20
+        return c
+
+    assert not _holds(dataclasses.replace(spec, build=negative_labels))
 
 
 def test_exact_checks_refuse_prompts_that_are_not_generic(monkeypatch):
@@ -147,13 +152,16 @@ def test_sherman_morrison_proof_needs_non_orthogonal_rows(monkeypatch):
 
 
 MLP_INDUCTIONS = [k for k, spec in INDUCTIONS.items() if spec().build(3).blocks[0].mlp is not None]
+#: those whose first MLP is coordinatewise (families of d units on a d-sized slot)
+COORDINATEWISE = [k for k in MLP_INDUCTIONS if any(
+    symbolic.slot_sizes(INDUCTIONS[k]().build(3))[s] == symbolic.d for s, _ in symbolic.lift_mlp(INDUCTIONS[k]().build, 0)[0][0])]
 
 
 def test_some_induction_lifts_an_mlp_and_a_block_without_attention_lifts():
     """The MLP tests below have cases (the registry declares inductions over MLP blocks); a block
     with an MLP and no attention lifts as its MLP alone."""
-    assert MLP_INDUCTIONS
-    spec = INDUCTIONS[MLP_INDUCTIONS[0]]()
+    assert COORDINATEWISE and set(MLP_INDUCTIONS) - set(COORDINATEWISE)  # units on 1-sized slots too
+    spec = INDUCTIONS[COORDINATEWISE[0]]()
 
     def mlp_only(dd):
         c = _mlp_entry(spec.build(dd), delta=0.0)
@@ -185,7 +193,7 @@ def _mlp_entry(c, unit=0, delta=2.0**-20, key="W_in"):
     return c
 
 
-@pytest.mark.parametrize("name", MLP_INDUCTIONS)
+@pytest.mark.parametrize("name", COORDINATEWISE)
 def test_an_mlp_unit_off_its_family_breaks_the_lift(name):
     """One unit (coordinate 0) reads or writes differently from the other d - 1 of its family."""
     spec = INDUCTIONS[name]()
@@ -209,6 +217,9 @@ def test_a_soft_threshold_bias_is_checked_and_the_lift_refuses_other_mlps():
         symbolic.lift_mlp(lambda dd: edited(dd, "b_out", lambda w: w, 1.0), 0)
     with pytest.raises(symbolic.NotLiftable, match="touches coordinates"):  # random ReLU features of x
         symbolic.lift_mlp(lambda dd: constructions.feature_gd(dd, 1, lr=LR, k=dd), 0)
+    pre = bai.pre_select_induction().build  # the binary test's unit on psi, also reading w[0]
+    with pytest.raises(symbolic.NotLiftable, match="both a d-sized and a 1-sized slot"):
+        symbolic.lift_mlp(lambda dd: _mlp_entry(pre(dd), delta=0.5), 0)
 
 
 def test_pointwise_equality_is_decided_on_all_of_r_and_refuses_curved_pieces():
@@ -236,6 +247,8 @@ def test_entrywise_maps_of_one_score_matrix_are_summed_and_must_be_affine():
     assert not symbolic.is_zero(X * E(relu(sp.Rational(1, 2)), s) - X * E(relu(), s))  # not affine
     labels = E(relu(1), Y) - E(relu(), Y) - one  # relu(y + 1) - relu(y) = 1 for y >= 0
     assert symbolic.is_zero(labels, {"Y": (0, 1)}) and not symbolic.is_zero(labels)
+    inner = E(relu(), s) - E(relu(), -s)  # maps of maps: the inner sum is normalised first (here to s)
+    assert symbolic.is_zero(E(relu(1), 2 * inner) - E(relu(1), 2 * s)) and not symbolic.is_zero(E(relu(1), inner) - E(relu(1), 2 * s))
     psi = sp.MatrixSymbol("Psi", 1, 1)  # a 1x1 argument stays unevaluated
     assert symbolic.is_zero(E(relu(), psi) - E(relu(), psi.T)) and not symbolic.is_zero(E(relu(), psi) - psi)
 

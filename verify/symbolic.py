@@ -31,7 +31,8 @@ How a proof reads the construction (not a second copy of its weights):
    which must add up to an affine map (e.g. a sum-of-ReLU sigmoid minus the
    algorithm's own statement of it).
 3. *Base case.*  The state at step 0 equals the embedding's slot fills (read
-   from the layout), and the readout blocks map the state to ``x_q . w``.
+   from the layout), after the lifted prefix blocks if the construction has any,
+   and the readout blocks map the state to ``x_q . w``.
 
 A block's MLP is lifted when it is coordinatewise (:func:`lift_mlp`): families of d ReLU
 units, unit i reading and writing coordinate i of one slot, so the MLP applies a scalar
@@ -39,8 +40,8 @@ piecewise-affine map to every entry; it is compared with the algorithm's scalar 
 R (:func:`pointwise_equal`).
 
 Together these prove the claim for every d, n and number of layers.  Claims
-outside this fragment (other MLPs, prefix blocks, causal or position-gated attention,
-reciprocal iterations) get an
+outside this fragment (other MLPs, causal or position-gated attention, reciprocal
+iterations) get an
 *exact-rational* check instead (:mod:`verify.exact`): the construction's own
 forward pass in ``fractions.Fraction`` arithmetic equals the algorithm exactly
 at concrete sizes on random rational prompts (Schwartz-Zippel: a wrong
@@ -174,8 +175,10 @@ def _mlp_families(c, layer: int, dd: int, dslots: set) -> list[tuple] | None:
     without an MLP.  A family is ``d`` ReLU units, one per coordinate i, unit i computing
     ``relu(sum_s a_s h_s[i] + beta)`` over d-sized slots s and adding ``c_t`` times it to
     ``h_t[i]``: the signature ``(reads ((s, a_s), ...), beta, writes ((t, c_t), ...))`` in exact
-    rationals.  Any other unit (reading two coordinates, reading or writing a 1-sized slot, a
-    coordinate missing from its family, an output bias, another activation) is NotLiftable."""
+    rationals.  A unit that reads and writes only 1-sized slots is kept as its own signature (a
+    scalar map of an affine combination of those slots).  Any other unit (reading two coordinates,
+    touching both a d-sized and a 1-sized slot, a coordinate missing from its family, an output
+    bias, another activation) is NotLiftable."""
     m = c.blocks[layer].mlp
     if m is None:
         return None
@@ -189,8 +192,13 @@ def _mlp_families(c, layer: int, dd: int, dslots: set) -> list[tuple] | None:
     families: dict = {}
     for f in range(m.W_in.shape[1]):
         if any(m.W_in[s.index, f].any() or m.W_out[f, s.index].any() for s in scalars):
-            raise NotLiftable(f"block {layer}: MLP unit {f} reads or writes a 1-sized slot (outside the "
-                              "coordinatewise fragment)")
+            if any(m.W_in[s.index, f].any() or m.W_out[f, s.index].any() for s in slots):
+                raise NotLiftable(f"block {layer}: MLP unit {f} reads or writes both a d-sized and a 1-sized slot "
+                                  "(outside the coordinatewise fragment)")
+            sig = tuple(tuple((s.name, exact(w[0])) for s in scalars if (w := part(s)).any())
+                        for part in (lambda s: m.W_in[s.index, f], lambda s: m.W_out[f, s.index]))
+            families.setdefault((sig[0], exact(m.b_in[f]), sig[1]), []).append(None)  # a unit on 1-sized slots
+            continue
         coords, reads, writes = set(), [], []
         for s in slots:
             for part, out in ((m.W_in[s.index, f], reads), (m.W_out[f, s.index], writes)):
@@ -204,10 +212,15 @@ def _mlp_families(c, layer: int, dd: int, dslots: set) -> list[tuple] | None:
             raise NotLiftable(f"block {layer}: MLP unit {f} touches coordinates {sorted(coords)} (a coordinatewise "
                               "unit reads and writes one)")
         families.setdefault((tuple(reads), exact(m.b_in[f]), tuple(writes)), []).append(coords.pop())
+    out = []
     for sig, coords in families.items():
-        if sorted(coords) != list(range(dd)):
+        if None in coords:  # units on 1-sized slots, each kept (equal ones add up)
+            out += [sig] * len(coords)
+        elif sorted(coords) != list(range(dd)):
             raise NotLiftable(f"block {layer}: the MLP units {sig} cover coordinates {sorted(coords)} of d = {dd}")
-    return sorted(families, key=str)
+        else:
+            out.append(sig)
+    return sorted(out, key=str)
 
 
 def lift_mlp(build: Callable[[int], object], layer: int) -> list[tuple] | None:
@@ -306,6 +319,8 @@ def _values(Hk: dict, OV: dict, slot: str) -> sp.MatrixExpr | None:
 
 def _const(Hslots: dict, slot: str):
     """The constant a constant slot holds across a group (all entries equal, at any size)."""
+    if Hslots[slot].atoms(sp.MatrixSymbol):  # it holds state (evaluating it would be slow, and not a number)
+        raise NotLiftable(f"constant slot {slot!r} holds a symbol")
     vals = {v for dd, nn in ((2, 3), (3, 5)) for v in sp.Matrix(Hslots[slot].subs({d: dd, n: nn}).doit().as_explicit())}
     if len(vals) != 1:
         raise NotLiftable(f"constant slot {slot!r} does not hold a constant")
@@ -438,8 +453,9 @@ def _product(mats: list) -> tuple:
 def _canonical(f: sp.Lambda, A) -> tuple:
     """``(g, left, A', right)`` with ``f(A) = left g(A') right`` entry by entry: broadcast ones
     stripped from A (``f(A 1^T) = f(A) 1^T``, ``f(1 B) = 1 f(B)``) and A' scaled to a leading
-    coefficient 1 (``f(c A') = g(A')``, ``g(z) = f(c z)``), so that equal maps of equal scores meet."""
-    A = sp.expand(A.doit())
+    coefficient 1 (``f(c A') = g(A')``, ``g(z) = f(c z)``), so that equal maps of equal scores meet.
+    Maps inside A are first summed and put in canonical form (:func:`_normal`)."""
+    A = _normal(A)
     split = [(c, _factors(m)) for c, m in (t.as_coeff_mmul() for t in (A.args if isinstance(A, sp.MatAdd) else (A,)))]
     left = right = None
     for end, shape in ((-1, 0), (0, 1)):
@@ -449,8 +465,12 @@ def _canonical(f: sp.Lambda, A) -> tuple:
             if isinstance(o, sp.OneMatrix) and o.shape[shape] == 1:
                 split = [(c, ms[:-1] if end == -1 else ms[1:]) for c, ms in split]
                 left, right = (left, o) if end == -1 else (o, right)
+    if sp.MatMul(*split[0][1]).shape == (1, 1):  # a 1x1 term is its transpose: w^T x_q and x_q^T w meet
+        split = [(c, _factors(min(m, sp.transpose(m).doit(), key=str))) for c, m in
+                 ((c, sp.MatMul(*ms).doit()) for c, ms in split)]
     split.sort(key=lambda t: str(sp.MatMul(*t[1])))
-    c0 = split[0][0] if split[0][0].is_number and split[0][0] != 0 else sp.Integer(1)
+    c0 = split[0][0].as_coeff_Mul()[0]  # the number in the leading coefficient (n stays in A: g's switches are numbers)
+    c0 = c0 if c0 != 0 else sp.Integer(1)
     arg = sp.MatAdd(*[(c / c0) * sp.MatMul(*ms) for c, ms in split]).doit() if len(split) > 1 else \
         (split[0][0] / c0) * sp.MatMul(*split[0][1]).doit()
     if arg.shape == (1, 1):  # a 1x1 matrix is its transpose
@@ -523,6 +543,74 @@ def _affine(h, interval=None):
     return (alpha, gamma) if all(sp.simplify(f(p) - alpha * p - gamma) == 0 for p in pts) else None
 
 
+def _group_maps(e) -> tuple[list, dict]:
+    """The terms of the expanded matrix expression e: ``(others, maps)``, maps ``{(s, L, A, R): [g]}``
+    for the terms ``s c L f(A) R`` with one entrywise map (c a number, s the rest of the coefficient,
+    ``g = c f`` after :func:`_canonical`)."""
+    others, maps = [], {}
+    for t in e.args if isinstance(e, sp.MatAdd) else (e,):
+        coeff, mat = t.as_coeff_mmul()
+        fs = _factors(mat)
+        at = [i for i, f in enumerate(fs) if isinstance(f, ElementwiseApplyFunction)]
+        if len(at) != 1:
+            others.append(t)
+            continue
+        g, lo, arg, ro = _canonical(fs[at[0]].function, fs[at[0]].expr)
+        cl, left = _product(fs[:at[0]] + ([lo] if lo is not None else []))
+        cr, right = _product(([ro] if ro is not None else []) + fs[at[0] + 1:])
+        num, sym = sp.sympify(coeff * cl * cr).as_coeff_Mul()
+        maps.setdefault((sym, left, arg, right), []).append(num * g)
+    return others, maps
+
+
+def _outer(s, left, m, right):
+    return s * sp.MatMul(*[x for x in (left, m, right) if x is not None])
+
+
+def _pl_form(h):
+    """A continuous piecewise-affine h of :data:`Z` with rational switch points in one canonical form,
+    ``alpha z + beta + sum_k delta_k max(z - k, 0)`` over its kinks k (so that two statements of the
+    same map, e.g. six ReLUs and two triangular bumps, are the same expression); h itself otherwise."""
+    f = sp.Lambda(Z, h)
+    try:
+        knots = _knots(h)
+        ks = sorted(set(sp.Rational(k) for k in knots)) if knots is not None else None
+    except (NotLiftable, TypeError, sp.PolynomialError):
+        return h
+    if ks is None:
+        return h
+    edges = [ks[0] - 1, *ks, ks[-1] + 1] if ks else [sp.Integer(0), sp.Integer(1)]
+    slopes = [sp.simplify((f(u + 2 * (v - u) / 3) - f(u + (v - u) / 3)) * 3 / (v - u)) for u, v in zip(edges, edges[1:])]
+    alpha, start = slopes[0], edges[0]
+    g = alpha * (Z - start) + sp.simplify(f(start)) + sum(
+        (sp.simplify(b - a) * sp.Max(Z - k, 0) for k, a, b in zip(ks, slopes, slopes[1:]) if sp.simplify(b - a) != 0),
+        sp.Integer(0))
+    g = sp.expand(g)
+    return g if all(sp.simplify(f(p) - g.subs(Z, p)) == 0 for p in _test_points(ks)) else h  # else: not continuous
+
+
+def _normal(A):
+    """The expanded matrix expression A with the maps of each ``(s, L, A', R)`` (:func:`_group_maps`)
+    summed into one map in canonical form (:func:`_pl_form`), scaled so that its first kink (or its
+    slope) has coefficient 1, the scale moved in front (``c f(A) = (c f)(A)``: one form for both)."""
+    A = sp.expand(_powers_to_products(A.doit()).doit())
+    if not A.has(ElementwiseApplyFunction):
+        return A
+    others, maps = _group_maps(A)
+    out = list(others)
+    for (s, left, arg, right), hs in maps.items():
+        g = _pl_form(sp.Add(*hs))
+        kinks = sorted(g.atoms(sp.Max), key=str)
+        if not kinks and g.is_polynomial(Z) and sp.degree(g, Z) <= 1:  # an affine map: alpha A + gamma 1
+            alpha, gamma = g.coeff(Z), g.subs(Z, 0)
+            out += [alpha * _outer(s, left, arg, right), gamma * _outer(s, left, sp.OneMatrix(*arg.shape), right)]
+            continue
+        scale = g.coeff(kinks[0]) if kinks else (g.coeff(Z) or g)  # c f(A) = f_c(A) with c out front
+        scale = scale if scale.is_number and scale != 0 else sp.Integer(1)
+        out.append(scale * _outer(s, left, Entrywise(sp.Lambda(Z, sp.expand(g / scale)), arg), right))
+    return sp.MatAdd(*out).doit() if len(out) > 1 else out[0]
+
+
 def is_zero(e, domains: dict | None = None) -> bool:
     """True iff the matrix expression simplifies to zero: expand, then group the terms by
     their matrix part and simplify every scalar coefficient (sympy leaves e.g.
@@ -540,26 +628,14 @@ def is_zero(e, domains: dict | None = None) -> bool:
     e = sp.expand(_powers_to_products(e.doit()).doit())
     if isinstance(e, sp.ZeroMatrix) or e == 0:
         return True
-    terms, maps = [], {}
-    for t in e.args if isinstance(e, sp.MatAdd) else (e,):
-        coeff, mat = t.as_coeff_mmul()
-        fs = _factors(mat)
-        at = [i for i, f in enumerate(fs) if isinstance(f, ElementwiseApplyFunction)]
-        if len(at) != 1:
-            terms.append(t)
-            continue
-        g, lo, arg, ro = _canonical(fs[at[0]].function, fs[at[0]].expr)
-        cl, left = _product(fs[:at[0]] + ([lo] if lo is not None else []))
-        cr, right = _product(([ro] if ro is not None else []) + fs[at[0] + 1:])
-        maps.setdefault((left, arg, right), []).append(coeff * cl * cr * g)
-    for (left, arg, right), hs in maps.items():
+    terms, maps = _group_maps(e)
+    for (s, left, arg, right), hs in maps.items():
         base = arg.T if isinstance(arg, sp.Transpose) else arg
         interval = (domains or {}).get(base.name) if isinstance(base, sp.MatrixSymbol) else None
         ab = _affine(sp.Add(*hs), interval)
         if ab is None:
             return False
-        outer = lambda m: sp.MatMul(*[x for x in (left, m, right) if x is not None])  # noqa: E731
-        terms += [ab[0] * outer(arg), ab[1] * outer(sp.OneMatrix(*arg.shape))]
+        terms += [ab[0] * _outer(s, left, arg, right), ab[1] * _outer(s, left, sp.OneMatrix(*arg.shape), right)]
     e = sp.expand(sp.MatAdd(*terms).doit()) if terms else sp.Integer(0)
     if isinstance(e, sp.ZeroMatrix) or e == 0:
         return True
@@ -596,8 +672,8 @@ class Induction:
 
     ``build(dd)``: the construction at d = dd (the proof's parameters fixed);
     ``state(v)``: the token groups holding the algorithm state ``v`` (a dict of
-    symbols); ``step(v, layer)``: the algorithm's next state; ``start``: the
-    state at step 0; ``prediction(v)``: ``x_q . w`` (1x1) for state v; ``named(dd)``:
+    symbols); ``step(v, layer)``: the algorithm's next state (``layer``: the block's index);
+    ``start``: the state at step 0 (after the construction's prefix blocks, if any); ``prediction(v)``: ``x_q . w`` (1x1) for state v; ``named(dd)``:
     parameter matrices ``{MatrixSymbol: array at d = dd}`` that weights may contain.
     """
 
@@ -664,10 +740,15 @@ def coordinatewise(f: Callable, A) -> sp.MatrixExpr:
 def apply_mlp(families: list[tuple], layout, groups: list[Group], sizes: dict) -> list[Group]:
     """The groups after a coordinatewise MLP (:func:`lift_mlp`): every slot t that units write
     becomes ``phi(h_s)`` applied entry by entry, ``phi(z) = z + sum_f c_f relu(a_f z + beta_f)``
-    (an :class:`Entrywise`), for units that read the slot they write (s = t); a unit
-    that reads several slots, or writes another slot than it reads, is NotLiftable."""
+    (an :class:`Entrywise`), for units that read the slot they write (s = t); a unit on 1-sized
+    slots adds ``c_t relu(sum_s a_s h_s + beta)`` (an entrywise map of that row) to each slot t it
+    writes; another unit that reads several slots, or writes another slot than it reads, is NotLiftable."""
     phi: dict = {}
+    scalar = []
     for reads, beta, writes in families:
+        if all(sizes[s] == 1 for s, _ in (*reads, *writes)):  # relu(sum_s a_s h_s + beta) into 1-sized slots
+            scalar.append((reads, beta, writes))
+            continue
         if len(reads) != 1 or any(t != reads[0][0] for t, _ in writes):
             raise NotLiftable(f"MLP units reading {[r for r, _ in reads]} and writing {[t for t, _ in writes]}: only "
                               "units that read one slot and write it are coordinatewise functions of it")
@@ -678,6 +759,11 @@ def apply_mlp(families: list[tuple], layout, groups: list[Group], sizes: dict) -
     for g in groups:
         full = complete(layout, g, sizes)
         new = {s: Entrywise(sp.Lambda(Z, phi[s]), full[s]) if s in phi else full[s] for s in layout.names}
+        for reads, beta, writes in scalar:
+            arg = sp.MatAdd(*[a * full[s] for s, a in reads]) if reads else sp.ZeroMatrix(1, g.count)
+            F = Entrywise(sp.Lambda(Z, sp.Max(Z + beta, 0)), arg)
+            for t, c in writes:
+                new[t] = new[t] + c * F
         out.append(Group(g.name, g.count, g.role, new, g.key))
     return out
 
@@ -911,9 +997,7 @@ def prove_induction(spec: Induction, stop_at_failure: bool = False) -> Outcome:
     c = spec.build(LIFT_DIMS[0])
     sizes = slot_sizes(c)
     V = spec.variables
-    if getattr(c, "n_prefix", 0):
-        return Outcome(False, f"{c.name} has {c.n_prefix} prefix block(s): an induction proof starts at the embedding; "
-                              "prove such a construction in exact rational arithmetic instead")
+    prefix = getattr(c, "n_prefix", 0)
     bad = []
     if any(sym not in (X, Y, XQ) for sym in spec.domains):
         return Outcome(False, "a domain may restrict only the inputs X, Y and x_q: an assumption on the state would "
@@ -921,15 +1005,21 @@ def prove_induction(spec: Induction, stop_at_failure: bool = False) -> Outcome:
     domains = {sym.name: iv for sym, iv in spec.domains.items()}
     premises = [f"the entries of {name} lie in [{lo}, {hi}] (the construction's domain)"
                 for name, (lo, hi) in domains.items()]
-    # base case: the state at step 0 is the embedding
+    # base case: the state at step 0 is the embedding, after the prefix blocks if any
     start = key_groups(c, spec.state(spec.start))
-    bad += _compare(c, sizes, [g for g in start if g.role != "extra"], _embedding(c), "base case")
+    embedded = key_groups(c, _embedding(c))
+    for layer in range(prefix):
+        embedded, prem = advance(c, sizes, lift_layer(spec.build, layer, spec.named), embedded)
+        premises += prem
+    bad += _compare(c, sizes, [g for g in start if g.role != "extra"], embedded, "base case", domains)
     for g in (g for g in start if g.role == "extra"):
         if not _extra_matches(c, g, sizes):
             bad.append(f"base case: the {g.name} tokens differ from the construction's extra tokens")
-    # induction step: every step block maps state(V) to state(step(V))
     anchored = spec.build(ANCHOR_D)
-    for layer in range(c.n_step_blocks):
+    if prefix and not bad:
+        bad += anchor(spec, anchored, 0, prefix, _embedding(c), spec.state(spec.start))
+    # induction step: every step block maps state(V) to state(step(V))
+    for layer in range(prefix, c.n_step_blocks):
         if bad and stop_at_failure:
             return Outcome(False, "; ".join(bad), sorted(set(premises)))
         heads = lift_layer(spec.build, layer, spec.named)
@@ -950,7 +1040,8 @@ def prove_induction(spec: Induction, stop_at_failure: bool = False) -> Outcome:
         bad.append("readout: the query's readout slot is not x_q . w")
     elif c.n_step_blocks < len(c.blocks):
         bad += anchor(spec, anchored, c.n_step_blocks, len(c.blocks), spec.state(V), None, spec.prediction(V))
-    detail = "; ".join(bad) if bad else (f"base case, {c.n_step_blocks} step layer(s) and the readout, for symbolic d "
+    steps = f"the prefix block(s), {c.n_step_blocks - prefix}" if prefix else f"{c.n_step_blocks}"
+    detail = "; ".join(bad) if bad else (f"base case, {steps} step layer(s) and the readout, for symbolic d "
                                          f"and n; weights checked for d <= {CHECK_DIMS[-1]}; each layer anchored to the "
                                          "numpy pass (exact) and the torch model (every evaluation order)")
     return Outcome(not bad, detail, sorted(set(premises)))
