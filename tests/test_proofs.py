@@ -246,7 +246,8 @@ def test_entrywise_maps_of_one_score_matrix_are_summed_and_must_be_affine():
     assert not symbolic.is_zero(X * E(relu(), s) - X * X.T * w * one)  # relu(z) = z only for z >= 0
     assert not symbolic.is_zero(X * E(relu(sp.Rational(1, 2)), s) - X * E(relu(), s))  # not affine
     labels = E(relu(1), Y) - E(relu(), Y) - one  # relu(y + 1) - relu(y) = 1 for y >= 0
-    assert symbolic.is_zero(labels, {"Y": (0, 1)}) and not symbolic.is_zero(labels)
+    assert symbolic.is_zero(labels, {Y: (0, 1)}) and not symbolic.is_zero(labels)
+    assert not symbolic.is_zero(labels, {sp.MatrixSymbol("Y", 2, 2): (0, 1)})  # another symbol of that name
     inner = E(relu(), s) - E(relu(), -s)  # maps of maps: the inner sum is normalised first (here to s)
     assert symbolic.is_zero(E(relu(1), 2 * inner) - E(relu(1), 2 * s)) and not symbolic.is_zero(E(relu(1), inner) - E(relu(1), 2 * s))
     psi = sp.MatrixSymbol("Psi", 1, 1)  # a 1x1 argument stays unevaluated
@@ -394,3 +395,15 @@ def test_entrywise_sums_with_a_jump_or_a_set_condition_are_not_affine():
     shifted = sp.Piecewise((z - 5, sp.Contains(z, sp.Interval(10, 11))), (z, True))
     assert not symbolic.is_zero(symbolic.coordinatewise(lambda v: shifted.subs(z, v), X) - X)
     assert not symbolic.piecewise_linear_equal(lambda v: jump.subs(z, v), lambda v: 0, [0, 1])
+
+
+def test_an_mlp_unit_on_1_sized_slots_is_a_map_of_their_combination():
+    """A unit reading y and s writes c relu(a y + b s + beta) into s; one with no reads writes c relu(beta)."""
+    _, lay, groups, sizes = _scalar_heads(rest=0)
+    half, z = sp.Rational(1, 2), symbolic.Z
+    units = [((("s", half), ("y", sp.Integer(2))), sp.Integer(-1), (("s", sp.Integer(3)),)),
+             ((), sp.Integer(2), (("s", sp.Integer(-1)),))]
+    ctx = symbolic.complete(lay, symbolic.apply_mlp(units, lay, groups, sizes)[0], sizes)["s"]
+    relu = symbolic.Entrywise(sp.Lambda(z, sp.Max(z - 1, 0)), 2 * symbolic.Y)  # s = 0 on the context
+    assert symbolic.is_zero(ctx - 3 * relu + 2 * sp.OneMatrix(1, symbolic.n))
+    assert not symbolic.is_zero(ctx - 3 * relu)

@@ -601,8 +601,9 @@ def _normal(A):
     for (s, left, arg, right), hs in maps.items():
         g = _pl_form(sp.Add(*hs))
         kinks = sorted(g.atoms(sp.Max), key=str)
-        if not kinks and g.is_polynomial(Z) and sp.degree(g, Z) <= 1:  # an affine map: alpha A + gamma 1
-            alpha, gamma = g.coeff(Z), g.subs(Z, 0)
+        poly = sp.Poly(sp.expand(g), Z) if not kinks and g.is_polynomial(Z) else None
+        if poly is not None and poly.degree() <= 1:  # an affine map: alpha A + gamma 1
+            alpha, gamma = poly.coeff_monomial(Z), poly.coeff_monomial(1)
             out += [alpha * _outer(s, left, arg, right), gamma * _outer(s, left, sp.OneMatrix(*arg.shape), right)]
             continue
         scale = g.coeff(kinks[0]) if kinks else (g.coeff(Z) or g)  # c f(A) = f_c(A) with c out front
@@ -621,8 +622,8 @@ def is_zero(e, domains: dict | None = None) -> bool:
     ``relu(score + beta)``) are grouped by ``(L, A, R)`` (:func:`_canonical`) and their maps
     summed, ``sum_i c_i L f_i(A) R = L (sum_i c_i f_i)(A) R``; the sum must be affine on all of R,
     ``alpha z + gamma`` (:func:`_affine`), and is replaced by ``alpha L A R + gamma L 1 R``.
-    ``domains`` maps an input symbol's name to a closed interval ``(lo, hi)`` its entries lie in
-    (e.g. 0/1 labels: ``(0, 1)``): a map of that symbol alone need only be affine there."""
+    ``domains`` maps an input symbol to a closed interval ``(lo, hi)`` its entries lie in (e.g. 0/1
+    labels: ``{Y: (0, 1)}``): a map of that symbol alone need only be affine there."""
     if e is None or e == 0:
         return True
     e = sp.expand(_powers_to_products(e.doit()).doit())
@@ -631,7 +632,7 @@ def is_zero(e, domains: dict | None = None) -> bool:
     terms, maps = _group_maps(e)
     for (s, left, arg, right), hs in maps.items():
         base = arg.T if isinstance(arg, sp.Transpose) else arg
-        interval = (domains or {}).get(base.name) if isinstance(base, sp.MatrixSymbol) else None
+        interval = (domains or {}).get(base) if isinstance(base, sp.MatrixSymbol) else None
         ab = _affine(sp.Add(*hs), interval)
         if ab is None:
             return False
@@ -760,8 +761,8 @@ def apply_mlp(families: list[tuple], layout, groups: list[Group], sizes: dict) -
         full = complete(layout, g, sizes)
         new = {s: Entrywise(sp.Lambda(Z, phi[s]), full[s]) if s in phi else full[s] for s in layout.names}
         for reads, beta, writes in scalar:
-            arg = sp.MatAdd(*[a * full[s] for s, a in reads]) if reads else sp.ZeroMatrix(1, g.count)
-            F = Entrywise(sp.Lambda(Z, sp.Max(Z + beta, 0)), arg)
+            F = Entrywise(sp.Lambda(Z, sp.Max(Z + beta, 0)), sp.MatAdd(*[a * full[s] for s, a in reads])) if reads \
+                else sp.Max(beta, 0) * sp.OneMatrix(1, g.count)  # a unit on its bias alone
             for t, c in writes:
                 new[t] = new[t] + c * F
         out.append(Group(g.name, g.count, g.role, new, g.key))
@@ -1002,15 +1003,22 @@ def prove_induction(spec: Induction, stop_at_failure: bool = False) -> Outcome:
     if any(sym not in (X, Y, XQ) for sym in spec.domains):
         return Outcome(False, "a domain may restrict only the inputs X, Y and x_q: an assumption on the state would "
                               "need its own proof that every step keeps it")
-    domains = {sym.name: iv for sym, iv in spec.domains.items()}
-    premises = [f"the entries of {name} lie in [{lo}, {hi}] (the construction's domain)"
-                for name, (lo, hi) in domains.items()]
+    domains = dict(spec.domains)
+    premises = [f"the entries of {sym.name} lie in [{lo}, {hi}] (the construction's domain)"
+                for sym, (lo, hi) in domains.items()]
     # base case: the state at step 0 is the embedding, after the prefix blocks if any
     start = key_groups(c, spec.state(spec.start))
+    if prefix and any(g.role == "extra" for g in start):
+        return Outcome(False, f"{c.name} has prefix blocks and extra tokens: the base case runs the prefix on the "
+                              "context and query tokens only; prove it in exact rational arithmetic instead")
+    order = {"train": 0, "query": 1}
+    start = sorted(start, key=lambda g: order.get(g.role, 2))  # the base case pairs the groups by role
     embedded = key_groups(c, _embedding(c))
     for layer in range(prefix):
         embedded, prem = advance(c, sizes, lift_layer(spec.build, layer, spec.named), embedded)
         premises += prem
+    if [g.role for g in start if g.role != "extra"] != ["train", "query"]:
+        bad.append("base case: the state must have one context and one query group")
     bad += _compare(c, sizes, [g for g in start if g.role != "extra"], embedded, "base case", domains)
     for g in (g for g in start if g.role == "extra"):
         if not _extra_matches(c, g, sizes):
