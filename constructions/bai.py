@@ -1214,6 +1214,21 @@ def selection_exact(c: Construction | None = None) -> Outcome:
 BINARY_PROOF = dict(eps=1 / 8, threshold=1 / 2)
 
 
+def _psi_map(eps):
+    """psi as the proofs state it, without ReLUs: triangular bumps of height 1 and half-width eps at 0
+    and 1 (a sympy function of one variable)."""
+    import sympy as sp
+
+    return lambda y: sp.Max(0, 1 - sp.Abs(y) / eps) + sp.Max(0, 1 - sp.Abs(y - 1) / eps)
+
+
+def _test_map(t):
+    """The test's threshold map ``clip((Psi - t)/(1 - t), 0, 1)`` (a sympy function of one variable)."""
+    import sympy as sp
+
+    return lambda z: sp.Max(sp.Min((z - t) / (1 - t), 1), 0)
+
+
 def binary_induction():
     """binary_test, for symbolic d and n and every real label: layer 1 adds
     ``Psi = (1/n) sum_j psi(y_j)`` to every token's ``psi`` slot, psi stated without ReLUs as two
@@ -1228,9 +1243,6 @@ def binary_induction():
     eps, t = S.exact(BINARY_PROOF["eps"]), S.exact(BINARY_PROOF["threshold"])
     V = dict(psi=sp.MatrixSymbol("Psi", 1, 1), test=sp.MatrixSymbol("T", 1, 1))
 
-    def psi(y):
-        return sp.Max(0, 1 - sp.Abs(y) / eps) + sp.Max(0, 1 - sp.Abs(y - 1) / eps)
-
     def state(v):
         ones = sp.OneMatrix(1, S.n)
         return [S.context(x=S.X, y=S.Y, psi=v["psi"] * ones, test=v["test"] * ones),
@@ -1238,8 +1250,8 @@ def binary_induction():
 
     def step(v, layer):
         if layer == 0:
-            return dict(v, psi=v["psi"] + sp.OneMatrix(1, S.n) * S.coordinatewise(psi, S.Y.T) / S.n)
-        return dict(v, test=v["test"] + S.coordinatewise(lambda z: sp.Max(sp.Min((z - t) / (1 - t), 1), 0), v["psi"]))
+            return dict(v, psi=v["psi"] + sp.OneMatrix(1, S.n) * S.coordinatewise(_psi_map(eps), S.Y.T) / S.n)
+        return dict(v, test=v["test"] + S.coordinatewise(_test_map(t), v["psi"]))
 
     return S.Induction(lambda dd: binary_test(dd, **BINARY_PROOF), V, state, step,
                        {k: sp.ZeroMatrix(1, 1) for k in V}, lambda v: v["test"])
@@ -1283,6 +1295,19 @@ def _logistic_prompts(B: int, n: int, d: int, seeds=(0, 1), real: bool = False):
     return out
 
 
+def _sigma_hat_map():
+    """The logistic proofs' sum-of-ReLU sigmoid, ``sigma_hat(s) = base + sum_m a_m relu(s - s_m)`` with
+    the floats the factories store at :data:`GLM_PROOF` (a sympy function of one variable)."""
+    import sympy as sp
+
+    from verify import symbolic as S
+
+    P = GLM_PROOF
+    knots, a, base = (np.vectorize(S.exact, otypes=[object])(v) for v in
+                      sigmoid_knots(P["heads"], logistic_radius(P["steps"], P["lr"], P["x_bound"])))
+    return lambda z: base + sum(am * sp.Max(z - sm, 0) for sm, am in zip(knots, a))
+
+
 def glm_induction(lam: float = 0.0):
     """logistic_gd: one GD step on the logistic loss per layer, with the construction's sum-of-ReLU
     sigmoid ``sigma_hat(s) = base + sum_m a_m relu(s - s_m)`` (:func:`sigmoid_knots`, the stored
@@ -1292,17 +1317,10 @@ def glm_induction(lam: float = 0.0):
     the domain's labels in [0, 1]."""
     import dataclasses
 
-    import sympy as sp
-
     from verify import symbolic as S
 
     P = GLM_PROOF
-    knots, a, base = (np.vectorize(S.exact, otypes=[object])(v) for v in
-                      sigmoid_knots(P["heads"], logistic_radius(P["steps"], P["lr"], P["x_bound"])))
-    lr_, lm = S.exact(P["lr"]), S.exact(lam)
-
-    def sigma_hat(z):
-        return base + sum(am * sp.Max(z - sm, 0) for sm, am in zip(knots, a))
+    lr_, lm, sigma_hat = S.exact(P["lr"]), S.exact(lam), _sigma_hat_map()
 
     def step(v, layer):
         w = v["w"]
@@ -1394,17 +1412,11 @@ def pre_select_induction():
 
     P, Q = GLM_PROOF, PRE_SELECT_PROOF
     eps, t, M = S.exact(Q["eps"]), S.exact(Q["threshold"]), S.exact(Q["select_const"])
-    lr, lr_c, lm = S.exact(LR), S.exact(P["lr"]), S.exact(LAM)
-    knots, a, base = (np.vectorize(S.exact, otypes=[object])(v) for v in
-                      sigmoid_knots(P["heads"], logistic_radius(P["steps"], P["lr"], P["x_bound"])))
+    lr, lr_c, lm, sigma_hat = S.exact(LR), S.exact(P["lr"]), S.exact(LAM), _sigma_hat_map()
     ones = sp.OneMatrix(1, S.n)
-    psi = ones * S.coordinatewise(lambda y: sp.Max(0, 1 - sp.Abs(y) / eps) + sp.Max(0, 1 - sp.Abs(y - 1) / eps),
-                                  S.Y.T) / S.n
-    test = S.coordinatewise(lambda z: sp.Max(sp.Min((z - t) / (1 - t), 1), 0), psi)
+    psi = ones * S.coordinatewise(_psi_map(eps), S.Y.T) / S.n
+    test = S.coordinatewise(_test_map(t), psi)
     V = dict(w=sp.MatrixSymbol("w", S.d, 1), v=sp.MatrixSymbol("v", S.d, 1))
-
-    def sigma_hat(z):
-        return base + sum(am * sp.Max(z - sm, 0) for sm, am in zip(knots, a))
 
     def state(v):
         return [S.context(x=S.X, y=S.Y, w=v["w"] * ones, v=v["v"] * ones, psi=psi * ones, test=test * ones),

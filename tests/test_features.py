@@ -131,8 +131,8 @@ def test_features_whose_sums_cancel_hold_the_error_model(claim_id):
     k = Knobs(steps=1, lr_factor=1.0, log10_lam=0.0, gamma_factor=0.0, skew=0.0, log10_mask=1.0, log10_gamma=0.0,
               heads=3, log10_eta=0.0, R=1.0, seed=15082, extra={})
     spec, k = claim.adapt(spec, k)
-    c, ref, *_ = claim.build(make_prompt(spec), k)
     p = make_prompt(spec)
+    c, ref, *_ = claim.build(p, k)
     f = c.params["features"]
     m = relu_features(p.X, f["W_in"], f["b_in"], f["W_out"])
     assert (relu_feature_bound(p.X, f["W_in"], f["b_in"], f["W_out"]) > 10 * np.abs(m)).any()  # the sums cancel

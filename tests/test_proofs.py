@@ -276,8 +276,7 @@ def test_the_sum_of_relu_proofs_check_the_function_and_the_label_domain():
     def narrow(v, layer, base=spec.step):
         if layer:
             return base(v, layer)
-        bump = lambda y: sp.Max(0, 1 - sp.Abs(y) / eps) + sp.Max(0, 1 - sp.Abs(y - 1) / eps)  # noqa: E731
-        return dict(v, psi=v["psi"] + sp.OneMatrix(1, symbolic.n) * symbolic.coordinatewise(bump, symbolic.Y.T)
+        return dict(v, psi=v["psi"] + sp.OneMatrix(1, symbolic.n) * symbolic.coordinatewise(bai._psi_map(eps), symbolic.Y.T)
                     / symbolic.n)
 
     assert not _holds(dataclasses.replace(spec, step=narrow))
