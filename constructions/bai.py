@@ -752,35 +752,31 @@ def _decoder_bounds(p, k, c):
         Comparison(dev_p, np.zeros_like(dev_p), tol_p, scale * xn[None]))
 
 
-def decoder_exact() -> Outcome:
-    """decoder_gd (d = 2, 3 steps, both attention kinds) equals GD on every prefix in exact
-    rational arithmetic: the w slot of every token after every step and the prediction at every
-    position; every ReLU head's scores both positive and non-positive over the prompts."""
-    from verify import exact as ex
+def decoder_induction(attention: str = "linear", lr: float = LR):
+    """decoder_gd for symbolic d and n: context token i holds its own iterate ``w_i`` (the columns
+    of W), the query ``w_q``; a step is GD on each token's prefix,
+    ``W <- W - lr X ((X^T W - y^T 1^T) o M) D`` with M the strictly causal mask (``M_ji = 1`` for
+    j < i) and D the divisors ``1/((i-1) v 1)`` (:data:`verify.symbolic.CAUSAL`), and
+    ``w_q <- w_q - lr X (X^T w_q - y^T)/n``; the readout writes ``x_i . w_i`` at every position."""
+    import sympy as sp
 
-    lr = Fraction(LR)
-    for attention in DECODER_ATTENTION:
-        c = decoder_gd(2, 3, float(lr), attention)
-        gates = ex.ReluGates()
-        for X, y, Xq in _rational_prompts(B=2, n=5, d=2, m=2):
-            hs = ex.residuals(c, X, y, Xq, record=gates)
-            ws, _ = prefix_gd(ex.to_exact(X), ex.to_exact(y), 3, lr)
-            full = GD(3, lr=lr).fit(ex.to_exact(X), ex.to_exact(y)).iterates_
-            w = c.layout["w"].index
-            for t in range(1, 4):
-                if not ((hs[t][:, :5, w] == ws[t]).all() and (hs[t][:, 5:, w] == full[t][:, None]).all()):
-                    return Outcome(False, f"decoder_gd({attention}): the w slot after step {t} differs from GD "
-                                          "on a prefix in exact arithmetic")
-            pred = hs[-1][..., c.layout["pred"].start]
-            want = np.concatenate([np.einsum("bnd,bnd->bn", ws[-1], ex.to_exact(X)),
-                                   np.einsum("bmd,bd->bm", ex.to_exact(Xq), full[-1])], 1)
-            if not (pred == want).all():
-                return Outcome(False, f"decoder_gd({attention}): a position's prediction differs from <w, x> of "
-                                      "GD on its prefix in exact arithmetic")
-        if gates.stuck():
-            return Outcome(False, f"the proof's prompts are not generic: gates never switched {gates.stuck()}")
-    return Outcome(True, "decoder_gd(d=2, 3 steps; linear and ReLU) = GD on every prefix exactly on 3x2 rational "
-                         "prompts (n=5, m=2): every token's w after every step, every position's prediction")
+    from verify import symbolic as S
+
+    lr_ = S.exact(lr)
+    V = dict(W=sp.MatrixSymbol("W", S.d, S.n), w=sp.MatrixSymbol("w_q", S.d, 1))
+    M, D = S.CAUSAL["strict"]
+
+    def state(v):
+        return [S.context(x=S.X, y=S.Y, w=v["W"]), S.query(x=S.XQ, y=S.Z11, w=v["w"])]
+
+    def step(v, layer):
+        residual = S.X.T * v["W"] - S.Y.T * sp.OneMatrix(1, S.n)  # [keys j, tokens i]: x_j . w_i - y_j
+        return dict(W=v["W"] - lr_ * S.X * sp.HadamardProduct(residual, M) * D,
+                    w=v["w"] - lr_ * S.X * (S.X.T * v["w"] - S.Y.T) / S.n)
+
+    return S.Induction(lambda dd: decoder_gd(dd, 2, lr, attention), V, state, step,
+                       dict(W=sp.ZeroMatrix(S.d, S.n), w=sp.ZeroMatrix(S.d, 1)), lambda v: v["w"].T * S.XQ,
+                       prefix_prediction=lambda v: S.diagonal(S.X.T * v["W"]))
 
 
 #: the prefix-risk report's setting: d, n, steps, lr, noise, prompts
@@ -1475,7 +1471,9 @@ register(
               "queries from all n (linear and ReLU attention)",
               "GD iterates on every prefix (numpy)", _decoder_case, GD, bounds=_decoder_bounds,
               report=_decoder_report,
-              proof=Proof("exact-rational", (Part("exact decoder_gd", decoder_exact),))),
+              proof=Proof("general", (lemma("lemma sign split", "lemma_sign_split"),
+                                      *(induction(f"induction decoder_gd({a})", lambda a=a: decoder_induction(a))
+                                        for a in DECODER_ATTENTION)))),
     ],
 )
 

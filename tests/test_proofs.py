@@ -406,3 +406,53 @@ def test_an_mlp_unit_on_1_sized_slots_is_a_map_of_their_combination():
     relu = symbolic.Entrywise(sp.Lambda(z, sp.Max(z - 1, 0)), 2 * symbolic.Y)  # s = 0 on the context
     assert symbolic.is_zero(ctx - 3 * relu + 2 * sp.OneMatrix(1, symbolic.n))
     assert not symbolic.is_zero(ctx - 3 * relu)
+
+
+def _masked_as(c, block, **attn):
+    """A copy of c whose block ``block`` has other attention options (``causal``, ``divisor``)."""
+    c = copy.copy(c)
+    c.blocks = copy.deepcopy(c.blocks)
+    for k, v in attn.items():
+        setattr(c.blocks[block].attn, k, v)
+    return c
+
+
+@pytest.mark.parametrize("attention", bai.DECODER_ATTENTION)
+@pytest.mark.parametrize("block, attn", [(0, dict(causal=True)), (0, dict(divisor="n")), (0, dict(causal=False)),
+                                         (-1, dict(causal="strict")), (-1, dict(divisor="n", causal=True))])
+def test_the_decoder_proof_reads_each_blocks_mask_and_divisor(attention, block, attn):
+    """A step that sees its own token, divides by n or sees every key, or a readout that does not
+    attend to its own token alone, is not GD on each prefix (the proof lifts the mask and divisor)."""
+    spec = bai.decoder_induction(attention)
+    assert _holds_as_built(f"induction decoder_gd({attention})")
+    assert not _holds(dataclasses.replace(spec, build=lambda dd: _masked_as(spec.build(dd), block, **attn)))
+
+
+def test_causal_masks_and_divisors_are_the_toolkits_own():
+    """The proof's mask and divisor symbols (stated in verify.symbolic) evaluate to the masks the
+    models use (constructions.spec.hidden_keys) and to one over each token's key count, at every n
+    up to 6: entry (j, i) of M_strict is 1 for j < i, D_strict is diag(1/((i-1) v 1))."""
+    from constructions.spec import hidden_keys
+
+    for causal, (M, D) in symbolic.CAUSAL.items():
+        for nn in range(1, 7):
+            seen = ~hidden_keys(causal, nn, nn, numpy=True)  # [tokens, keys]
+            m, dv = (symbolic.evaluate(s, {symbolic.n: nn}, {}) for s in (M, D))
+            assert (m == seen.T).all()
+            assert (dv == np.diag([sp.Rational(1, max(int(k), 1)) for k in seen.sum(1)])).all()
+    assert list(np.diag(symbolic.evaluate(symbolic.CAUSAL["strict"][1], {symbolic.n: 4}, {}))) == \
+        [1, 1, sp.Rational(1, 2), sp.Rational(1, 3)]
+
+
+def test_hadamard_products_with_a_mask_are_linear_in_the_scores_only():
+    X, Y, n = symbolic.X, symbolic.Y, symbolic.n
+    W = sp.MatrixSymbol("W", symbolic.d, n)
+    (Ms, Ds), (Mc, _) = symbolic.CAUSAL["strict"], symbolic.CAUSAL[True]
+    A, B = X.T * W, Y.T * sp.OneMatrix(1, n)
+    had = sp.HadamardProduct
+    assert symbolic.is_zero(X * had(2 * A - B, Ms) * Ds - 2 * X * had(A, Ms) * Ds + X * had(B, Ms) * Ds)
+    assert symbolic.is_zero(symbolic.diagonal(X.T * W) - symbolic.diagonal(W.T * X))  # I is symmetric
+    assert not symbolic.is_zero(X * had(A, Ms) - X * had(A, Mc))  # other masks
+    assert not symbolic.is_zero(X * had(A, Ms) - X * had(W.T * X, Ms))  # M_strict is not symmetric
+    assert not symbolic.is_zero(X * had(A, Ms) * Ds - X * had(A, Ms) / n)  # other divisors
+    assert symbolic.is_zero(had(sp.OneMatrix(n, n), Ms) - Ms)

@@ -34,13 +34,16 @@ How a proof reads the construction (not a second copy of its weights):
    from the layout), after the lifted prefix blocks if the construction has any,
    and the readout blocks map the state to ``x_q . w``.
 
+Causal heads (``"strict"``, ``True``, ``"self"``) multiply the context's scores entry by entry
+by a mask and divide by each token's key count (:data:`CAUSAL`, :func:`_seen`, :func:`_divisor`).
+
 A block's MLP is lifted when it is coordinatewise (:func:`lift_mlp`): families of d ReLU
 units, unit i reading and writing coordinate i of one slot, so the MLP applies a scalar
 piecewise-affine map to every entry; it is compared with the algorithm's scalar map on all of
 R (:func:`pointwise_equal`).
 
 Together these prove the claim for every d, n and number of layers.  Claims
-outside this fragment (other MLPs, causal or position-gated attention, reciprocal
+outside this fragment (other MLPs, null scores or position-gated attention, reciprocal
 iterations) get an
 *exact-rational* check instead (:mod:`verify.exact`): the construction's own
 forward pass in ``fractions.Fraction`` arithmetic equals the algorithm exactly
@@ -154,12 +157,12 @@ def lift_layer(build: Callable[[int], object], layer: int, named: Callable[[int]
         if blk.attn is None:
             lifted.append([])
             continue
-        if blk.attn.causal or blk.attn.null_score is not None:
-            raise NotLiftable(f"block {layer} has causal or null attention (outside the symbolic fragment)")
+        if blk.attn.null_score is not None:
+            raise NotLiftable(f"block {layer} has a null score (outside the symbolic fragment)")
         sizes = {s.name: _slot_size(s, dd) for s in c.layout.slots}
         heads = []
         for circ in c.circuits(layer):
-            heads.append(dict(kind=blk.attn.kind, **{
+            heads.append(dict(kind=blk.attn.kind, causal=blk.attn.causal, divisor=blk.attn.divisor, **{
                 k: {ab: e for ab, B in circ[k].items()
                     if (e := _lift_block(B, sizes[ab[0]], sizes[ab[1]], nm)) is not None}
                 for k in ("QK", "OV")}))
@@ -252,7 +255,9 @@ def check_instances(build: Callable[[int], object], layer: int, heads: list[dict
         c = build(dd)
         nm = named(dd) if named else {}
         circuits = c.circuits(layer)
-        if len(circuits) != len(heads) or (heads and c.blocks[layer].attn.kind != heads[0]["kind"]):
+        a = c.blocks[layer].attn
+        if len(circuits) != len(heads) or (heads and (a.kind, a.causal, a.divisor) !=
+                                           (heads[0]["kind"], heads[0]["causal"], heads[0]["divisor"])):
             raise NotLiftable(f"block {layer} at d = {dd} has other heads than the lifted form")
         for h, circ in zip(heads, circuits):
             for k in ("QK", "OV"):
@@ -327,6 +332,108 @@ def _const(Hslots: dict, slot: str):
     return vals.pop()
 
 
+# -- causal masks: the keys each token group sees, and its divisor -------------------------------
+#: the masks of causal heads among the n context tokens, ``[keys, tokens]`` (entry ``(j, i)`` is 1
+#: when token i sees key j: ``"strict"`` j < i, ``True`` j <= i), and the diagonal divisors of
+#: ``divisor="keys"`` (``1/((i-1) v 1)`` and ``1/i`` for 1-based i), entries by :func:`_structure`
+#: (stated here, not read from the toolkit's mask: the anchors check that the code agrees)
+CAUSAL = {m: (sp.MatrixSymbol(f"M_{tag}", n, n), sp.MatrixSymbol(f"D_{tag}", n, n))
+          for m, tag in (("strict", "strict"), (True, "causal"))}
+_STRUCTURE = {sym.name: (m, part) for m, pair in CAUSAL.items() for part, sym in zip(("mask", "divisor"), pair)}
+
+
+def _structure(name: str, nn: int) -> np.ndarray:
+    """The entries of a mask or divisor of :data:`CAUSAL` at n = nn (Fractions)."""
+    causal, part = _STRUCTURE[name]
+    j, i = np.arange(nn)[:, None], np.arange(nn)[None, :]  # 0-based key j, token i
+    seen = j < i if causal == "strict" else j <= i
+    if part == "mask":
+        return np.where(seen, Fraction(1), Fraction(0)).astype(object)
+    out = np.full((nn, nn), Fraction(0), dtype=object)
+    np.fill_diagonal(out, [Fraction(1, max(int(c), 1)) for c in seen.sum(0)])
+    return out
+
+
+def diagonal(A) -> sp.MatrixExpr:
+    """The row of the diagonal entries of the square matrix expression A, ``1^T (A o I)``."""
+    return sp.OneMatrix(1, A.shape[0]) * sp.HadamardProduct(A, sp.Identity(A.shape[0]))
+
+
+def _seen(causal, k: Group, g: Group):
+    """The ``[count_k, count_g]`` block of the keys of group k that g's tokens see: None (all of
+    them), 0 (none) or a mask.  The context comes first, then the query (one token standing for
+    each query: they do not see each other)."""
+    if causal is False:
+        return None
+    if k.role not in ("train", "query") or g.role not in ("train", "query"):
+        raise NotLiftable("causal attention with extra tokens is outside the symbolic fragment")
+    if causal == "self":
+        return (sp.Identity(k.count) if k.role == "train" else None) if k.name == g.name else 0
+    if k.role == g.role:
+        if k.role == "query":
+            raise NotLiftable("a causal head whose queries are keys: each query would see the queries before it, "
+                              "which one query group does not state")
+        return CAUSAL[causal][0]
+    return None if k.role == "train" else 0  # the query sees every context token, no context token the query
+
+
+def _divisor(causal, divisor: str, g: Group, keys: list):
+    """The factor on the right of group g's attention output: ``1/n``, or (``divisor="keys"``) one
+    over the number of keys each of g's tokens sees (a diagonal matrix for the context under a
+    causal mask)."""
+    if divisor == "n":
+        return 1 / n
+    if causal in CAUSAL and g.role == "train":
+        return CAUSAL[causal][1]
+    seen = [(k, _seen(causal, k, g)) for k in keys]
+    count = sum((k.count if m is None else 1 for k, m in seen if m is None or m != 0), sp.Integer(0))
+    return 1 / sp.Max(count, 1)
+
+
+def _masked(A, m):
+    """The scores A restricted to the keys a mask m lets through (``A o m``; m None: all)."""
+    if m is None or (isinstance(m, sp.Identity) and m.shape == (1, 1)):
+        return A
+    if isinstance(A, sp.OneMatrix):
+        return m
+    return sp.HadamardProduct(A, m)
+
+
+def _is_mask(m) -> bool:
+    return isinstance(m, sp.Identity) or (isinstance(m, sp.MatrixSymbol) and m.name in _STRUCTURE)
+
+
+def _split_hadamard(h):
+    """``(sum_t c_t A_t) o M`` as ``sum_t c_t (A_t o M)`` for a mask M (the product is linear in
+    the scores), each ``A_t`` a monomial (up to transposition for the symmetric mask I)."""
+    masks = [a for a in h.args if _is_mask(a)]
+    if len(h.args) != 2 or len(masks) != 1:
+        return h
+    M = masks[0]
+    A = next(a for a in h.args if a is not M)
+    out = []
+    for t in A.args if isinstance(A, sp.MatAdd) else (A,):
+        c, m = t.as_coeff_mmul()
+        m = m.doit()
+        if isinstance(m, sp.ZeroMatrix) or c == 0:
+            continue
+        if isinstance(m, sp.OneMatrix):
+            out.append(c * M)
+            continue
+        if isinstance(M, sp.Identity):
+            m = min(m, sp.transpose(m).doit(), key=str)
+        out.append(c * sp.HadamardProduct(m, M))
+    return sp.MatAdd(*out) if len(out) > 1 else out[0] if out else sp.ZeroMatrix(*h.shape)
+
+
+def _expand(e):
+    """The matrix expression e expanded: powers as products, Hadamard products with masks split."""
+    e = sp.expand(_powers_to_products(e.doit()).doit())
+    if e.has(sp.HadamardProduct):
+        e = sp.expand(e.replace(lambda x: isinstance(x, sp.HadamardProduct), _split_hadamard).doit())
+    return e
+
+
 @dataclass
 class LayerResult:
     delta: dict  # group -> slot -> delta expr
@@ -343,15 +450,18 @@ def apply_layer(heads: list[dict], layout, groups: list[Group], sizes: dict) -> 
         res.delta[gname][c] = e if c not in res.delta[gname] else res.delta[gname][c] + e
 
     kind = {h["kind"] for h in heads}
+    causal, divisor = heads[0].get("causal", False), heads[0].get("divisor", "n")  # a head built by hand: no mask
+    keys = groups if causal == "self" else [k for k in groups if k.key]  # a self head sees its own token
+    pairs = [(g, k, m, _divisor(causal, divisor, g, keys)) for g in groups for k in keys
+             if (m := _seen(causal, k, g)) is None or m != 0]
     if kind == {"linear"}:
-        for g in groups:
-            for k in (k for k in groups if k.key):
-                for h in heads:
-                    S = _score(full[k.name], full[g.name], h["QK"], lambda a, b: True)
-                    for c in layout.names:
-                        V = _values(full[k.name], h["OV"], c)
-                        if S is not None and V is not None:
-                            add(g.name, c, V * S / n)
+        for g, k, m, div in pairs:
+            for h in heads:
+                S = _score(full[k.name], full[g.name], h["QK"], lambda a, b: True)
+                for c in layout.names:
+                    V = _values(full[k.name], h["OV"], c)
+                    if S is not None and V is not None:
+                        add(g.name, c, V * _masked(S, m) * div)
         return res
     if kind != {"relu"}:
         raise NotLiftable(f"attention kinds {kind} are outside the symbolic fragment")
@@ -370,40 +480,41 @@ def apply_layer(heads: list[dict], layout, groups: list[Group], sizes: dict) -> 
             if partner is not None:
                 used.add(partner)
         pair = [h] if partner is None else [h, heads[partner]]
-        for g in groups:
-            for k in (k for k in groups if k.key):
-                def beta(is_gate):
-                    return sum((_const(full[g.name], a) * M[0, 0] * _const(full[k.name], b)
-                                for (a, b), M in h["QK"].items() if const(a, b) and ((a in gates or b in gates) == is_gate)),
-                               sp.Integer(0))
-                gate, rest = beta(True), beta(False)
-                S = _score(full[k.name], full[g.name], h["QK"], lin)
-                if S is None:  # relu(beta) on a constant score
-                    for c in layout.names:
-                        if (V := _values(full[k.name], h["OV"], c)) is not None:
-                            add(g.name, c, sp.Max(gate + rest, 0) * V * sp.OneMatrix(k.count, g.count) / n)
-                    continue
-                if gate > 0:
-                    raise NotLiftable(f"gate constant {gate} > 0 on a ReLU head with a linear score")
-                if gate < 0:  # relu(z + rest + gate) = 0 while z <= -gate - rest (and -z too for a pair)
-                    bound = -gate - rest
-                    if bound < 0 and partner is not None:
-                        raise NotLiftable(f"a gated sign-split pair with offset {rest} > -gate = {-gate}: one of its heads "
-                                          "is open at every score")
-                    form = "|score|" if partner is not None else "score"
-                    res.premises.append(f"{form} <= {bound} for {g.name} tokens on {k.name} keys")
-                    continue
-                if partner is not None and rest == 0:  # relu(z) v + relu(-z)(-v) = z v
-                    for c in layout.names:
-                        if (V := _values(full[k.name], h["OV"], c)) is not None:
-                            add(g.name, c, V * S / n)
-                    continue
-                relu = sp.Lambda(Z, sp.Max(Z + rest, 0))
-                for o in pair:  # relu(z + rest) applied to every score: an entrywise map of the score matrix
-                    F = Entrywise(relu, _score(full[k.name], full[g.name], o["QK"], lin))
-                    for c in layout.names:
-                        if (V := _values(full[k.name], o["OV"], c)) is not None:
-                            add(g.name, c, V * F / n)
+        for g, k, m, div in pairs:
+            def beta(is_gate):
+                return sum((_const(full[g.name], a) * M[0, 0] * _const(full[k.name], b)
+                            for (a, b), M in h["QK"].items() if const(a, b) and ((a in gates or b in gates) == is_gate)),
+                           sp.Integer(0))
+            gate, rest = beta(True), beta(False)
+            S = _score(full[k.name], full[g.name], h["QK"], lin)
+            if S is None:  # relu(beta) on a constant score
+                for c in layout.names:
+                    if (V := _values(full[k.name], h["OV"], c)) is not None:
+                        add(g.name, c, sp.Max(gate + rest, 0) * V * _masked(sp.OneMatrix(k.count, g.count), m) * div)
+                continue
+            if gate > 0:
+                raise NotLiftable(f"gate constant {gate} > 0 on a ReLU head with a linear score")
+            if gate < 0:  # relu(z + rest + gate) = 0 while z <= -gate - rest (and -z too for a pair)
+                bound = -gate - rest
+                if bound < 0 and partner is not None:
+                    raise NotLiftable(f"a gated sign-split pair with offset {rest} > -gate = {-gate}: one of its heads "
+                                      "is open at every score")
+                form = "|score|" if partner is not None else "score"
+                res.premises.append(f"{form} <= {bound} for {g.name} tokens on {k.name} keys")
+                continue
+            if partner is not None and rest == 0:  # relu(z) v + relu(-z)(-v) = z v (a masked key: 0 both ways)
+                for c in layout.names:
+                    if (V := _values(full[k.name], h["OV"], c)) is not None:
+                        add(g.name, c, V * _masked(S, m) * div)
+                continue
+            if m is not None:
+                raise NotLiftable("an entrywise map of masked scores is outside the symbolic fragment")
+            relu = sp.Lambda(Z, sp.Max(Z + rest, 0))
+            for o in pair:  # relu(z + rest) applied to every score: an entrywise map of the score matrix
+                F = Entrywise(relu, _score(full[k.name], full[g.name], o["QK"], lin))
+                for c in layout.names:
+                    if (V := _values(full[k.name], o["OV"], c)) is not None:
+                        add(g.name, c, V * F * div)
     return res
 
 
@@ -593,7 +704,7 @@ def _normal(A):
     """The expanded matrix expression A with the maps of each ``(s, L, A', R)`` (:func:`_group_maps`)
     summed into one map in canonical form (:func:`_pl_form`), scaled so that its first kink (or its
     slope) has coefficient 1, the scale moved in front (``c f(A) = (c f)(A)``: one form for both)."""
-    A = sp.expand(_powers_to_products(A.doit()).doit())
+    A = _expand(A)
     if not A.has(ElementwiseApplyFunction):
         return A
     others, maps = _group_maps(A)
@@ -626,7 +737,7 @@ def is_zero(e, domains: dict | None = None) -> bool:
     labels: ``{Y: (0, 1)}``): a map of that symbol alone need only be affine there."""
     if e is None or e == 0:
         return True
-    e = sp.expand(_powers_to_products(e.doit()).doit())
+    e = _expand(e)
     if isinstance(e, sp.ZeroMatrix) or e == 0:
         return True
     terms, maps = _group_maps(e)
@@ -688,6 +799,9 @@ class Induction:
     #: ``{symbol: (lo, hi)}``: intervals the entries of input symbols lie in by the construction's
     #: domain (e.g. 0/1 labels ``{Y: (0, 1)}``); a premise of the proof, and the anchors draw them there
     domains: dict = field(default_factory=dict)
+    #: ``prefix_prediction(v)``: the readout slot of the context tokens (``[1, n]``), for a decoder
+    #: that predicts at every position (e.g. :func:`diagonal` of ``X^T W``: token i's ``x_i . w_i``)
+    prefix_prediction: Callable | None = None
 
 
 def slot_sizes(c) -> dict:
@@ -868,7 +982,7 @@ def evaluate(e, sizes_at: dict, values: dict) -> np.ndarray:
         return a
 
     if isinstance(e, sp.MatrixSymbol):
-        return values[e.name]
+        return _structure(e.name, shape(e)[0]) if e.name in _STRUCTURE else values[e.name]
     if isinstance(e, sp.Identity):
         a = full(e, 0)
         np.fill_diagonal(a, Fraction(1))
@@ -887,6 +1001,11 @@ def evaluate(e, sizes_at: dict, values: dict) -> np.ndarray:
         return _fraction(sp.sympify(coeff).subs(sizes_at)) * out
     if isinstance(e, sp.Transpose):
         return evaluate(e.arg, sizes_at, values).T
+    if isinstance(e, sp.HadamardProduct):
+        out = evaluate(e.args[0], sizes_at, values)
+        for m in e.args[1:]:
+            out = out * evaluate(m, sizes_at, values)
+        return out
     if isinstance(e, ElementwiseApplyFunction):
         return np.vectorize(lambda v: _fraction(e.function(sp.Rational(v.numerator, v.denominator))),
                             otypes=[object])(evaluate(e.expr, sizes_at, values))
@@ -934,10 +1053,11 @@ def _unsigned_scale(blocks, h: np.ndarray, n_keys: int, norm: int, mask_query: b
     for b in blocks:
         a = b.attn
         if a is not None:
-            keys = h[:, :n_keys] if mask_query else h
+            keys = h[:, :n_keys] if mask_query and a.causal != "self" else h
+            div = 1 if a.divisor == "keys" else norm  # a row seeing few keys divides by few: bound by their sum
             out = np.zeros_like(h)
             for WQ, WK, WV, WO in zip(*(np.abs(getattr(a, k)) for k in ("W_Q", "W_K", "W_V", "W_O"))):
-                out += ((h @ WQ) @ (keys @ WK).transpose(0, 2, 1) / norm) @ (keys @ WV) @ WO
+                out += ((h @ WQ) @ (keys @ WK).transpose(0, 2, 1) / div) @ (keys @ WV) @ WO
             h = h + out
         if b.mlp is not None:  # |relu(u)| <= |u|
             m = b.mlp
@@ -946,7 +1066,7 @@ def _unsigned_scale(blocks, h: np.ndarray, n_keys: int, norm: int, mask_query: b
 
 
 def anchor(spec: Induction, c, first: int, last: int, before: list[Group], after: list[Group] | None,
-           prediction=None) -> list[str]:
+           prediction=None, prefix_prediction=None) -> list[str]:
     """Blocks ``first..last-1`` of ``c`` (built at d = :data:`ANCHOR_D`) on the stream of the groups
     ``before`` at a random rational point (n = :data:`ANCHOR_N`): the numpy pass in exact arithmetic
     must give the stream of ``after`` (or, for the readout, the prediction ``prediction``) exactly,
@@ -972,6 +1092,9 @@ def anchor(spec: Induction, c, first: int, last: int, before: list[Group], after
         r = c.layout.readout
         got = Fraction(r.sign) * out[0, -1:, c.layout[r.slot].start]
         want = evaluate(prediction, sizes_at, values)[0]
+        if prefix_prediction is not None:  # and every context position's
+            got = np.concatenate([Fraction(r.sign) * out[0, :ANCHOR_N, c.layout[r.slot].start], got])
+            want = np.concatenate([evaluate(prefix_prediction, sizes_at, values)[0], want])
     bad = []
     if not (got == want).all():
         bad.append(f"numeric anchor: the numpy pass of blocks {first}..{last - 1} differs from the proved step")
@@ -1044,10 +1167,15 @@ def prove_induction(spec: Induction, stop_at_failure: bool = False) -> Outcome:
         premises += prem
     q = complete(c.layout, next(g for g in groups if g.role == "query"), sizes)
     r = c.layout.readout
+    ctx = complete(c.layout, next(g for g in groups if g.role == "train"), sizes)
     if not is_zero(exact(r.sign) * q[r.slot] - spec.prediction(V), domains):
         bad.append("readout: the query's readout slot is not x_q . w")
+    elif spec.prefix_prediction is not None and not is_zero(exact(r.sign) * ctx[r.slot] - spec.prefix_prediction(V),
+                                                            domains):
+        bad.append("readout: the context tokens' readout slot is not the prediction at every position")
     elif c.n_step_blocks < len(c.blocks):
-        bad += anchor(spec, anchored, c.n_step_blocks, len(c.blocks), spec.state(V), None, spec.prediction(V))
+        bad += anchor(spec, anchored, c.n_step_blocks, len(c.blocks), spec.state(V), None, spec.prediction(V),
+                      spec.prefix_prediction(V) if spec.prefix_prediction is not None else None)
     steps = f"the prefix block(s), {c.n_step_blocks - prefix}" if prefix else f"{c.n_step_blocks}"
     detail = "; ".join(bad) if bad else (f"base case, {steps} step layer(s) and the readout, for symbolic d "
                                          f"and n; weights checked for d <= {CHECK_DIMS[-1]}; each layer anchored to the "
