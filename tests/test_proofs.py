@@ -21,9 +21,11 @@ from verify.tolerance import tolerance
 INDUCTIONS = inductions()
 
 
-def _holds(spec) -> bool:
+def _holds(spec, blocks=None) -> bool:
+    """The induction's verdict (``blocks``: the parts that read those blocks only, for a construction
+    changed there alone; :func:`verify.symbolic.prove_induction`)."""
     try:
-        return symbolic.prove_induction(spec, stop_at_failure=True).holds
+        return symbolic.prove_induction(spec, stop_at_failure=True, blocks=blocks).holds
     except symbolic.NotLiftable:  # prove() reports this as a failed proof
         return False
 
@@ -78,7 +80,7 @@ def test_a_scaled_weight_breaks_the_induction(name, block, key):
     spec = INDUCTIONS[name]()
     b = 0 if block == "first" else len(spec.build(3).blocks) - 1
     assert _holds_as_built(name)
-    assert not _holds(dataclasses.replace(spec, build=lambda dd: _tampered(spec.build(dd), b, key)))
+    assert not _holds(dataclasses.replace(spec, build=lambda dd: _tampered(spec.build(dd), b, key)), blocks={b})
 
 
 @pytest.mark.parametrize("name", list(INDUCTIONS))
@@ -86,7 +88,18 @@ def test_an_off_pattern_entry_breaks_the_lift(name):
     spec = INDUCTIONS[name]()
     assert _holds_as_built(name)
     bad = dataclasses.replace(spec, build=lambda dd: _tampered(spec.build(dd), 0, "W_V", entry=(0, 0)))
-    assert not _holds(bad)
+    assert not _holds(bad, blocks={0})
+
+
+def test_a_proof_restricted_to_some_blocks_proves_the_parts_reading_them():
+    """blocks={b} runs the parts that read block b only: the verdict of the whole proof for a
+    construction changed in block b alone (the others are the proved construction's)."""
+    spec = linear_gd.gd_induction()
+    last = dataclasses.replace(spec, build=lambda dd: _tampered(spec.build(dd), -1, "W_V"))
+    full, part = symbolic.prove_induction(last), symbolic.prove_induction(last, blocks={-1})
+    assert not full.holds and not part.holds and part.detail == f"only the parts reading blocks [1]: {full.detail}"
+    assert symbolic.prove_induction(last, blocks={0}).holds  # block 0 is the proved construction's
+    assert symbolic.prove_induction(spec, blocks={0, 1}).detail.startswith("only the parts reading blocks [0, 1]: ")
 
 
 def test_transposed_preconditioner_is_not_preconditioned_gd():
@@ -122,7 +135,7 @@ def test_sigmoid_proofs_catch_a_perturbed_weight():
     assert not bai.link_sigma_lemma(_tampered(link, link.n_step_blocks, "b_in", factor=1 + 2.0**-20)).holds
     assert not bai.link_exact(_tampered(link, 0, "W_V")).holds
     spec = bai.pre_select_induction()  # the selection MLP of the readout block
-    assert not _holds(dataclasses.replace(spec, build=lambda dd: _tampered(spec.build(dd), -1, "W_out")))
+    assert not _holds(dataclasses.replace(spec, build=lambda dd: _tampered(spec.build(dd), -1, "W_out")), blocks={-1})
 
     def negative_labels(dd):  # the label head relu(-y_j): dead on 0/1 labels, live on real ones
         c = _tampered(spec.build(dd), 1, "W_O", factor=1.0)
@@ -178,7 +191,7 @@ def test_a_scaled_mlp_weight_breaks_the_induction(name, key):
     """The MLP's function changes (soft threshold, clip or shrink off by 2^-20): the proof fails."""
     spec = INDUCTIONS[name]()
     assert _holds_as_built(name)
-    assert not _holds(dataclasses.replace(spec, build=lambda dd: _tampered(spec.build(dd), 0, key)))
+    assert not _holds(dataclasses.replace(spec, build=lambda dd: _tampered(spec.build(dd), 0, key)), blocks={0})
 
 
 def _mlp_entry(c, unit=0, delta=2.0**-20, key="W_in"):
@@ -204,7 +217,7 @@ def test_an_mlp_unit_off_its_family_breaks_the_lift(name):
 
 def test_a_soft_threshold_bias_is_checked_and_the_lift_refuses_other_mlps():
     spec = bai.lasso_induction()
-    assert not _holds(dataclasses.replace(spec, build=lambda dd: _tampered(spec.build(dd), 0, "b_in")))
+    assert not _holds(dataclasses.replace(spec, build=lambda dd: _tampered(spec.build(dd), 0, "b_in")), blocks={0})
 
     def edited(dd, key, index, value):
         c = _mlp_entry(spec.build(dd), delta=0.0)
@@ -425,7 +438,7 @@ def test_the_decoder_proof_reads_each_blocks_mask_and_divisor(attention, block, 
     attend to its own token alone, is not GD on each prefix (the proof lifts the mask and divisor)."""
     spec = bai.decoder_induction(attention)
     assert _holds_as_built(f"induction decoder_gd({attention})")
-    assert not _holds(dataclasses.replace(spec, build=lambda dd: _masked_as(spec.build(dd), block, **attn)))
+    assert not _holds(dataclasses.replace(spec, build=lambda dd: _masked_as(spec.build(dd), block, **attn)), blocks={block})
 
 
 def test_causal_masks_and_divisors_are_the_toolkits_own():

@@ -1114,12 +1114,20 @@ def anchor(spec: Induction, c, first: int, last: int, before: list[Group], after
     return bad
 
 
-def prove_induction(spec: Induction, stop_at_failure: bool = False) -> Outcome:
+def prove_induction(spec: Induction, stop_at_failure: bool = False, blocks=None) -> Outcome:
     """Base case, induction step for every step block, and the readout; symbolic d and n; each
     layer anchored to the toolkit's forward passes (:func:`anchor`).  Every failing part is reported,
-    or, with ``stop_at_failure``, the first (the verdict is the same)."""
+    or, with ``stop_at_failure``, the first (the verdict is the same).
+
+    ``blocks``: only the parts that read one of these block indices (the base case when one is a
+    prefix block, those step layers, the readout when one is a readout block), for a construction
+    that differs from a proved one in those blocks alone: every other part is then the proved
+    construction's.  The outcome says so; it is not a proof of the construction."""
     c = spec.build(LIFT_DIMS[0])
     sizes = slot_sizes(c)
+    if blocks is not None:
+        blocks = {b % len(c.blocks) for b in blocks}
+    wanted = (lambda *layers: True) if blocks is None else (lambda *layers: bool(blocks.intersection(layers)))
     V = spec.variables
     prefix = getattr(c, "n_prefix", 0)
     bad = []
@@ -1134,23 +1142,24 @@ def prove_induction(spec: Induction, stop_at_failure: bool = False) -> Outcome:
     if prefix and any(g.role == "extra" for g in start):
         return Outcome(False, f"{c.name} has prefix blocks and extra tokens: the base case runs the prefix on the "
                               "context and query tokens only; prove it in exact rational arithmetic instead")
-    order = {"train": 0, "query": 1}
-    start = sorted(start, key=lambda g: order.get(g.role, 2))  # the base case pairs the groups by role
-    embedded = key_groups(c, _embedding(c))
-    for layer in range(prefix):
-        embedded, prem = advance(c, sizes, lift_layer(spec.build, layer, spec.named), embedded)
-        premises += prem
-    if [g.role for g in start if g.role != "extra"] != ["train", "query"]:
-        bad.append("base case: the state must have one context and one query group")
-    bad += _compare(c, sizes, [g for g in start if g.role != "extra"], embedded, "base case", domains)
-    for g in (g for g in start if g.role == "extra"):
-        if not _extra_matches(c, g, sizes):
-            bad.append(f"base case: the {g.name} tokens differ from the construction's extra tokens")
     anchored = spec.build(ANCHOR_D)
-    if prefix and not bad:
-        bad += anchor(spec, anchored, 0, prefix, _embedding(c), spec.state(spec.start))
+    if wanted(*range(prefix)):
+        order = {"train": 0, "query": 1}
+        start = sorted(start, key=lambda g: order.get(g.role, 2))  # the base case pairs the groups by role
+        embedded = key_groups(c, _embedding(c))
+        for layer in range(prefix):
+            embedded, prem = advance(c, sizes, lift_layer(spec.build, layer, spec.named), embedded)
+            premises += prem
+        if [g.role for g in start if g.role != "extra"] != ["train", "query"]:
+            bad.append("base case: the state must have one context and one query group")
+        bad += _compare(c, sizes, [g for g in start if g.role != "extra"], embedded, "base case", domains)
+        for g in (g for g in start if g.role == "extra"):
+            if not _extra_matches(c, g, sizes):
+                bad.append(f"base case: the {g.name} tokens differ from the construction's extra tokens")
+        if prefix and not bad:
+            bad += anchor(spec, anchored, 0, prefix, _embedding(c), spec.state(spec.start))
     # induction step: every step block maps state(V) to state(step(V))
-    for layer in range(prefix, c.n_step_blocks):
+    for layer in (layer for layer in range(prefix, c.n_step_blocks) if wanted(layer)):
         if bad and stop_at_failure:
             return Outcome(False, "; ".join(bad), sorted(set(premises)))
         heads = lift_layer(spec.build, layer, spec.named)
@@ -1161,6 +1170,21 @@ def prove_induction(spec: Induction, stop_at_failure: bool = False) -> Outcome:
     # readout: the readout blocks map state(V) to the prediction x_q . w
     if bad and stop_at_failure:
         return Outcome(False, "; ".join(bad), sorted(set(premises)))
+    if wanted(*range(c.n_step_blocks, len(c.blocks))):
+        bad += _readout(spec, c, sizes, anchored, domains, premises)
+    steps = f"the prefix block(s), {c.n_step_blocks - prefix}" if prefix else f"{c.n_step_blocks}"
+    detail = "; ".join(bad) if bad else (f"base case, {steps} step layer(s) and the readout, for symbolic d "
+                                         f"and n; weights checked for d <= {CHECK_DIMS[-1]}; each layer anchored to the "
+                                         "numpy pass (exact) and the torch model (every evaluation order)")
+    if blocks is not None:
+        detail = f"only the parts reading blocks {sorted(blocks)}: {detail}"
+    return Outcome(not bad, detail, sorted(set(premises)))
+
+
+def _readout(spec: Induction, c, sizes: dict, anchored, domains: dict, premises: list) -> list[str]:
+    """The readout part: the readout blocks map state(V) to the prediction (and, with
+    ``prefix_prediction``, every position's); anchored.  Appends the premises it used."""
+    V = spec.variables
     groups = key_groups(c, spec.state(V))
     for layer in range(c.n_step_blocks, len(c.blocks)):
         groups, prem = advance(c, sizes, lift_layer(spec.build, layer, spec.named), groups)
@@ -1169,18 +1193,14 @@ def prove_induction(spec: Induction, stop_at_failure: bool = False) -> Outcome:
     r = c.layout.readout
     ctx = complete(c.layout, next(g for g in groups if g.role == "train"), sizes)
     if not is_zero(exact(r.sign) * q[r.slot] - spec.prediction(V), domains):
-        bad.append("readout: the query's readout slot is not x_q . w")
-    elif spec.prefix_prediction is not None and not is_zero(exact(r.sign) * ctx[r.slot] - spec.prefix_prediction(V),
-                                                            domains):
-        bad.append("readout: the context tokens' readout slot is not the prediction at every position")
-    elif c.n_step_blocks < len(c.blocks):
-        bad += anchor(spec, anchored, c.n_step_blocks, len(c.blocks), spec.state(V), None, spec.prediction(V),
+        return ["readout: the query's readout slot is not x_q . w"]
+    if spec.prefix_prediction is not None and not is_zero(exact(r.sign) * ctx[r.slot] - spec.prefix_prediction(V),
+                                                          domains):
+        return ["readout: the context tokens' readout slot is not the prediction at every position"]
+    if c.n_step_blocks < len(c.blocks):
+        return anchor(spec, anchored, c.n_step_blocks, len(c.blocks), spec.state(V), None, spec.prediction(V),
                       spec.prefix_prediction(V) if spec.prefix_prediction is not None else None)
-    steps = f"the prefix block(s), {c.n_step_blocks - prefix}" if prefix else f"{c.n_step_blocks}"
-    detail = "; ".join(bad) if bad else (f"base case, {steps} step layer(s) and the readout, for symbolic d "
-                                         f"and n; weights checked for d <= {CHECK_DIMS[-1]}; each layer anchored to the "
-                                         "numpy pass (exact) and the torch model (every evaluation order)")
-    return Outcome(not bad, detail, sorted(set(premises)))
+    return []
 
 
 # -- lemmas (scalar identities, proved for every real input) ------------------------------
