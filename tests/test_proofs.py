@@ -11,6 +11,7 @@ import torch
 import constructions
 from constructions import bai, linear_gd, registry, ridge, sherman_morrison
 from queries import inductions, small_case
+from constructions.transformer import Transformer
 from verify import exact, proofs, symbolic
 from verify.claims import LR, MASK
 from verify.cli import main
@@ -46,6 +47,7 @@ def _tampered(c, block, key, factor=1 + 2.0**-20, entry=None):
         a *= factor
     else:
         a[(0, *entry)] += 2.0**-20
+    c.model = Transformer(c.blocks, mask_query=c.mask_query)  # the anchors' torch model is the changed one too
     return c
 
 
@@ -427,6 +429,7 @@ def _masked_as(c, block, **attn):
     c.blocks = copy.deepcopy(c.blocks)
     for k, v in attn.items():
         setattr(c.blocks[block].attn, k, v)
+    c.model = Transformer(c.blocks, mask_query=c.mask_query)
     return c
 
 
@@ -469,3 +472,19 @@ def test_hadamard_products_with_a_mask_are_linear_in_the_scores_only():
     assert not symbolic.is_zero(X * had(A, Ms) - X * had(W.T * X, Ms))  # M_strict is not symmetric
     assert not symbolic.is_zero(X * had(A, Ms) * Ds - X * had(A, Ms) / n)  # other divisors
     assert symbolic.is_zero(had(sp.OneMatrix(n, n), Ms) - Ms)
+
+
+def test_the_decoder_anchor_runs_the_torch_model_with_its_mask():
+    """A torch model whose first step sees its own token, under weights and masks that are proved:
+    only the anchor's torch half can catch it, and does."""
+    spec = bai.decoder_induction("linear")
+
+    def build(dd):
+        c = copy.copy(spec.build(dd))
+        blocks = copy.deepcopy(c.blocks)
+        blocks[0].attn.causal = True
+        c.model = Transformer(blocks, mask_query=c.mask_query)
+        return c
+
+    out = symbolic.prove_induction(dataclasses.replace(spec, build=build))
+    assert not out.holds and "the torch model" in out.detail and "numpy pass" not in out.detail

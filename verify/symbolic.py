@@ -1189,13 +1189,16 @@ def _readout(spec: Induction, c, sizes: dict, anchored, domains: dict, premises:
     for layer in range(c.n_step_blocks, len(c.blocks)):
         groups, prem = advance(c, sizes, lift_layer(spec.build, layer, spec.named), groups)
         premises += prem
-    q = complete(c.layout, next(g for g in groups if g.role == "query"), sizes)
+    by_role = {g.role: g for g in groups}
+    if "query" not in by_role or (spec.prefix_prediction is not None and "train" not in by_role):
+        return ["readout: the state has no query group" if "query" not in by_role else
+                "readout: a prediction at every position needs a context group"]
+    q = complete(c.layout, by_role["query"], sizes)
     r = c.layout.readout
-    ctx = complete(c.layout, next(g for g in groups if g.role == "train"), sizes)
     if not is_zero(exact(r.sign) * q[r.slot] - spec.prediction(V), domains):
         return ["readout: the query's readout slot is not x_q . w"]
-    if spec.prefix_prediction is not None and not is_zero(exact(r.sign) * ctx[r.slot] - spec.prefix_prediction(V),
-                                                          domains):
+    if spec.prefix_prediction is not None and not is_zero(
+            exact(r.sign) * complete(c.layout, by_role["train"], sizes)[r.slot] - spec.prefix_prediction(V), domains):
         return ["readout: the context tokens' readout slot is not the prediction at every position"]
     if c.n_step_blocks < len(c.blocks):
         return anchor(spec, anchored, c.n_step_blocks, len(c.blocks), spec.state(V), None, spec.prediction(V),
