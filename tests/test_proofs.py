@@ -36,19 +36,30 @@ def _holds_as_built(name: str) -> bool:
     return _holds(INDUCTIONS[name]())
 
 
+def _changed(c, change, model_only=False):
+    """A copy of c whose blocks ``change(blocks)`` edits in place; its torch model (which the anchors
+    run) is rebuilt from the changed blocks.  ``model_only``: the torch model alone is changed."""
+    c = copy.copy(c)
+    blocks = copy.deepcopy(c.blocks)
+    change(blocks)
+    if not model_only:
+        c.blocks = blocks
+    c.model = Transformer(blocks, mask_query=c.mask_query)
+    return c
+
+
 def _tampered(c, block, key, factor=1 + 2.0**-20, entry=None):
     """A copy of c with one weight changed: every head's ``key`` scaled by ``factor``, or
     ``2^-20`` added to one entry of head 0."""
-    c = copy.copy(c)
-    c.blocks = copy.deepcopy(c.blocks)
-    part = c.blocks[block].attn if key.startswith("W_") and key[2] in "QKVO" else c.blocks[block].mlp
-    a = getattr(part, key)
-    if entry is None:
-        a *= factor
-    else:
-        a[(0, *entry)] += 2.0**-20
-    c.model = Transformer(c.blocks, mask_query=c.mask_query)  # the anchors' torch model is the changed one too
-    return c
+    def change(blocks):
+        part = blocks[block].attn if key.startswith("W_") and key[2] in "QKVO" else blocks[block].mlp
+        a = getattr(part, key)
+        if entry is None:
+            a *= factor
+        else:
+            a[(0, *entry)] += 2.0**-20
+
+    return _changed(c, change)
 
 
 @pytest.mark.parametrize("claim_id", [c.id for c in registry.claims()])
@@ -140,10 +151,11 @@ def test_sigmoid_proofs_catch_a_perturbed_weight():
     assert not _holds(dataclasses.replace(spec, build=lambda dd: _tampered(spec.build(dd), -1, "W_out")), blocks={-1})
 
     def negative_labels(dd):  # the label head relu(-y_j): dead on 0/1 labels, live on real ones
-        c = _tampered(spec.build(dd), 1, "W_O", factor=1.0)
-        for b in c.blocks[1:-1]:
-            b.attn.W_O[-1] *= 1 + 2.0**-20
-        return c
+        def change(blocks):
+            for b in blocks[1:-1]:
+                b.attn.W_O[-1] *= 1 + 2.0**-20
+
+        return _changed(spec.build(dd), change)
 
     assert not _holds(dataclasses.replace(spec, build=negative_labels))
 
@@ -423,14 +435,9 @@ def test_an_mlp_unit_on_1_sized_slots_is_a_map_of_their_combination():
     assert not symbolic.is_zero(ctx - 3 * relu)
 
 
-def _masked_as(c, block, **attn):
+def _masked_as(c, block, model_only=False, **attn):
     """A copy of c whose block ``block`` has other attention options (``causal``, ``divisor``)."""
-    c = copy.copy(c)
-    c.blocks = copy.deepcopy(c.blocks)
-    for k, v in attn.items():
-        setattr(c.blocks[block].attn, k, v)
-    c.model = Transformer(c.blocks, mask_query=c.mask_query)
-    return c
+    return _changed(c, lambda blocks: [setattr(blocks[block].attn, k, v) for k, v in attn.items()], model_only)
 
 
 @pytest.mark.parametrize("attention", bai.DECODER_ATTENTION)
@@ -478,13 +485,12 @@ def test_the_decoder_anchor_runs_the_torch_model_with_its_mask():
     """A torch model whose first step sees its own token, under weights and masks that are proved:
     only the anchor's torch half can catch it, and does."""
     spec = bai.decoder_induction("linear")
-
-    def build(dd):
-        c = copy.copy(spec.build(dd))
-        blocks = copy.deepcopy(c.blocks)
-        blocks[0].attn.causal = True
-        c.model = Transformer(blocks, mask_query=c.mask_query)
-        return c
-
+    build = lambda dd: _masked_as(spec.build(dd), 0, model_only=True, causal=True)  # noqa: E731
     out = symbolic.prove_induction(dataclasses.replace(spec, build=build))
     assert not out.holds and "the torch model" in out.detail and "numpy pass" not in out.detail
+
+
+@pytest.mark.parametrize("blocks", [{5}, {-3}, {"0"}, "0", 1, {True}, {0.5}])
+def test_a_restriction_to_blocks_that_are_not_there_is_refused(blocks):
+    with pytest.raises(constructions.ConstructionError, match="blocks must be block indices"):
+        symbolic.prove_induction(linear_gd.gd_induction(), blocks=blocks)

@@ -60,6 +60,7 @@ import numpy as np
 import sympy as sp
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 
+from constructions.errors import ConstructionError
 from constructions.layout import ROLE_FILLS
 
 from .claims import Outcome
@@ -1126,7 +1127,11 @@ def prove_induction(spec: Induction, stop_at_failure: bool = False, blocks=None)
     c = spec.build(LIFT_DIMS[0])
     sizes = slot_sizes(c)
     if blocks is not None:
-        blocks = {b % len(c.blocks) for b in blocks}
+        L = len(c.blocks)
+        if not isinstance(blocks, (set, frozenset, list, tuple)) or not all(isinstance(b, (int, np.integer)) and not isinstance(b, bool)
+                                                       and -L <= b < L for b in blocks):
+            raise ConstructionError(f"blocks must be block indices of {c.name} (-{L} .. {L - 1}), got {blocks!r}")
+        blocks = {int(b) % L for b in blocks}
     wanted = (lambda *layers: True) if blocks is None else (lambda *layers: bool(blocks.intersection(layers)))
     V = spec.variables
     prefix = getattr(c, "n_prefix", 0)
