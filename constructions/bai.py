@@ -1157,53 +1157,52 @@ def prox_induction(prox: str, lr: float = LR):
     return _proximal_induction(lambda dd: proximal_gd(dd, 2, lr, prox, param, mask_const=MASK), f, lr)
 
 
-#: the selection proof's candidates and slack: the largest lambda first, so that the best candidate is
-#: not always the first and the selection weights are fractional
-SELECTION_PROOF = dict(lams=[4.0, 1 / 2, 1 / 16], steps=2, n_train=4, n_val=4, gamma=1 / 16)
+#: the selection proof's candidates, steps and slack (exact floats; the proof is for every split)
+SELECTION_PROOF = dict(lams=[4.0, 1 / 2, 1 / 16], steps=2, gamma=1 / 16)
 
 
-def _selection_prompts():
-    """Three rational prompts, the last with heavy label noise (a large lambda then wins): across them
-    every candidate is beaten, near-best and best, so that every selection gate opens and closes."""
-    from verify import exact as ex
+def select_induction():
+    """ridge_select for symbolic d, n_train and n_val (:data:`SELECTION_PROOF`'s three lambdas).
+    Every token holds the K iterates ``w_k``; a step layer is one ridge-GD step for each lambda on
+    the train split, ``w_k <- w_k - lr (X_1 (X_1^T w_k - Y_1^T)/n_1 + lam_k w_k)``; the readout
+    writes ``f_k = <w_k, x>`` into every token, the validation losses
+    ``L_k = |X_2^T w_k - Y_2^T|^2/(n - n_1)``, the selection weights ``a_k`` of
+    :class:`verify.reference.ValidationSelect` (``c_k = sum_j relu(L_k - L_j)``,
+    ``u_k = relu(1 - c_k/gamma)``, ``P_k = relu(1 - sum_{j<=k} u_j)``, ``a_k = P_{k-1} - P_k``,
+    ``P_{-1} = 1``), and outputs ``sum_k a_k <w_k, x_q>``."""
+    import sympy as sp
 
-    n = SELECTION_PROOF["n_train"] + SELECTION_PROOF["n_val"]
-    return [ex.rational_prompt(PromptSpec(seed=s, B=2, n=n, d=2, m=2, noise=3.0 if s == 2 else 0.1)) for s in (0, 1, 2)]
+    from verify import symbolic as S
 
+    P = SELECTION_PROOF
+    lr, lams, gamma = S.exact(LR), [S.exact(v) for v in P["lams"]], S.exact(P["gamma"])
+    K = len(lams)
+    V = {f"w{k}": sp.MatrixSymbol(f"w_{k}", S.d, 1) for k in range(K)}
+    relu = lambda A, b=0: S.coordinatewise(lambda z: sp.Max(z + b, 0), A)  # noqa: E731
 
-def selection_exact(c: Construction | None = None) -> Outcome:
-    """ridge_select equals GD + validation + selection in exact arithmetic, on prompts in general
-    position for the selection maps: some weights strictly between 0 and 1, and every ReLU of the
-    selection MLPs both open and closed (but ``P_K = 1 - sum_k u_k``, which is <= 0 whenever the
-    best candidate has ``u = 1``)."""
-    from verify import exact as ex
+    def state(v):
+        return [S.train(x=S.X1, y=S.Y1, **{k: w * sp.OneMatrix(1, S.N1) for k, w in v.items()}),
+                S.validation(x=S.X2, y=S.Y2, **{k: w * sp.OneMatrix(1, S.n - S.N1) for k, w in v.items()}),
+                S.query(x=S.XQ, y=S.Z11, **v)]
 
-    P = dict(SELECTION_PROOF)
-    c = c or ridge_select(2, P["lams"], P["steps"], lr=LR, n_train=P["n_train"], n_val=P["n_val"], gamma=P["gamma"],
-                          mask_const=MASK)
-    cp = c.params
-    ref = RidgeSelect([Fraction(v) for v in cp["lams"]], cp["steps"], Fraction(cp["lr"]), cp["n_train"],
-                      Fraction(cp["gamma"]))
-    K, steps = len(cp["lams"]), cp["steps"]
-    gates = ex.ReluGates(blocks={steps + 1, steps + 2, steps + 3})  # the validation losses and selection MLPs
-    ok, weights = True, []
-    for X, y, Xq in _selection_prompts():
-        ok = ex.trace_equals(c, ref, X, y, Xq, record=gates)
-        weights.append(ref.weights_[-1])
-        if not ok:
-            break
-    weights = np.concatenate(weights)
-    stuck = gates.stuck(ignore={("mlp", steps + 3, K - 1)})  # the unit of P_K (docstring)
-    fractional = bool(((weights > 0) & (weights < 1)).any())
-    generic = fractional and not stuck
-    detail = (f"ridge_select(d=2, {K} lams, {steps} steps) = GD + validation + selection exactly on 3x2 rational prompts "
-              f"({cp['n_train']} train + {cp['n_val']} validation); fractional weights and every selection gate open "
-              "and closed")
-    if not ok:
-        detail = "ridge_select differs from GD + validation + selection in exact arithmetic"
-    elif not generic:
-        detail = f"the proof's prompts are not generic: fractional weights {fractional}, gates never switched {stuck}"
-    return Outcome(ok and generic, detail)
+    def step(v, layer):
+        return {f"w{k}": w - lr * (S.X1 * (S.X1.T * w - S.Y1.T) / S.N1 + lams[k] * w)
+                for k, w in ((k, v[f"w{k}"]) for k in range(K))}
+
+    def prediction(v):
+        r = [S.X2.T * v[f"w{k}"] - S.Y2.T for k in range(K)]
+        L = [r_k.T * r_k / (S.n - S.N1) for r_k in r]
+        c = [sp.MatAdd(*[relu(L[k] - L[j]) for j in range(K) if j != k]) for k in range(K)]
+        u = [relu(-c[k] / gamma, 1) for k in range(K)]
+        Pk = [relu(-sp.MatAdd(*u[:k + 1]), 1) for k in range(K)]
+        a = [sp.Identity(1) - Pk[0], *(Pk[k - 1] - Pk[k] for k in range(1, K))]
+        return sp.MatAdd(*[a[k] * v[f"w{k}"].T * S.XQ for k in range(K)])
+
+    def build(dd, n_train, n_val):
+        return ridge_select(dd, P["lams"], P["steps"], lr=LR, n_train=n_train, n_val=n_val, gamma=P["gamma"],
+                            mask_const=MASK)
+
+    return S.Induction(build, V, state, step, {k: sp.ZeroMatrix(S.d, 1) for k in V}, prediction, split=True)
 
 
 #: the binary test proof's parameters (dyadic: every weight and knot an exact float)
@@ -1363,7 +1362,8 @@ def link_exact(c: Construction | None = None) -> Outcome:
     """link_select equals both links' GD + validation + selection (:class:`LinkSelect` with the
     sum-of-ReLU sigmoid) in exact arithmetic on rational prompts with real and with 0/1 labels,
     after both steps: some selection weight strictly between 0 and 1, and every ReLU of the
-    selection MLPs open and closed (but ``P_K``, as in :func:`selection_exact`)."""
+    selection MLPs open and closed (but ``P_K = 1 - sum_k u_k``, which is <= 0 whenever the best
+    candidate has ``u = 1``)."""
     from verify import exact as ex
 
     P = GLM_PROOF
@@ -1571,7 +1571,8 @@ register(
               "= the numpy selection rule; the selected predictor's validation loss <= min_k L_k + gamma",
               "train/validation split + selection rule (numpy)", _select_case, RidgeSelect,
               prompt=dict(n=(4, 40)), bounds=_select_bounds,
-              proof=Proof("exact-rational", (Part("exact ridge_select", selection_exact),))),
+              proof=Proof("general", (lemma("lemma sign split", "lemma_sign_split"),
+                                      induction("induction ridge_select", select_induction)))),
         Claim("bai23-noise-selection", "Bai et al. 2023", "Thm 17, App. I.1 (noise-level selection)",
               "on a mixture of noise levels {0.1, 1}, ridge GD at each level's Bayes lambda = sigma_k^2 d/n_train in "
               "parallel heads and post-ICL validation select a predictor whose test risk (exact, Gaussian x) is at most "

@@ -168,12 +168,10 @@ class ResidualLayout:
         M = np.asarray(M)
         if M.shape != (self.width, self.width):
             raise ConstructionError(f"view needs a [{self.width}, {self.width}] matrix, got {M.shape}")
-        return {
-            (a.name, b.name): M[a.index, b.index]
-            for a in self.slots
-            for b in self.slots
-            if np.any(M[a.index, b.index] != 0)
-        }
+        nz = M != 0
+        rows = [a for a in self.slots if nz[a.index].any()]  # only slots with a nonzero row (column) pair up
+        cols = [b for b in self.slots if nz[:, b.index].any()]
+        return {(a.name, b.name): M[a.index, b.index] for a in rows for b in cols if nz[a.index, b.index].any()}
 
     def describe(self) -> list[dict]:
         """Plain-data description (for docs and metadata)."""

@@ -13,7 +13,7 @@ from constructions import bai, linear_gd, registry, ridge, sherman_morrison
 from queries import inductions, small_case
 from constructions.transformer import Transformer
 from verify import exact, proofs, symbolic
-from verify.claims import LR, MASK
+from verify.claims import LR
 from verify.cli import main
 from verify.prompts import PromptSpec
 from verify.reference import NewtonSchulz, RecursiveLeastSquares
@@ -91,16 +91,16 @@ def test_a_claim_without_a_proof_is_shown_as_none(capsys):
 @pytest.mark.parametrize("key", ["W_Q", "W_K", "W_V", "W_O"])
 def test_a_scaled_weight_breaks_the_induction(name, block, key):
     spec = INDUCTIONS[name]()
-    b = 0 if block == "first" else len(spec.build(3).blocks) - 1
+    b = 0 if block == "first" else len(spec.builder()(3).blocks) - 1
     assert _holds_as_built(name)
-    assert not _holds(dataclasses.replace(spec, build=lambda dd: _tampered(spec.build(dd), b, key)), blocks={b})
+    assert not _holds(dataclasses.replace(spec, build=lambda *a: _tampered(spec.build(*a), b, key)), blocks={b})
 
 
 @pytest.mark.parametrize("name", list(INDUCTIONS))
 def test_an_off_pattern_entry_breaks_the_lift(name):
     spec = INDUCTIONS[name]()
     assert _holds_as_built(name)
-    bad = dataclasses.replace(spec, build=lambda dd: _tampered(spec.build(dd), 0, "W_V", entry=(0, 0)))
+    bad = dataclasses.replace(spec, build=lambda *a: _tampered(spec.build(*a), 0, "W_V", entry=(0, 0)))
     assert not _holds(bad, blocks={0})
 
 
@@ -108,7 +108,7 @@ def test_a_proof_restricted_to_some_blocks_proves_the_parts_reading_them():
     """blocks={b} runs the parts that read block b only: the verdict of the whole proof for a
     construction changed in block b alone (the others are the proved construction's)."""
     spec = linear_gd.gd_induction()
-    last = dataclasses.replace(spec, build=lambda dd: _tampered(spec.build(dd), -1, "W_V"))
+    last = dataclasses.replace(spec, build=lambda *a: _tampered(spec.build(*a), -1, "W_V"))
     full, part = symbolic.prove_induction(last), symbolic.prove_induction(last, blocks={-1})
     assert not full.holds and not part.holds and part.detail == f"only the parts reading blocks [1]: {full.detail}"
     assert symbolic.prove_induction(last, blocks={0}).holds  # block 0 is the proved construction's
@@ -134,12 +134,31 @@ def test_a_changed_step_size_is_caught():
 
 
 def test_exact_rational_checks_catch_a_perturbed_weight():
-    P = bai.SELECTION_PROOF
-    sel = constructions.ridge_select(2, P["lams"], P["steps"], lr=LR, n_train=P["n_train"], n_val=P["n_val"],
-                                     gamma=P["gamma"], mask_const=MASK)
-    assert bai.selection_exact(sel).holds and not bai.selection_exact(_tampered(sel, 1, "W_O")).holds
+    link = bai._link_proof_build()
+    assert bai.link_exact(link).holds and not bai.link_exact(_tampered(link, 1, "W_O")).holds
     sm = constructions.ridge_sherman_morrison(2, lam=sherman_morrison.PROOF_LAM, n=sherman_morrison.PROOF_N, x_bound=1.0)
     assert not sherman_morrison.exact_rls(_tampered(sm, 3, "W_O")).holds
+
+
+def test_a_split_construction_is_lifted_in_its_scales_and_checked_at_other_splits():
+    """ridge_select's values carry n/n_train and n/n_val: a build that ignores the split it is asked
+    for fails the step identity, a value scale of another form (n/n_val squared) fails the lift's
+    check at the other splits, and the selection MLP's output bias (a_0's 1) is read and checked."""
+    spec = bai.select_induction()
+    assert _holds_as_built("induction ridge_select")
+    assert not _holds(dataclasses.replace(spec, build=lambda dd, ntr, nv: spec.build(dd, 4, 4)), blocks={0})
+    loss = bai.SELECTION_PROOF["steps"] + 1  # the validation-loss block
+
+    def squared(dd, ntr, nv):
+        def change(blocks):
+            blocks[loss].attn.W_O *= (ntr + nv) / nv  # s_val -> s_val^2
+        return _changed(spec.build(dd, ntr, nv), change)
+
+    with pytest.raises(symbolic.NotLiftable, match="is not the lifted form"):
+        symbolic.lift_layer(squared, loss, split=True)
+    bias = dataclasses.replace(spec, build=lambda *a: _tampered(spec.build(*a), loss + 2, "b_out"))
+    assert symbolic.lift_mlp(spec.builder(), loss + 2) != symbolic.lift_mlp(bias.builder(), loss + 2)
+    assert not _holds(bias, blocks={loss + 2})
 
 
 def test_sigmoid_proofs_catch_a_perturbed_weight():
@@ -148,7 +167,7 @@ def test_sigmoid_proofs_catch_a_perturbed_weight():
     assert not bai.link_sigma_lemma(_tampered(link, link.n_step_blocks, "b_in", factor=1 + 2.0**-20)).holds
     assert not bai.link_exact(_tampered(link, 0, "W_V")).holds
     spec = bai.pre_select_induction()  # the selection MLP of the readout block
-    assert not _holds(dataclasses.replace(spec, build=lambda dd: _tampered(spec.build(dd), -1, "W_out")), blocks={-1})
+    assert not _holds(dataclasses.replace(spec, build=lambda *a: _tampered(spec.build(*a), -1, "W_out")), blocks={-1})
 
     def negative_labels(dd):  # the label head relu(-y_j): dead on 0/1 labels, live on real ones
         def change(blocks):
@@ -162,9 +181,9 @@ def test_sigmoid_proofs_catch_a_perturbed_weight():
 
 def test_exact_checks_refuse_prompts_that_are_not_generic(monkeypatch):
     """A proof on prompts that leave a gate unswitched, or rows orthogonal, says so and fails."""
-    prompts = bai._selection_prompts
-    monkeypatch.setattr(bai, "_selection_prompts", lambda: prompts()[:1])  # without the noisy prompt
-    out = bai.selection_exact()
+    prompts = bai._logistic_prompts
+    monkeypatch.setattr(bai, "_logistic_prompts", lambda *a, **k: prompts(*a, **k)[:2])  # one prompt after [1:]
+    out = bai.link_exact()
     assert not out.holds and "not generic" in out.detail
 
 
@@ -178,10 +197,10 @@ def test_sherman_morrison_proof_needs_non_orthogonal_rows(monkeypatch):
     assert not out.holds and "orthogonal" in out.detail
 
 
-MLP_INDUCTIONS = [k for k, spec in INDUCTIONS.items() if spec().build(3).blocks[0].mlp is not None]
+MLP_INDUCTIONS = [k for k, spec in INDUCTIONS.items() if spec().builder()(3).blocks[0].mlp is not None]
 #: those whose first MLP is coordinatewise (families of d units on a d-sized slot)
 COORDINATEWISE = [k for k in MLP_INDUCTIONS if any(
-    symbolic.slot_sizes(INDUCTIONS[k]().build(3))[s] == symbolic.d for s, _ in symbolic.lift_mlp(INDUCTIONS[k]().build, 0)[0][0])]
+    symbolic.slot_sizes(INDUCTIONS[k]().builder()(3))[s] == symbolic.d for s, _ in symbolic.lift_mlp(INDUCTIONS[k]().builder(), 0)[0][0])]
 
 
 def test_some_induction_lifts_an_mlp_and_a_block_without_attention_lifts():
@@ -205,7 +224,7 @@ def test_a_scaled_mlp_weight_breaks_the_induction(name, key):
     """The MLP's function changes (soft threshold, clip or shrink off by 2^-20): the proof fails."""
     spec = INDUCTIONS[name]()
     assert _holds_as_built(name)
-    assert not _holds(dataclasses.replace(spec, build=lambda dd: _tampered(spec.build(dd), 0, key)), blocks={0})
+    assert not _holds(dataclasses.replace(spec, build=lambda *a: _tampered(spec.build(*a), 0, key)), blocks={0})
 
 
 def _mlp_entry(c, unit=0, delta=2.0**-20, key="W_in"):
@@ -231,7 +250,7 @@ def test_an_mlp_unit_off_its_family_breaks_the_lift(name):
 
 def test_a_soft_threshold_bias_is_checked_and_the_lift_refuses_other_mlps():
     spec = bai.lasso_induction()
-    assert not _holds(dataclasses.replace(spec, build=lambda dd: _tampered(spec.build(dd), 0, "b_in")), blocks={0})
+    assert not _holds(dataclasses.replace(spec, build=lambda *a: _tampered(spec.build(*a), 0, "b_in")), blocks={0})
 
     def edited(dd, key, index, value):
         c = _mlp_entry(spec.build(dd), delta=0.0)

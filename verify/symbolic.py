@@ -73,6 +73,22 @@ CHECK_DIMS = tuple(range(1, 9))
 #: the numeric anchor of each proved layer: a random rational point at these sizes
 ANCHOR_D, ANCHOR_N = 3, 4
 
+#: a *split* context (Bai et al.'s post-ICL validation): the first n_1 of the n examples train, the
+#: other n - n_1 validate; the inputs of the two parts are X_1, Y_1 and X_2, Y_2
+N1 = sp.Symbol("n_1", integer=True, positive=True)
+#: a split construction's weights may depend on its sizes through the split scales n/n_1 and
+#: n/(n - n_1) (value matrices turning the attention's 1/n into split means): each coefficient is
+#: fitted as ``alpha + beta n/n_1 + gamma n/(n - n_1)`` from the builds at these (n_train, n_val)
+#: (:func:`lift_layer`), then checked exactly at every d in :data:`CHECK_DIMS` and every split here
+#: and in :data:`SPLIT_CHECK`
+#: (splits whose scales are exact floats: n_train/n_val a power of 2, so that the lift reads the
+#: scales themselves and not their roundings)
+SPLIT_LIFT = ((1, 1), (2, 1), (1, 2))
+SPLIT_CHECK = ((4, 1), (1, 4), (4, 2), (2, 8))
+#: the split of the numeric anchor's n = 6 examples
+ANCHOR_SPLIT = (4, 2)
+SPLIT_SCALES = (n / N1, n / (n - N1))
+
 
 class NotLiftable(Exception):
     """A weight block has no symbolic form (or differs between the lift dimensions)."""
@@ -87,6 +103,10 @@ def exact(v) -> sp.Rational:
 Z = sp.Symbol("z", real=True)
 
 
+#: :meth:`Entrywise.doit`'s results (bounded: cleared when it grows past 10^5 entries)
+_DOIT: dict = {}
+
+
 class Entrywise(ElementwiseApplyFunction):
     """A scalar function applied to every entry of a matrix expression, kept unevaluated for every
     shape (sympy's own class calls the function on a 1x1 matrix, which ``Max`` cannot take)."""
@@ -97,12 +117,18 @@ class Entrywise(ElementwiseApplyFunction):
         return sp.MatrixExpr.__new__(cls, function, sp.sympify(expr))
 
     def doit(self, **hints):
-        expr = self.expr.doit(**hints) if hints.get("deep", True) else self.expr
-        if isinstance(expr, sp.MatrixBase):
-            return expr.applyfunc(self.function)
-        if isinstance(expr, ElementwiseApplyFunction):
-            return Entrywise(sp.Lambda(Z, self.function(expr.function(Z))), expr.expr)
-        return Entrywise(self.function, expr)
+        key = (self, tuple(sorted(hints.items())))
+        if len(_DOIT) > 100_000:
+            _DOIT.clear()
+        if key not in _DOIT:  # expressions are immutable: nested maps are evaluated once, not once per level
+            expr = self.expr.doit(**hints) if hints.get("deep", True) else self.expr
+            if isinstance(expr, sp.MatrixBase):
+                _DOIT[key] = expr.applyfunc(self.function)
+            elif isinstance(expr, ElementwiseApplyFunction):
+                _DOIT[key] = Entrywise(sp.Lambda(Z, self.function(expr.function(Z))), expr.expr)
+            else:
+                _DOIT[key] = Entrywise(self.function, expr)
+        return _DOIT[key]
 
     def _eval_transpose(self):
         return Entrywise(self.function, sp.transpose(self.expr))
@@ -145,11 +171,8 @@ class LiftedBlock:
     mlp: list | None = None
 
 
-def lift_layer(build: Callable[[int], object], layer: int, named: Callable[[int], dict] | None = None) -> LiftedBlock:
-    """The symbolic circuits of block ``layer``: per head ``dict(kind, QK={(a, b): expr}, OV=...)``,
-    read from ``build(dd)`` for every ``dd`` in :data:`LIFT_DIMS` (they must agree), then checked
-    against the factory's weights at every d in :data:`CHECK_DIMS` (:func:`check_instances`); and
-    the block's MLP, if any, as coordinatewise unit families (:func:`lift_mlp`)."""
+def _lift_heads(build: Callable[[int], object], layer: int, named: Callable[[int], dict] | None) -> list[dict]:
+    """Block ``layer``'s heads in symbolic form, the same at every d in :data:`LIFT_DIMS`."""
     lifted = []
     for dd in LIFT_DIMS:
         c = build(dd)
@@ -170,8 +193,61 @@ def lift_layer(build: Callable[[int], object], layer: int, named: Callable[[int]
         lifted.append(heads)
     if any(str(h) != str(lifted[0]) for h in lifted[1:]):
         raise NotLiftable(f"block {layer} has different block forms at d = {LIFT_DIMS}")
-    check_instances(build, layer, lifted[0], named)
-    return LiftedBlock(lifted[0], lift_mlp(build, layer))
+    return lifted[0]
+
+
+def _fit_split(per: list[list[dict]], layer: int) -> list[dict]:
+    """The heads lifted at the splits :data:`SPLIT_LIFT` (one list per split) as one form whose
+    coefficients are ``alpha + beta n/n_1 + gamma n/(n - n_1)`` (:data:`SPLIT_SCALES`), solved
+    exactly from the three builds.  The heads, their kinds and every block's matrix part must agree."""
+    if any(len(h) != len(per[0]) for h in per) or any(
+            (a["kind"], a["causal"], a["divisor"]) != (b["kind"], b["causal"], b["divisor"])
+            for h in per for a, b in zip(h, per[0])):
+        raise NotLiftable(f"block {layer} has other heads at other splits")
+    rows = sp.Matrix([[1, *(sp.Rational(ntr + nv, m) for m in (ntr, nv))] for ntr, nv in SPLIT_LIFT])
+    out = []
+    for i, h0 in enumerate(per[0]):
+        head = dict(kind=h0["kind"], causal=h0["causal"], divisor=h0["divisor"])
+        for k in ("QK", "OV"):
+            blocks = {}
+            for ab in sorted({ab for h in per for ab in h[i][k]}, key=str):
+                parts = [h[i][k][ab].as_coeff_mmul() if ab in h[i][k] else (sp.Integer(0), None) for h in per]
+                forms = {str(m) for _, m in parts if m is not None}
+                if len(forms) != 1:
+                    raise NotLiftable(f"block {layer}: the {k} block {ab} has other forms at other splits")
+                form = next(m for _, m in parts if m is not None)
+                alpha, beta, gamma = rows.LUsolve(sp.Matrix([c for c, _ in parts]))
+                coeff = alpha + beta * SPLIT_SCALES[0] + gamma * SPLIT_SCALES[1]
+                blocks[ab] = coeff * form.doit()
+            head[k] = blocks
+        out.append(head)
+    return out
+
+
+def lift_layer(build: Callable, layer: int, named: Callable[[int], dict] | None = None,
+               split: bool = False) -> LiftedBlock:
+    """The symbolic circuits of block ``layer``: per head ``dict(kind, QK={(a, b): expr}, OV=...)``,
+    read from ``build(dd)`` for every ``dd`` in :data:`LIFT_DIMS` (they must agree), then checked
+    against the factory's weights at every d in :data:`CHECK_DIMS` (:func:`check_instances`); and
+    the block's MLP, if any, as coordinatewise unit families (:func:`lift_mlp`).
+
+    ``split``: the construction has a split context and ``build(dd, n_train, n_val)`` builds it for
+    those sizes; its coefficients are fitted in the split scales (:func:`_fit_split`) and checked at
+    every d in :data:`CHECK_DIMS` and every split in :data:`SPLIT_LIFT` and :data:`SPLIT_CHECK`."""
+    if not split:
+        heads = _lift_heads(build, layer, named)
+        check_instances(build, layer, heads, named)
+        return LiftedBlock(heads, lift_mlp(build, layer))
+    at = [lambda dd, p=p: build(dd, *p) for p in (*SPLIT_LIFT, *SPLIT_CHECK)]
+    heads = _fit_split([_lift_heads(b, layer, named) for b in at[:len(SPLIT_LIFT)]], layer)
+    mlps = []
+    for b, (ntr, nv) in zip(at, (*SPLIT_LIFT, *SPLIT_CHECK)):
+        check_instances(b, layer, heads, named, {n: ntr + nv, N1: ntr})
+        mlps.append(lift_mlp(b, layer))
+    if any(m != mlps[0] for m in mlps):
+        raise NotLiftable(f"block {layer}: the MLP differs between splits (only attention values may carry the "
+                          "split scales)")
+    return LiftedBlock(heads, mlps[0])
 
 
 def _mlp_families(c, layer: int, dd: int, dslots: set) -> list[tuple] | None:
@@ -182,18 +258,23 @@ def _mlp_families(c, layer: int, dd: int, dslots: set) -> list[tuple] | None:
     rationals.  A unit that reads and writes only 1-sized slots is kept as its own signature (a
     scalar map of an affine combination of those slots).  Any other unit (reading two coordinates,
     touching both a d-sized and a 1-sized slot, a coordinate missing from its family, an output
-    bias, another activation) is NotLiftable."""
+    bias on a d-sized slot, another activation) is NotLiftable; an output bias b on a 1-sized slot is
+    the unit ``sign(b) relu(|b|)`` that reads nothing."""
     m = c.blocks[layer].mlp
     if m is None:
         return None
     if m.act != "relu" or m.layernorm:
         raise NotLiftable(f"block {layer}: a {m.act} MLP{' on LayerNorm' if m.layernorm else ''} is outside the "
                           "coordinatewise fragment")
-    if np.any(m.b_out):
-        raise NotLiftable(f"block {layer}: an MLP output bias is outside the coordinatewise fragment")
     slots = [s for s in c.layout.slots if s.name in dslots]
     scalars = [s for s in c.layout.slots if s.name not in dslots]
+    if any(m.b_out[s.index].any() for s in slots):
+        raise NotLiftable(f"block {layer}: an MLP output bias on a d-sized slot is outside the coordinatewise fragment")
     families: dict = {}
+    for s in scalars:  # an output bias b on a 1-sized slot: the unit sign(b) relu(|b|) with no reads
+        b = exact(m.b_out[s.index][0])
+        if b != 0:
+            families.setdefault(((), abs(b), ((s.name, sp.sign(b)),)), []).append(None)
     for f in range(m.W_in.shape[1]):
         if any(m.W_in[s.index, f].any() or m.W_out[f, s.index].any() for s in scalars):
             if any(m.W_in[s.index, f].any() or m.W_out[f, s.index].any() for s in slots):
@@ -239,16 +320,18 @@ def lift_mlp(build: Callable[[int], object], layer: int) -> list[tuple] | None:
     return first
 
 
-def _instance(expr, dd: int, named_at: dict) -> np.ndarray:
-    """A lifted block at d = dd, with the named matrices' values: an array of exact Fractions."""
-    return evaluate(expr, {d: dd, n: 1}, {s.name: _fractions(M) for s, M in named_at.items()})
+def _instance(expr, dd: int, named_at: dict, sizes_at: dict | None = None) -> np.ndarray:
+    """A lifted block at d = dd (and, for a split construction, the sizes ``{n: .., N1: ..}``), with
+    the named matrices' values: an array of exact Fractions."""
+    return evaluate(expr, {n: 1, **(sizes_at or {}), d: dd}, {s.name: _fractions(M) for s, M in named_at.items()})
 
 
 def _fractions(M) -> np.ndarray:
     return np.vectorize(lambda v: Fraction(float(v)), otypes=[object])(np.asarray(M, dtype=np.float64))
 
 
-def check_instances(build: Callable[[int], object], layer: int, heads: list[dict], named=None) -> None:
+def check_instances(build: Callable[[int], object], layer: int, heads: list[dict], named=None,
+                    sizes_at: dict | None = None) -> None:
     """The lifted form of block ``layer``, instantiated at every d in :data:`CHECK_DIMS`, equals the
     factory's weights there exactly (every nonzero slot block, every head); else NotLiftable.  A
     weight that depends on d in another way than the proved form is caught at every d <= 8."""
@@ -266,7 +349,7 @@ def check_instances(build: Callable[[int], object], layer: int, heads: list[dict
                 if extra:
                     raise NotLiftable(f"block {layer} at d = {dd}: nonzero {k} blocks {sorted(extra)} outside the lifted form")
                 for ab, expr in h[k].items():  # a block the form has may vanish at some d (a zero entry of P)
-                    want = _instance(expr, dd, nm)
+                    want = _instance(expr, dd, nm, sizes_at)
                     got = _fractions(circ[k][ab]) if ab in circ[k] else np.zeros(want.shape, dtype=int)
                     if got.shape != want.shape or not (got == want).all():
                         raise NotLiftable(f"block {layer} at d = {dd}: the {k} block {ab} is not the lifted form")
@@ -279,7 +362,7 @@ class Group:
 
     name: str
     count: object  # n, 1, d
-    role: str  # "train", "query" (fills from ROLE_FILLS) or "extra" (every slot given)
+    role: str  # "train", "val" (a split context's validation part), "query" (fills from ROLE_FILLS) or "extra"
     slots: dict
     key: bool = True  # set by the proof runner: queries are keys only without the query mask
 
@@ -287,7 +370,7 @@ class Group:
 def complete(layout, g: Group, sizes: dict) -> dict:
     """All slots of group g: its given state, constant slots from the layout's fills."""
     out = dict(g.slots)
-    col = {"train": 0, "query": 2}.get(g.role)
+    col = {"train": 0, "val": 1, "query": 2}.get(g.role)
     for s in layout.slots:
         if s.name in out:
             continue
@@ -327,7 +410,8 @@ def _const(Hslots: dict, slot: str):
     """The constant a constant slot holds across a group (all entries equal, at any size)."""
     if Hslots[slot].atoms(sp.MatrixSymbol):  # it holds state (evaluating it would be slow, and not a number)
         raise NotLiftable(f"constant slot {slot!r} holds a symbol")
-    vals = {v for dd, nn in ((2, 3), (3, 5)) for v in sp.Matrix(Hslots[slot].subs({d: dd, n: nn}).doit().as_explicit())}
+    vals = {v for dd, nn, n1 in ((2, 3, 1), (3, 5, 2))
+            for v in sp.Matrix(Hslots[slot].subs({d: dd, n: nn, N1: n1}).doit().as_explicit())}
     if len(vals) != 1:
         raise NotLiftable(f"constant slot {slot!r} does not hold a constant")
     return vals.pop()
@@ -766,12 +850,25 @@ def is_zero(e, domains: dict | None = None) -> bool:
 X = sp.MatrixSymbol("X", d, n)  # context inputs, one column per example
 Y = sp.MatrixSymbol("Y", 1, n)  # context targets
 XQ = sp.MatrixSymbol("x_q", d, 1)  # a query input
+#: a split context's train part (n_1 examples) and validation part (n - n_1)
+X1, Y1 = sp.MatrixSymbol("X_1", d, N1), sp.MatrixSymbol("Y_1", 1, N1)
+X2, Y2 = sp.MatrixSymbol("X_2", d, n - N1), sp.MatrixSymbol("Y_2", 1, n - N1)
 Z11 = sp.ZeroMatrix(1, 1)
 
 
 def context(**slots) -> Group:
     """The n context (train) tokens holding ``slots`` (the other slots follow the layout's fills)."""
     return Group("context", n, "train", slots)
+
+
+def train(**slots) -> Group:
+    """A split context's n_1 train tokens holding ``slots``."""
+    return Group("train", N1, "train", slots)
+
+
+def validation(**slots) -> Group:
+    """A split context's n - n_1 validation tokens holding ``slots``."""
+    return Group("validation", n - N1, "val", slots)
 
 
 def query(**slots) -> Group:
@@ -803,6 +900,18 @@ class Induction:
     #: ``prefix_prediction(v)``: the readout slot of the context tokens (``[1, n]``), for a decoder
     #: that predicts at every position (e.g. :func:`diagonal` of ``X^T W``: token i's ``x_i . w_i``)
     prefix_prediction: Callable | None = None
+    #: the context is split (:data:`N1`): ``build(dd, n_train, n_val)`` builds the construction for
+    #: those sizes (its weights may carry the split scales, :func:`lift_layer`), the state has a
+    #: :func:`train` and a :func:`validation` group, and the inputs are X_1, Y_1, X_2, Y_2
+    split: bool = False
+
+    def builder(self, split=None) -> Callable[[int], object]:
+        """``dd -> construction``: the build, at the split ``split`` (default :data:`SPLIT_LIFT`'s
+        first) for a split induction."""
+        if not self.split:
+            return self.build
+        ntr, nv = split or SPLIT_LIFT[0]
+        return lambda dd: self.build(dd, ntr, nv)
 
 
 def slot_sizes(c) -> dict:
@@ -815,10 +924,12 @@ def key_groups(c, groups: list[Group]) -> list[Group]:
     return [Group(g.name, g.count, g.role, g.slots, key=g.role != "query" or not c.mask_query) for g in groups]
 
 
-def _embedding(c) -> list[Group]:
-    """The embedding's context and query groups for inputs X, Y, x_q, from the layout's fills."""
+def _embedding(c, split: bool = False) -> list[Group]:
+    """The embedding's context and query groups for inputs X, Y, x_q (or, split, the train and
+    validation groups of X_1, Y_1 and X_2, Y_2), from the layout's fills."""
     out = []
-    for role, count, x, yv in (("train", n, X, Y), ("query", 1, XQ, sp.ZeroMatrix(1, 1))):
+    parts = (("train", N1, X1, Y1), ("val", n - N1, X2, Y2)) if split else (("train", n, X, Y),)
+    for role, count, x, yv in (*parts, ("query", 1, XQ, sp.ZeroMatrix(1, 1))):
         slots = {}
         for s in c.layout.slots:
             if s.fill == "x":
@@ -1020,13 +1131,15 @@ def evaluate(e, sizes_at: dict, values: dict) -> np.ndarray:
 
 
 def _point(spec: Induction, dd: int, nn: int, seed: int = 0):
-    """A random rational point: values of X, Y, x_q, the state variables and the named matrices at
-    d = dd, n = nn, by symbol name."""
+    """A random rational point: values of X, Y, x_q (or, split, X_1, Y_1, X_2, Y_2 and x_q, with
+    n_1 from :data:`ANCHOR_SPLIT`), the state variables and the named matrices at d = dd, n = nn,
+    by symbol name."""
     rng = np.random.default_rng(seed)
-    sizes_at = {d: dd, n: nn}
+    sizes_at = {d: dd, n: nn, **({N1: ANCHOR_SPLIT[0]} if spec.split else {})}
     values = {}
     domains = {s.name: iv for s, iv in spec.domains.items()}
-    for sym in (X, Y, XQ, *spec.variables.values()):
+    inputs = (X1, Y1, X2, Y2, XQ) if spec.split else (X, Y, XQ)
+    for sym in (*inputs, *spec.variables.values()):
         shape = tuple(int(sp.sympify(k).subs(sizes_at)) for k in sym.shape)
         lo, hi = (Fraction(v) for v in domains.get(sym.name, (-1, 1)))
         eighths = rng.integers(int(np.ceil(lo * 8)), int(np.floor(hi * 8)) + 1, size=shape)
@@ -1039,7 +1152,7 @@ def _point(spec: Induction, dd: int, nn: int, seed: int = 0):
 def _stream(c, groups: list[Group], sizes: dict, sizes_at: dict, values: dict) -> np.ndarray:
     """The residual stream ``[1, T, D]`` (Fractions) of symbolic token groups at a concrete point:
     context tokens, then extra tokens, then the query, each token its slots in layout order."""
-    order = {"train": 0, "extra": 1, "query": 2}
+    order = {"train": 0, "val": 1, "extra": 2, "query": 3}
     columns = []
     for g in sorted(groups, key=lambda g: order[g.role]):
         full = complete(c.layout, g, sizes)
@@ -1069,7 +1182,7 @@ def _unsigned_scale(blocks, h: np.ndarray, n_keys: int, norm: int, mask_query: b
 def anchor(spec: Induction, c, first: int, last: int, before: list[Group], after: list[Group] | None,
            prediction=None, prefix_prediction=None) -> list[str]:
     """Blocks ``first..last-1`` of ``c`` (built at d = :data:`ANCHOR_D`) on the stream of the groups
-    ``before`` at a random rational point (n = :data:`ANCHOR_N`): the numpy pass in exact arithmetic
+    ``before`` at a random rational point (n = :data:`ANCHOR_N`, or split as :data:`ANCHOR_SPLIT`): the numpy pass in exact arithmetic
     must give the stream of ``after`` (or, for the readout, the prediction ``prediction``) exactly,
     and the torch model, in every evaluation order, must give the exact result within the
     tolerance model.  Ties the symbolic model of attention to the code that users run."""
@@ -1082,11 +1195,12 @@ def anchor(spec: Induction, c, first: int, last: int, before: list[Group], after
     from .tolerance import tolerance
 
     sizes = slot_sizes(c)
-    sizes_at, values = _point(spec, ANCHOR_D, ANCHOR_N, seed=first)
+    nn = sum(ANCHOR_SPLIT) if spec.split else ANCHOR_N
+    sizes_at, values = _point(spec, ANCHOR_D, nn, seed=first)
     h = _stream(c, before, sizes, sizes_at, values)
-    n_keys = ANCHOR_N + sum(int(sp.sympify(g.count).subs(sizes_at)) for g in before if g.role == "extra")
+    n_keys = nn + sum(int(sp.sympify(g.count).subs(sizes_at)) for g in before if g.role == "extra")
     blocks = c.blocks[first:last]
-    out = numpy_forward(blocks, h, n_keys, c.model.mask_query, norm=ANCHOR_N, convert=to_exact)[-1]
+    out = numpy_forward(blocks, h, n_keys, c.model.mask_query, norm=nn, convert=to_exact)[-1]
     if after is not None:
         got, want = out, _stream(c, after, sizes, sizes_at, values)
     else:
@@ -1094,12 +1208,12 @@ def anchor(spec: Induction, c, first: int, last: int, before: list[Group], after
         got = Fraction(r.sign) * out[0, -1:, c.layout[r.slot].start]
         want = evaluate(prediction, sizes_at, values)[0]
         if prefix_prediction is not None:  # and every context position's
-            got = np.concatenate([Fraction(r.sign) * out[0, :ANCHOR_N, c.layout[r.slot].start], got])
+            got = np.concatenate([Fraction(r.sign) * out[0, :nn, c.layout[r.slot].start], got])
             want = np.concatenate([evaluate(prefix_prediction, sizes_at, values)[0], want])
     bad = []
     if not (got == want).all():
         bad.append(f"numeric anchor: the numpy pass of blocks {first}..{last - 1} differs from the proved step")
-    scale = _unsigned_scale(blocks, h, n_keys, ANCHOR_N, c.model.mask_query)
+    scale = _unsigned_scale(blocks, h, n_keys, nn, c.model.mask_query)
     width = max([b.attn.W_Q.shape[2] for b in blocks if b.attn is not None]
                 + [b.mlp.W_in.shape[1] for b in blocks if b.mlp is not None])
     tol = tolerance(torch.float64, n_keys, width, np.array([scale]), len(blocks))[0]
@@ -1107,7 +1221,7 @@ def anchor(spec: Induction, c, first: int, last: int, before: list[Group], after
     for order in ORDERS:
         c.model.order = order
         with torch.no_grad():
-            t = c.model(ht, n_keys, start=first, stop=last, norm=ANCHOR_N).numpy()
+            t = c.model(ht, n_keys, start=first, stop=last, norm=nn).numpy()
         if not np.abs(t - out.astype(np.float64)).max() <= tol:
             bad.append(f"numeric anchor: the torch model ({order} order) of blocks {first}..{last - 1} differs from "
                        "the exact pass")
@@ -1124,7 +1238,7 @@ def prove_induction(spec: Induction, stop_at_failure: bool = False, blocks=None)
     prefix block, those step layers, the readout when one is a readout block), for a construction
     that differs from a proved one in those blocks alone: every other part is then the proved
     construction's.  The outcome says so; it is not a proof of the construction."""
-    c = spec.build(LIFT_DIMS[0])
+    c = spec.builder()(LIFT_DIMS[0])
     sizes = slot_sizes(c)
     if blocks is not None:
         L = len(c.blocks)
@@ -1136,7 +1250,7 @@ def prove_induction(spec: Induction, stop_at_failure: bool = False, blocks=None)
     V = spec.variables
     prefix = getattr(c, "n_prefix", 0)
     bad = []
-    if any(sym not in (X, Y, XQ) for sym in spec.domains):
+    if any(sym not in (X, Y, XQ, X1, Y1, X2, Y2) for sym in spec.domains):
         return Outcome(False, "a domain may restrict only the inputs X, Y and x_q: an assumption on the state would "
                               "need its own proof that every step keeps it")
     domains = dict(spec.domains)
@@ -1147,27 +1261,28 @@ def prove_induction(spec: Induction, stop_at_failure: bool = False, blocks=None)
     if prefix and any(g.role == "extra" for g in start):
         return Outcome(False, f"{c.name} has prefix blocks and extra tokens: the base case runs the prefix on the "
                               "context and query tokens only; prove it in exact rational arithmetic instead")
-    anchored = spec.build(ANCHOR_D)
+    anchored = spec.builder(ANCHOR_SPLIT)(ANCHOR_D)
     if wanted(*range(prefix)):
-        order = {"train": 0, "query": 1}
-        start = sorted(start, key=lambda g: order.get(g.role, 2))  # the base case pairs the groups by role
-        embedded = key_groups(c, _embedding(c))
+        order = {"train": 0, "val": 1, "query": 2}
+        start = sorted(start, key=lambda g: order.get(g.role, 3))  # the base case pairs the groups by role
+        embedded = key_groups(c, _embedding(c, spec.split))
         for layer in range(prefix):
-            embedded, prem = advance(c, sizes, lift_layer(spec.build, layer, spec.named), embedded)
+            embedded, prem = advance(c, sizes, lift_layer(spec.build, layer, spec.named, spec.split), embedded)
             premises += prem
-        if [g.role for g in start if g.role != "extra"] != ["train", "query"]:
-            bad.append("base case: the state must have one context and one query group")
+        if [g.role for g in start if g.role != "extra"] != ["train", *(["val"] if spec.split else []), "query"]:
+            bad.append("base case: the state must have one context (split: a train and a validation) group and one "
+                       "query group")
         bad += _compare(c, sizes, [g for g in start if g.role != "extra"], embedded, "base case", domains)
         for g in (g for g in start if g.role == "extra"):
             if not _extra_matches(c, g, sizes):
                 bad.append(f"base case: the {g.name} tokens differ from the construction's extra tokens")
         if prefix and not bad:
-            bad += anchor(spec, anchored, 0, prefix, _embedding(c), spec.state(spec.start))
+            bad += anchor(spec, anchored, 0, prefix, _embedding(c, spec.split), spec.state(spec.start))
     # induction step: every step block maps state(V) to state(step(V))
     for layer in (layer for layer in range(prefix, c.n_step_blocks) if wanted(layer)):
         if bad and stop_at_failure:
             return Outcome(False, "; ".join(bad), sorted(set(premises)))
-        heads = lift_layer(spec.build, layer, spec.named)
+        heads = lift_layer(spec.build, layer, spec.named, spec.split)
         got, prem = advance(c, sizes, heads, key_groups(c, spec.state(V)))
         premises += prem
         wrong = _compare(c, sizes, got, key_groups(c, spec.state(spec.step(V, layer))), f"step layer {layer}", domains)
@@ -1178,8 +1293,11 @@ def prove_induction(spec: Induction, stop_at_failure: bool = False, blocks=None)
     if wanted(*range(c.n_step_blocks, len(c.blocks))):
         bad += _readout(spec, c, sizes, anchored, domains, premises)
     steps = f"the prefix block(s), {c.n_step_blocks - prefix}" if prefix else f"{c.n_step_blocks}"
-    detail = "; ".join(bad) if bad else (f"base case, {steps} step layer(s) and the readout, for symbolic d "
-                                         f"and n; weights checked for d <= {CHECK_DIMS[-1]}; each layer anchored to the "
+    sizes_said = "d, n_train and n_val" if spec.split else "d and n"
+    checked = f" and splits (n_train, n_val) in {list(SPLIT_LIFT + SPLIT_CHECK)}" if spec.split else ""
+    detail = "; ".join(bad) if bad else (f"base case, {steps} step layer(s) and the readout, for symbolic "
+                                         f"{sizes_said}; weights checked for d <= {CHECK_DIMS[-1]}{checked}; each "
+                                         "layer anchored to the "
                                          "numpy pass (exact) and the torch model (every evaluation order)")
     if blocks is not None:
         detail = f"only the parts reading blocks {sorted(blocks)}: {detail}"
@@ -1192,7 +1310,7 @@ def _readout(spec: Induction, c, sizes: dict, anchored, domains: dict, premises:
     V = spec.variables
     groups = key_groups(c, spec.state(V))
     for layer in range(c.n_step_blocks, len(c.blocks)):
-        groups, prem = advance(c, sizes, lift_layer(spec.build, layer, spec.named), groups)
+        groups, prem = advance(c, sizes, lift_layer(spec.build, layer, spec.named, spec.split), groups)
         premises += prem
     by_role = {g.role: g for g in groups}
     if "query" not in by_role or (spec.prefix_prediction is not None and "train" not in by_role):
